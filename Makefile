@@ -1,0 +1,39 @@
+# logwarden — `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install system-deps test lint demo bench clean
+
+help: ## Show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+system-deps: ## Install NGINX and python3-venv from Debian's packages when missing (needs root)
+	@bash scripts/system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: run 'make system-deps' (as root) or install python3-venv"; exit 1; }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed ## Create .venv with logwarden and the dev tools
+
+test: system-deps install ## Run the test suite (real NGINX on loopback)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check logwarden tests lab
+	$(VENV)/bin/ruff format --check logwarden tests lab || true
+	$(VENV)/bin/mypy logwarden
+
+demo: system-deps install ## Start an origin and three NGINX nodes with logwarden beside each; Ctrl-C stops
+	$(PY) -m lab.demo
+
+bench: install ## Benchmarks (see bench/README.md)
+	@echo "no benchmarks yet"
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,70 @@
+"""Command line: ``logwarden run`` and ``logwarden check``, flags generated from config.SETTINGS."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from logwarden import __version__
+from logwarden.config import SETTINGS, Config, ConfigError, load_config
+
+F = Callable[..., Any]
+
+
+def _settings_options(func: F) -> F:
+    """Decorate a command with one option per setting, all defaulting to "not given"."""
+    for s in reversed(SETTINGS):
+        help_text = s.help + (f" [{'|'.join(s.choices)}]" if s.choices else "")
+        help_text += f" (env {s.env})"
+        if s.kind is bool:
+            flag = f"{s.flag}/--no-{s.flag[2:]}"
+            func = click.option(flag, s.name, default=None, help=help_text)(func)
+        else:
+            func = click.option(s.flag, s.name, type=s.kind, multiple=s.multiple, default=None,
+                                help=help_text, metavar=s.name.upper())(func)
+    return click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                        envvar="LOGWARDEN_CONFIG",
+                        help="TOML file with settings (keys as the flags, '-' as '_').")(func)
+
+
+def _load(config_file: str | None, flags: dict[str, Any]) -> Config:
+    try:
+        return load_config(flags, config_file)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"logwarden: error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="logwarden")
+def main() -> None:
+    """Keep every node of an NGINX cache cluster fresh: tail the access log, refresh the peers."""
+
+
+@main.command()
+@_settings_options
+def run(config_file: str | None, **flags: Any) -> None:
+    """Tail the access log and refresh the other peers. SIGTERM drains and exits 0."""
+    config = _load(config_file, flags)
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from logwarden.daemon import run as run_daemon
+
+    sys.exit(run_daemon(config))
+
+
+@main.command()
+@_settings_options
+def check(config_file: str | None, **flags: Any) -> None:
+    """Validate the configuration and print the effective settings as TOML; start nothing."""
+    config = _load(config_file, flags)
+    click.echo(config.to_toml(), nl=False)
+    click.echo(f"# refreshes go to: {', '.join(config.targets)}", err=True)

@@ -1,0 +1,355 @@
+"""The one frozen configuration, built once from defaults < TOML file < environment < flags.
+
+Every setting is declared once in ``SETTINGS``; the CLI flags, the TOML keys and the
+``LOGWARDEN_*`` environment variables are all derived from that table, so the three ways of
+configuring logwarden cannot drift apart. Validation happens here, before any task starts,
+and every error names the offending key and value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from logwarden.logformat import ESCAPES, LogFormat, LogFormatError
+
+ENV_PREFIX = "LOGWARDEN_"
+CACHE_STATUSES = ("MISS", "BYPASS", "EXPIRED", "STALE", "UPDATING", "REVALIDATED", "HIT")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the key and the value."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        super().__init__(f"{key}: {value!r} {reason}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configurable value: its type, default and help text, shared by flag, TOML and env."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    multiple: bool = False
+    choices: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("access_log", str, (), "Access log file to tail (repeatable).", multiple=True),
+    Setting("log_format", str, None, "The NGINX log_format string, exactly as in nginx.conf."),
+    Setting("log_format_escape", str, "default", "The log_format's escape= parameter.",
+            choices=ESCAPES),
+    Setting("default_host", str, None, "Host header to send when the format has no $host."),
+    Setting("from_start", bool, False, "Read existing file content instead of starting at its end."),
+    Setting("self", str, None, "This node's own peer URL; it is left out of the fan-out."),
+    Setting("peer", str, (), "Peer URL http(s)://ADDRESS[:PORT] (repeatable; same list on every "
+            "node).", multiple=True),
+    Setting("statuses", str, ("MISS", "EXPIRED", "UPDATING", "STALE"),
+            "$upstream_cache_status values that trigger a refresh (repeatable or comma-separated).",
+            multiple=True),
+    Setting("dedup_window", float, 1.0, "Seconds within which repeated triggers for one URL "
+            "produce one fan-out."),
+    Setting("refresh_method", str, "HEAD", "Method of refresh requests.", choices=("HEAD", "GET")),
+    Setting("refresh_header", str, "X-Refresh: 1", "Header 'Name: value' the peers map to "
+            "proxy_cache_bypass."),
+    Setting("concurrency", int, 64, "Refresh requests in flight at once, all peers together."),
+    Setting("peer_concurrency", int, 8, "Refresh requests in flight at once to one peer."),
+    Setting("timeout", float, 5.0, "Seconds a refresh request may take, connect to last byte."),
+    Setting("queue_size", int, 10000, "Refreshes waiting per peer before new ones are dropped."),
+    Setting("metrics_listen", str, "127.0.0.1:9145", "HOST:PORT for /metrics and /healthz, "
+            "or 'off'."),
+    Setting("shutdown_timeout", float, 10.0, "Seconds to finish queued refreshes on SIGTERM."),
+    Setting("poll_interval", float, 1.0, "Seconds between stat() checks of tailed files "
+            "(inotify events wake the tailer sooner)."),
+    Setting("log_level", str, "info", "Logging level.", choices=LOG_LEVELS),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated, effective configuration. Built by :func:`load_config` only."""
+
+    access_log: tuple[str, ...]
+    log_format: str
+    log_format_escape: str
+    default_host: str | None
+    from_start: bool
+    self: str | None
+    peer: tuple[str, ...]
+    statuses: tuple[str, ...]
+    dedup_window: float
+    refresh_method: str
+    refresh_header: str
+    concurrency: int
+    peer_concurrency: int
+    timeout: float
+    queue_size: int
+    metrics_listen: str
+    shutdown_timeout: float
+    poll_interval: float
+    log_level: str
+
+    @property
+    def refresh_header_pair(self) -> tuple[str, str]:
+        name, _, value = self.refresh_header.partition(":")
+        return name.strip(), value.strip()
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The peers a refresh goes to: every peer but this node itself."""
+        own = _peer_identity(self.self) if self.self else None
+        return tuple(p for p in self.peer if _peer_identity(p) != own)
+
+    def log_format_parser(self) -> LogFormat:
+        return LogFormat.compile(self.log_format, self.log_format_escape)
+
+    def to_toml(self) -> str:
+        """The effective configuration as a TOML document that ``--config`` accepts back."""
+        lines = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                lines.append(f"{f.name} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def load_config(
+    flags: Mapping[str, Any],
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Merge the layers (defaults < file < env < flags) and validate the result."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+    if config_file:
+        values.update(_read_toml(config_file))
+    values.update(_read_env(environ))
+    values.update({k: v for k, v in flags.items() if v is not None and v != ()})
+    return _validate(values)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError("config", path, f"cannot be read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", path, f"is not valid TOML: {exc}") from exc
+    return {name: _coerce(_setting(name, f"in {path}"), raw) for name, raw in doc.items()}
+
+
+def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+            continue
+        setting = _setting(var[len(ENV_PREFIX):].lower(), "in the environment", shown=var)
+        out[setting.name] = _coerce(setting, _split(raw) if setting.multiple else raw, key=var)
+    return out
+
+
+def _setting(name: str, where: str, shown: str | None = None) -> Setting:
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    close = difflib.get_close_matches(name, _BY_NAME, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(shown or name, name, f"is not a known setting ({where}){hint}")
+
+
+def _split(raw: str) -> list[str]:
+    return [part for part in re.split(r"[,\s]+", raw) if part]
+
+
+def _coerce(setting: Setting, raw: Any, key: str | None = None) -> Any:
+    """Turn a TOML or environment value into the setting's type, or say why it can't be."""
+    key = key or setting.name
+    if setting.multiple:
+        items = _split(raw) if isinstance(raw, str) else raw
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(key, raw, "must be a list of strings")
+        return tuple(items)
+    if setting.kind is bool:
+        return _coerce_bool(key, raw)
+    if setting.kind in (int, float) and isinstance(raw, str):
+        try:
+            return setting.kind(raw)
+        except ValueError:
+            raise ConfigError(key, raw, f"must be a number ({setting.kind.__name__})") from None
+    if setting.kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if not isinstance(raw, setting.kind) or isinstance(raw, bool) != (setting.kind is bool):
+        raise ConfigError(key, raw, f"must be of type {setting.kind.__name__}")
+    return raw
+
+
+def _coerce_bool(key: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return raw.lower() in ("1", "true", "yes", "on")
+    raise ConfigError(key, raw, "must be true or false")
+
+
+def _validate(v: dict[str, Any]) -> Config:
+    for name, check in _CHECKS.items():
+        check(name, v[name])
+    for s in SETTINGS:
+        if s.choices and v[s.name] not in s.choices:
+            raise ConfigError(s.name, v[s.name], f"must be one of {', '.join(s.choices)}")
+    v["statuses"] = _normalise_statuses(v["statuses"])
+    if not v["access_log"]:
+        raise ConfigError("access_log", "", "is required: the access log file to tail")
+    if not v["log_format"]:
+        raise ConfigError("log_format", "", "is required: the log_format string from nginx.conf")
+    fmt = _compile_format(v["log_format"], v["log_format_escape"])
+    if "host" not in fmt.variables and "http_host" not in fmt.variables and not v["default_host"]:
+        raise ConfigError("log_format", v["log_format"],
+                          "has neither $host nor $http_host: set default_host")
+    if "BYPASS" in v["statuses"] and "http_user_agent" not in fmt.variables:
+        raise ConfigError("statuses", ",".join(v["statuses"]),
+                          "includes BYPASS, but the format lacks $http_user_agent, so logwarden "
+                          "cannot tell its own refreshes apart: nodes would ping-pong")
+    config = Config(**v)
+    if not config.targets:
+        raise ConfigError("peer", ",".join(v["peer"]), "names no peer other than self")
+    return config
+
+
+def _compile_format(fmt: str, escape: str) -> LogFormat:
+    try:
+        return LogFormat.compile(fmt, escape)
+    except LogFormatError as exc:
+        raise ConfigError("log_format", fmt, str(exc)) from None
+
+
+def _normalise_statuses(raw: tuple[str, ...]) -> tuple[str, ...]:
+    statuses = tuple(dict.fromkeys(s.upper() for item in raw for s in _split(item)))
+    for s in statuses:
+        if s not in CACHE_STATUSES:
+            raise ConfigError("statuses", s, f"is not a cache status ({', '.join(CACHE_STATUSES)})")
+    if not statuses:
+        raise ConfigError("statuses", "", "must name at least one cache status")
+    return statuses
+
+
+def _check_peer_url(key: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, url, "is not an http(s)://HOST[:PORT] URL")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(key, url, "has a bad port") from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ConfigError(key, url, "must not carry a path, query or credentials")
+
+
+def _check_peers(key: str, urls: tuple[str, ...]) -> None:
+    if not urls:
+        raise ConfigError(key, "", "is required: the peer URLs of the cluster")
+    for url in urls:
+        _check_peer_url(key, url)
+
+
+def _check_self(key: str, url: str | None) -> None:
+    if url is not None:
+        _check_peer_url(key, url)
+
+
+def _check_header(key: str, header: str) -> None:
+    name, sep, value = header.partition(":")
+    if not sep or not _TOKEN.match(name.strip()) or not value.strip():
+        raise ConfigError(key, header, "must look like 'Name: value' with a non-empty value")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in header):
+        raise ConfigError(key, header, "must not contain control characters")
+
+
+def _check_listen(key: str, listen: str) -> None:
+    if listen == "off":
+        return
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        raise ConfigError(key, listen, str(exc)) from None
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` / ``[V6]:PORT`` into its parts."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+        raise ValueError("must be HOST:PORT")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in host:
+        ipaddress.IPv6Address(host)
+    return host, int(port)
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(key, value, "must be greater than 0")
+
+
+def _not_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(key, value, "must not be negative")
+
+
+def _check_default_host(key: str, host: str | None) -> None:
+    if host is not None and (not host or any(c in host for c in " /\r\n\t\0")):
+        raise ConfigError(key, host, "is not a host name")
+
+
+_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "peer": _check_peers,
+    "self": _check_self,
+    "refresh_header": _check_header,
+    "metrics_listen": _check_listen,
+    "default_host": _check_default_host,
+    "concurrency": _positive,
+    "peer_concurrency": _positive,
+    "timeout": _positive,
+    "queue_size": _positive,
+    "poll_interval": _positive,
+    "dedup_window": _not_negative,
+    "shutdown_timeout": _not_negative,
+}
+
+
+def _peer_identity(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # JSON strings are valid TOML basic strings
+    return repr(value)
+

@@ -1,0 +1,132 @@
+"""Wire the stages and own the lifecycle: start, signals, orderly drain, exit code.
+
+    sources ──lines queue──▶ process (parse → decide → dedup) ──▶ dispatcher ──per-peer queues──▶ peers
+
+Shutdown flows downstream: sources stop and read what is already written, the processor
+drains the lines queue, the dispatcher finishes queued refreshes until the deadline and
+counts what it had to cut off. A second SIGINT/SIGTERM exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+from logwarden.config import Config, parse_listen
+from logwarden.dispatcher import Dispatcher, DispatchSettings
+from logwarden.logformat import LogFormat
+from logwarden.metrics import Metrics, MetricsServer
+from logwarden.sources import LineQueue
+from logwarden.sources.file import FileSource
+from logwarden.triggers import Triggers
+
+log = logging.getLogger(__name__)
+
+LINES_QUEUE_BATCHES = 64
+"""Batches (of up to ~1 MiB of lines each) between the sources and the parser."""
+
+
+class Daemon:
+    """One running logwarden. ``await run()`` returns the process exit code."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.parser: LogFormat = config.log_format_parser()
+        self.triggers = Triggers(config.statuses, dedup_window=config.dedup_window,
+                                 default_host=config.default_host)
+        self.lines: LineQueue = asyncio.Queue(LINES_QUEUE_BATCHES)
+        self.stopping = asyncio.Event()
+        self.metrics_address: tuple[str, int] | None = None
+        self._started = time.time()
+
+    async def run(self) -> int:
+        cfg = self.config
+        dispatcher = Dispatcher(cfg.targets, DispatchSettings(
+            method=cfg.refresh_method, header=cfg.refresh_header_pair, timeout=cfg.timeout,
+            concurrency=cfg.concurrency, peer_concurrency=cfg.peer_concurrency,
+            queue_size=cfg.queue_size), self.metrics)
+        sources = [FileSource(path, self.lines, self.metrics, from_start=cfg.from_start,
+                              poll_interval=cfg.poll_interval) for path in cfg.access_log]
+        server = MetricsServer(self.metrics, self.health)
+        if cfg.metrics_listen != "off":
+            self.metrics_address = await server.start(*parse_listen(cfg.metrics_listen))
+        self._install_signals()
+        dispatcher.start()
+        processor = asyncio.create_task(self._process(dispatcher), name="process")
+        source_tasks = [asyncio.create_task(s.run(), name=f"source {s.path}") for s in sources]
+        log.info("logwarden running: %d source(s), refreshing %s", len(sources),
+                 ", ".join(cfg.targets))
+        code = await self._wait(source_tasks, processor)
+        for s in sources:
+            s.stop()
+        await asyncio.gather(*source_tasks, return_exceptions=True)
+        await self.lines.put(None)
+        await processor
+        await dispatcher.close(cfg.shutdown_timeout)
+        await server.close()
+        log.info("logwarden stopped")
+        return code
+
+    async def _wait(self, tasks: list[asyncio.Task[None]], processor: asyncio.Task[None]) -> int:
+        """Wait for a stop request; a stage that dies on its own is a bug: fail loudly."""
+        stop = asyncio.create_task(self.stopping.wait())
+        done, _ = await asyncio.wait([stop, processor, *tasks],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        for task in done - {stop}:
+            exc = task.exception() if not task.cancelled() else None
+            log.error("%s ended unexpectedly", task.get_name(), exc_info=exc)
+            return 1
+        return 0
+
+    async def _process(self, dispatcher: Dispatcher) -> None:
+        """Parse, decide and dedup each line: pure steps, done inline on the batch."""
+        parse, triggers, m = self.parser.parse, self.triggers, self.metrics
+        depth = m.queue_depth.labels("lines")
+        while (batch := await self.lines.get()) is not None:
+            depth.set(self.lines.qsize())
+            for line in batch:
+                record = parse(line)
+                if record is None:
+                    m.lines_malformed.inc()
+                    continue
+                reason = triggers.skip_reason(record)
+                if reason is not None:
+                    m.records_ignored.labels(reason).inc()
+                    continue
+                refresh = triggers.refresh_for(record)
+                m.triggers.labels(refresh.cache_status).inc()
+                if not triggers.first_in_window(refresh):
+                    m.triggers_deduplicated.inc()
+                    continue
+                m.fanouts.inc()
+                dispatcher.submit(refresh)
+            m.queue_depth.labels("refreshes").set(dispatcher.depth())
+
+    def health(self) -> dict[str, object]:
+        return {
+            "status": "stopping" if self.stopping.is_set() else "ok",
+            "uptime_seconds": round(time.time() - self._started, 3),
+            "peers": list(self.config.targets),
+        }
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.stopping.is_set():
+            log.warning("%s again: exiting now", sig.name)
+            os._exit(1)
+        log.info("%s received: finishing queued refreshes (up to %ss)", sig.name,
+                 self.config.shutdown_timeout)
+        self.stopping.set()
+
+
+def run(config: Config) -> int:
+    return asyncio.run(Daemon(config).run())

@@ -1,0 +1,116 @@
+"""Prometheus metrics owned by one daemon, and the small HTTP server for /metrics and /healthz.
+
+Every metric lives in a private ``CollectorRegistry`` (no global state, so tests can run many
+daemons in one process). Labels are bounded: peers are the configured URLs, never request URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger(__name__)
+
+REFRESH_OUTCOMES = ("ok", "http_error", "timeout", "connect_error", "dropped", "refused")
+
+
+class Metrics:
+    """All of logwarden's metrics; stages receive this object and update what they own."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.lines = Counter("logwarden_lines", "Log lines read.", registry=r)
+        self.lines_malformed = Counter(
+            "logwarden_lines_malformed", "Lines that did not match the log format.", registry=r)
+        self.lines_too_long = Counter(
+            "logwarden_lines_too_long", "Lines skipped for exceeding the line length limit.",
+            registry=r)
+        self.records_ignored = Counter(
+            "logwarden_records_ignored", "Parsed lines that did not trigger, by rule.",
+            ["reason"], registry=r)
+        self.triggers = Counter(
+            "logwarden_triggers", "Lines that asked for a fan-out, by $upstream_cache_status.",
+            ["cache_status"], registry=r)
+        self.triggers_deduplicated = Counter(
+            "logwarden_triggers_deduplicated",
+            "Triggers folded into a fan-out already made within the dedup window.", registry=r)
+        self.fanouts = Counter(
+            "logwarden_fanouts", "Triggers handed to the dispatcher.", registry=r)
+        self.refreshes = Counter(
+            "logwarden_refreshes", "Refresh requests by peer and outcome.",
+            ["peer", "outcome"], registry=r)
+        self.refresh_duration = Histogram(
+            "logwarden_refresh_duration_seconds", "Time a refresh request took, per peer.",
+            ["peer"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.queue_depth = Gauge(
+            "logwarden_queue_depth", "Items waiting in a pipeline queue.", ["queue"], registry=r)
+        self.file_rotations = Counter(
+            "logwarden_file_rotations", "Tailed files replaced by a new file at the same path.",
+            registry=r)
+        self.file_truncations = Counter(
+            "logwarden_file_truncations", "Tailed files that shrank below the read offset.",
+            registry=r)
+
+    def init_peer(self, peer: str) -> None:
+        """Create every outcome series at 0 so dashboards see a peer before its first failure."""
+        for outcome in REFRESH_OUTCOMES:
+            self.refreshes.labels(peer, outcome)
+        self.refresh_duration.labels(peer)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """Serves ``/metrics`` and ``/healthz`` over HTTP/1.1, one short request per connection."""
+
+    def __init__(self, metrics: Metrics, health: Callable[[], dict[str, object]]) -> None:
+        self.metrics = metrics
+        self.health = health
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._handle, host, port)
+        sockname = self._server.sockets[0].getsockname()
+        log.info("metrics on http://%s:%s/metrics", host, sockname[1])
+        return host, sockname[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(10):
+                request_line = await reader.readline()
+                while (await reader.readline()).strip():
+                    pass  # headers are not needed
+            status, ctype, body = self._route(request_line)
+            writer.write(
+                b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s" % (status, ctype, len(body), body))
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def _route(self, request_line: bytes) -> tuple[bytes, bytes, bytes]:
+        parts = request_line.split()
+        path = parts[1].split(b"?", 1)[0] if len(parts) >= 2 else b""
+        if len(parts) >= 2 and parts[0] not in (b"GET", b"HEAD"):
+            return b"405 Method Not Allowed", b"text/plain", b"GET only\n"
+        if path == b"/metrics":
+            return b"200 OK", CONTENT_TYPE_LATEST.encode(), self.metrics.render()
+        if path == b"/healthz":
+            state = self.health()
+            code = b"200 OK" if state.get("status") == "ok" else b"503 Service Unavailable"
+            return code, b"application/json", json.dumps(state).encode() + b"\n"
+        return b"404 Not Found", b"text/plain", b"try /metrics or /healthz\n"

@@ -1,0 +1,118 @@
+"""Decide which records are worth propagating to the peers: pure rules plus a dedup window.
+
+The rules follow what NGINX actually logs (see README "Trigger rules"): a triggering
+``$upstream_cache_status`` on a GET/HEAD that succeeded, not served while the origin was
+failing, and not caused by a logwarden refresh (that would make nodes ping-pong).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from logwarden import __version__
+from logwarden.record import Record
+
+USER_AGENT = f"logwarden/{__version__}"
+_OWN_AGENT = b"logwarden/"
+_REPLAYABLE_METHODS = frozenset({"GET", "HEAD"})
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """One URL to refresh on every other peer."""
+
+    scheme: str
+    host: str
+    target: bytes
+    cache_status: str
+    """The status that triggered it, for metrics and logs."""
+
+    @property
+    def key(self) -> tuple[str, str, bytes]:
+        return self.scheme, self.host, self.target
+
+
+class Triggers:
+    """Turns records into refreshes. Owns the dedup memory; everything else is a pure rule."""
+
+    def __init__(
+        self,
+        statuses: Iterable[str],
+        *,
+        dedup_window: float,
+        default_host: str | None = None,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.statuses = frozenset(statuses)
+        self.default_host = default_host
+        self._dedup = _Window(dedup_window, max_keys, clock)
+
+    def skip_reason(self, record: Record) -> str | None:
+        """Why this record must not trigger, or ``None`` when it should."""
+        if record.cache_status not in self.statuses:
+            return "cache_status"
+        if record.method not in _REPLAYABLE_METHODS:
+            return "method"
+        if record.status is not None and record.status >= 400:
+            return "status"
+        if _origin_failed(record.upstream_status):
+            # EXPIRED/STALE with a 5xx upstream: nothing new was stored, nothing to spread.
+            return "origin_error"
+        if record.user_agent is not None and record.user_agent.startswith(_OWN_AGENT):
+            return "own_refresh"
+        if not record.target.startswith(b"/"):
+            return "bad_target"
+        if not (record.host or self.default_host):
+            return "no_host"
+        return None
+
+    def refresh_for(self, record: Record) -> Refresh:
+        """The refresh a triggering record asks for (call after :meth:`skip_reason`)."""
+        host = record.host or self.default_host
+        assert host is not None
+        return Refresh(record.scheme or "http", host, record.target, record.cache_status)
+
+    def first_in_window(self, refresh: Refresh) -> bool:
+        """True unless the same URL already fanned out within the dedup window."""
+        return self._dedup.admit(refresh.key)
+
+
+def _origin_failed(upstream_status: str | None) -> bool:
+    """True when the last upstream answer was a 5xx (``"502, 200"`` lists end with the final one)."""
+    if not upstream_status:
+        return False
+    last = upstream_status.replace(":", ",").rsplit(",", 1)[-1].strip()
+    return len(last) == 3 and last.startswith("5") and last.isdigit()
+
+
+class _Window:
+    """Keys seen within the last ``window`` seconds, bounded to ``max_keys`` (oldest evicted)."""
+
+    def __init__(self, window: float, max_keys: int, clock: Callable[[], float]) -> None:
+        self.window = window
+        self.max_keys = max_keys
+        self.clock = clock
+        self._seen: OrderedDict[object, float] = OrderedDict()
+
+    def admit(self, key: object) -> bool:
+        now = self.clock()
+        self._expire(now)
+        if key in self._seen:
+            return False
+        self._seen[key] = now
+        if len(self._seen) > self.max_keys:
+            self._seen.popitem(last=False)
+        return True
+
+    def _expire(self, now: float) -> None:
+        # Insertion order is time order, so expired keys are all at the front.
+        seen = self._seen
+        while seen:
+            key, t = next(iter(seen.items()))
+            if now - t < self.window:
+                break
+            del seen[key]

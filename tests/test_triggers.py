@@ -1,0 +1,107 @@
+"""Trigger rules and the dedup window, as pure functions over Records."""
+
+from __future__ import annotations
+
+import pytest
+
+from logwarden.record import Record
+from logwarden.triggers import USER_AGENT, Triggers
+
+DEFAULT = ("MISS", "EXPIRED", "UPDATING", "STALE")
+
+
+def rec(**kw: object) -> Record:
+    base: dict[str, object] = dict(method="GET", target=b"/a?b=1", cache_status="MISS",
+                                   host="www.example.com", scheme="http", status=200,
+                                   upstream_status="200", user_agent=b"curl/7.88.1")
+    base.update(kw)
+    return Record(**base)  # type: ignore[arg-type]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("status", DEFAULT)
+def test_default_statuses_trigger(status: str) -> None:
+    t = Triggers(DEFAULT, dedup_window=1)
+    r = rec(cache_status=status, upstream_status="-" if status in ("STALE", "UPDATING") else "200")
+    assert t.skip_reason(r) is None
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (rec(cache_status="HIT"), "cache_status"),
+        (rec(cache_status="BYPASS"), "cache_status"),
+        (rec(cache_status="REVALIDATED"), "cache_status"),
+        (rec(cache_status=""), "cache_status"),
+        (rec(method="POST"), "method"),
+        (rec(method="PURGE"), "method"),
+        (rec(status=404), "status"),
+        (rec(status=500, cache_status="EXPIRED", upstream_status="500"), "status"),
+        (rec(cache_status="STALE", upstream_status="500"), "origin_error"),
+        (rec(cache_status="EXPIRED", upstream_status="200, 502"), "origin_error"),
+        (rec(cache_status="STALE", upstream_status="502 : 504"), "origin_error"),
+        (rec(user_agent=USER_AGENT.encode()), "own_refresh"),
+        (rec(target=b""), "bad_target"),
+        (rec(target=b"http://x/"), "bad_target"),
+        (rec(host=None), "no_host"),
+    ],
+)
+def test_skip_reasons(record: Record, reason: str) -> None:
+    assert Triggers(DEFAULT, dedup_window=1).skip_reason(record) == reason
+
+
+def test_failover_to_a_good_upstream_still_triggers() -> None:
+    t = Triggers(DEFAULT, dedup_window=1)
+    assert t.skip_reason(rec(cache_status="MISS", upstream_status="502, 200")) is None
+
+
+def test_missing_fields_do_not_block() -> None:
+    t = Triggers(DEFAULT, dedup_window=1)
+    assert t.skip_reason(rec(status=None, upstream_status=None, user_agent=None)) is None
+
+
+def test_default_host_and_scheme() -> None:
+    t = Triggers(DEFAULT, dedup_window=1, default_host="static.example.com")
+    r = rec(host=None, scheme=None)
+    assert t.skip_reason(r) is None
+    refresh = t.refresh_for(r)
+    assert (refresh.scheme, refresh.host, refresh.target) == ("http", "static.example.com", b"/a?b=1")
+
+
+def test_dedup_window() -> None:
+    clock = Clock()
+    t = Triggers(DEFAULT, dedup_window=1.0, clock=clock)
+    a = t.refresh_for(rec())
+    other = t.refresh_for(rec(target=b"/a?b=2"))
+    https = t.refresh_for(rec(scheme="https"))
+    assert t.first_in_window(a)
+    assert not t.first_in_window(a)
+    assert t.first_in_window(other)
+    assert t.first_in_window(https)
+    clock.now += 0.999
+    assert not t.first_in_window(a)
+    clock.now += 0.002
+    assert t.first_in_window(a)
+
+
+def test_dedup_memory_is_bounded() -> None:
+    clock = Clock()
+    t = Triggers(DEFAULT, dedup_window=60, clock=clock, max_keys=100)
+    for i in range(1000):
+        assert t.first_in_window(t.refresh_for(rec(target=b"/%d" % i)))
+    assert len(t._dedup._seen) == 100
+    assert not t.first_in_window(t.refresh_for(rec(target=b"/999")))
+    assert t.first_in_window(t.refresh_for(rec(target=b"/0")))  # evicted, so admitted again
+
+
+def test_zero_window_never_dedups() -> None:
+    t = Triggers(DEFAULT, dedup_window=0)
+    a = t.refresh_for(rec())
+    assert t.first_in_window(a) and t.first_in_window(a)
