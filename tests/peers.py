@@ -1,0 +1,63 @@
+"""Small real HTTP peers on loopback for dispatcher tests: one that records, one that stalls."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RecordingPeer:
+    """Answers every request with ``status`` and records the raw request head."""
+
+    status: int = 200
+    delay: float = 0.0
+    heads: list[bytes] = field(default_factory=list)
+    server: asyncio.Server | None = None
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    url: str = ""
+
+    async def start(self) -> RecordingPeer:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = "http://127.0.0.1:%d" % self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.writers):
+            writer.close()
+            await writer.wait_closed()
+        await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                self.heads.append(head)
+                await asyncio.sleep(self.delay)
+                body = b"" if head.startswith(b"HEAD ") else b"ok"
+                writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\n%s" % (self.status, body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+    def request_lines(self) -> list[bytes]:
+        return [h.split(b"\r\n", 1)[0] for h in self.heads]
+
+    def headers(self, i: int) -> dict[bytes, bytes]:
+        lines = self.heads[i].split(b"\r\n")[1:]
+        return {k.lower(): v.strip() for k, _, v in (ln.partition(b":") for ln in lines if ln)}
+
+
+def dead_url() -> str:
+    """A loopback URL with nothing listening (the port was free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
