@@ -1,0 +1,90 @@
+"""Run a real ``logwarden run`` process beside a lab node, and read its metrics over HTTP."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from lab.cluster import free_port
+
+
+def log_format_from_conf(conf_text: str, name: str = "logwarden") -> str:
+    """The ``log_format NAME …;`` pieces exactly as written in nginx.conf (quotes included)."""
+    match = re.search(rf"^\s*log_format\s+{name}\s+(.*?);\s*$", conf_text, re.M | re.S)
+    if match is None:
+        raise ValueError(f"no log_format {name} in the config")
+    return match.group(1)
+
+
+class Agent:
+    """A logwarden subprocess; ``stop()`` sends SIGTERM and returns its exit code."""
+
+    def __init__(self, access_log: Path, log_format: str, self_url: str, peers: Sequence[str],
+                 *, extra: Sequence[str] = (), stderr: Path | None = None) -> None:
+        self.metrics_port = free_port("127.0.0.1")
+        self.args = [
+            sys.executable, "-m", "logwarden", "run",
+            "--access-log", str(access_log), "--log-format", log_format,
+            "--self", self_url, *[a for p in peers for a in ("--peer", p)],
+            "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *extra,
+        ]
+        self.stderr_path = stderr
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    def start(self, timeout: float = 10.0) -> Agent:
+        err = open(self.stderr_path, "ab") if self.stderr_path else subprocess.DEVNULL  # noqa: SIM115
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(self.args, stderr=err, stdout=subprocess.DEVNULL, env=env)
+        if err is not subprocess.DEVNULL:
+            err.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"logwarden exited with {self.proc.returncode}: {self.args}")
+            try:
+                with urllib.request.urlopen(self.base + "/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("logwarden did not become healthy in time")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of ``/metrics``, keyed by (name, sorted labels)."""
+        with urllib.request.urlopen(self.base + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.samples().get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def total(self, name: str, **labels: str) -> float:
+        """Sum of ``name`` over every series whose labels include ``labels``."""
+        want = set(labels.items())
+        return sum(v for (n, lbl), v in self.samples().items() if n == name and want <= set(lbl))

@@ -1,0 +1,119 @@
+"""Config layering (defaults < file < env < flags) and validation messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from logwarden.config import ConfigError, load_config
+
+FMT = "$host \"$request\" $status $upstream_cache_status"
+BASE: dict[str, Any] = {
+    "access_log": ("/var/log/nginx/access.log",),
+    "log_format": FMT,
+    "peer": ("http://10.0.0.1", "http://10.0.0.2:8080"),
+    "self": "http://10.0.0.1:80",
+}
+
+
+def load(flags: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+         toml: str | None = None, tmp_path: Path | None = None) -> Any:
+    config_file = None
+    if toml is not None:
+        assert tmp_path is not None
+        config_file = str(tmp_path / "lw.toml")
+        Path(config_file).write_text(toml)
+    return load_config({**BASE, **(flags or {})}, config_file, env or {})
+
+
+def test_defaults() -> None:
+    c = load()
+    assert c.statuses == ("MISS", "EXPIRED", "UPDATING", "STALE")
+    assert c.refresh_method == "HEAD"
+    assert c.refresh_header_pair == ("X-Refresh", "1")
+    assert c.metrics_listen == "127.0.0.1:9145"
+    assert c.targets == ("http://10.0.0.2:8080",)  # self (port 80 spelled out) is left out
+
+
+def test_precedence_file_env_flags(tmp_path: Path) -> None:
+    toml = 'timeout = 2\nconcurrency = 3\npeer_concurrency = 4\nlog_level = "debug"\n'
+    env = {"LOGWARDEN_CONCURRENCY": "30", "LOGWARDEN_PEER_CONCURRENCY": "40"}
+    c = load({"peer_concurrency": 400}, env, toml, tmp_path)
+    assert (c.timeout, c.concurrency, c.peer_concurrency, c.log_level) == (2.0, 30, 400, "debug")
+
+
+def test_lists_from_env_and_file(tmp_path: Path) -> None:
+    env = {"LOGWARDEN_STATUSES": "miss, expired"}
+    c = load({"peer": ()}, env, 'peer = ["http://a:1", "http://b:2"]\n', tmp_path)
+    assert c.peer == ("http://a:1", "http://b:2")
+    assert c.statuses == ("MISS", "EXPIRED")
+
+
+def test_toml_roundtrip(tmp_path: Path) -> None:
+    c = load({"log_format": "$host\t\"$request\" $status $upstream_cache_status"})
+    again = load_config({}, str(_write(tmp_path, c.to_toml())), {})
+    assert again == c
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "effective.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "toml", "key", "fragment"),
+    [
+        ({}, {}, "peers = []\n", "peers", "did you mean 'peer'"),
+        ({}, {"LOGWARDEN_TIMEOUTS": "1"}, None, "LOGWARDEN_TIMEOUTS", "not a known setting"),
+        ({}, {"LOGWARDEN_TIMEOUT": "soon"}, None, "LOGWARDEN_TIMEOUT", "must be a number"),
+        ({}, {}, 'timeout = "1"\n', "timeout", "must be of type float"),
+        ({}, {}, "from_start = 1\n", "from_start", "true or false"),
+        ({"peer": ("ftp://10.0.0.2",)}, {}, None, "peer", "not an http(s)"),
+        ({"peer": ("10.0.0.2:80",)}, {}, None, "peer", "not an http(s)"),
+        ({"peer": ("http://10.0.0.2/cache",)}, {}, None, "peer", "path"),
+        ({"peer": ("http://10.0.0.1",)}, {}, None, "peer", "no peer other than self"),
+        ({"log_format": "$host \"$request\" $status"}, {}, None, "log_format",
+         "upstream_cache_status"),
+        ({"log_format": "$upstream_cache_status $request_uri"}, {}, None, "log_format",
+         "request_method"),
+        ({"log_format": "\"$request\" $upstream_cache_status"}, {}, None, "log_format",
+         "default_host"),
+        ({"statuses": ("MISS,FRESH",)}, {}, None, "statuses", "FRESH"),
+        ({"statuses": ("BYPASS",)}, {}, None, "statuses", "ping-pong"),
+        ({"refresh_header": "X-Refresh"}, {}, None, "refresh_header", "Name: value"),
+        ({"refresh_method": "POST"}, {}, None, "refresh_method", "HEAD, GET"),
+        ({"log_format_escape": "xml"}, {}, None, "log_format_escape", "default, json, none"),
+        ({"metrics_listen": "9145"}, {}, None, "metrics_listen", "HOST:PORT"),
+        ({"concurrency": 0}, {}, None, "concurrency", "greater than 0"),
+        ({"access_log": ()}, {}, None, "access_log", "required"),
+    ],
+)
+def test_errors_name_the_key_and_value(
+    flags: dict[str, Any], env: dict[str, str], toml: str | None, key: str, fragment: str,
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(flags, env, toml, tmp_path)
+    assert err.value.key == key
+    assert str(err.value).startswith(f"{key}: ")
+    assert fragment in str(err.value)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(BASE, str(tmp_path / "missing.toml"), {})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(toml="timeout = = 1\n", tmp_path=tmp_path)
+
+
+def test_config_is_frozen() -> None:
+    c = load()
+    with pytest.raises(AttributeError):
+        c.timeout = 1  # type: ignore[misc]
+
+
+def test_ipv6_metrics_listen() -> None:
+    assert load({"metrics_listen": "[::1]:9145"}).metrics_listen == "[::1]:9145"
