@@ -142,16 +142,17 @@ class FileSource:
         self._wake.clear()
 
     async def _open_first(self) -> None:
-        said = False
+        """Open the path, at its end if it exists now; a file that appears later is all new."""
+        at_end, said = not self.from_start, False
         while not self._stopping:
             try:
-                self.current = _OpenFile.open(self.path, at_end=not self.from_start)
+                self.current = _OpenFile.open(self.path, at_end)
                 log.info("tailing %s from offset %d", self.path, self.current.offset)
                 return
             except FileNotFoundError:
                 if not said:
                     log.warning("%s does not exist yet; waiting for it", self.path)
-                    said = True
+                at_end, said = False, True
             except PermissionError as exc:
                 log.error("cannot open %s: %s; retrying", self.path, exc.strerror)
             await self._sleep()
