@@ -1,0 +1,499 @@
+"""A real NGINX cache cluster on loopback, built from ``examples/nginx.conf``.
+
+:func:`render_config` turns the example operators copy into a config that runs here: every
+production value it rewrites (listen port, paths, origin, peer allow-list, user) is replaced
+literally and the replacement is checked, so an edit to the example that the templater does
+not know about fails loudly instead of silently testing a different config.
+
+:class:`NginxNode` owns one NGINX master (foreground, ``daemon off``, own process group) and
+stops it with SIGQUIT, then SIGKILL to the whole group after a deadline: no NGINX process
+outlives it. :class:`Cluster` owns an :class:`~lab.origin.Origin` (unless given one) and N nodes
+on ``127.0.0.11``, ``127.0.0.12``, ... and stops all it started, even after a failed start.
+
+Loopback only: nodes listen on 127.0.0.0/8 and the rendered config is checked to contain no
+other IPv4 address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import ipaddress
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, NamedTuple
+from urllib.parse import urlsplit
+
+from lab.origin import Origin
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "nginx.conf"
+
+#: The address the lab's agents and test clients connect from by default: on Linux a socket
+#: connecting to 127.0.0.12 gets source 127.0.0.1 unless it binds another one.
+CLIENT_ADDRESS = "127.0.0.1"
+#: A source address outside every allow-list: "the internet".
+OUTSIDER_ADDRESS = "127.0.0.99"
+
+# Production values in examples/nginx.conf that render_config() rewrites.
+_PROD_USER = "user www-data;"
+_PROD_WORKERS = "worker_processes auto;"
+_PROD_PID = "pid /run/nginx.pid;"
+_PROD_ERROR_LOG = "error_log /var/log/nginx/error.log;"
+_PROD_ACCESS_LOG = "access_log /var/log/nginx/access.log logwarden;"
+_PROD_CACHE_PATH = "proxy_cache_path /var/cache/nginx/logwarden "
+_PROD_ORIGIN = "server 10.0.1.10:8080;"
+_PROD_PEERS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
+_PROD_LISTEN = re.compile(r"\blisten\s+80\b")
+_TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+_LAB_WORKERS = 2  # "auto" would start one per CPU, per node
+
+#: The ``logwarden`` log_format fields, in order.
+LOG_FIELDS = (
+    "msec", "scheme", "host", "port", "method", "target", "status", "cache_status",
+    "upstream_status", "request_time", "refresh", "user_agent",
+)
+
+
+class NginxError(RuntimeError):
+    """NGINX refused the config, exited early, or did not open its port in time."""
+
+
+class LogLine(NamedTuple):
+    """One line of the ``logwarden`` TAB format, fields as logged (``-`` when empty)."""
+
+    msec: str
+    scheme: str
+    host: str
+    port: str
+    method: str
+    target: str
+    status: str
+    cache_status: str
+    upstream_status: str
+    request_time: str
+    refresh: str
+    user_agent: str
+
+    @classmethod
+    def parse(cls, line: str) -> LogLine:
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) != len(LOG_FIELDS):
+            raise ValueError(f"expected {len(LOG_FIELDS)} TAB-separated fields: {line!r}")
+        return cls(*fields)
+
+
+class Response(NamedTuple):
+    status: int
+    headers: http.client.HTTPMessage  # case-insensitive .get()
+    body: bytes
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def free_port(host: str) -> int:
+    """A TCP port that is free on ``host`` right now (bind port 0, read it back, release)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def find_nginx() -> str | None:
+    """The nginx binary: on PATH, else Debian's /usr/sbin (not on a normal user's PATH)."""
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+
+
+def current_user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01,
+    what: str = "condition",
+) -> None:
+    """Poll ``condition`` until true; raise TimeoutError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _replace(text: str, old: str, new: str, *, count: int = 1) -> str:
+    found = text.count(old)
+    if found != count:
+        raise ValueError(
+            f"template: expected {count} occurrence(s) of {old!r}, found {found}; "
+            "update lab/cluster.py render_config() together with examples/nginx.conf")
+    return text.replace(old, new)
+
+
+def _code(text: str) -> str:
+    """The config without comments (good enough for checks: our values never contain '#')."""
+    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+
+
+# ---------------------------------------------------------------------------------------------
+# templating
+
+
+def render_config(
+    template: str, *, listen: str, port: int, prefix: Path, origin: str,
+    peers: Sequence[str], user: str,
+) -> str:
+    """Turn ``examples/nginx.conf`` into a config that runs under ``prefix`` on loopback.
+
+    ``listen`` is the node's address, ``origin`` the upstream ``host:port``, ``peers`` the
+    addresses allowed to force a refresh. Run the result with ``-g 'daemon off;'``.
+    """
+    prefix = Path(prefix).resolve()
+    if re.search(r"[\s;#\"'{}$]", str(prefix)):
+        raise ValueError(f"prefix must be a plain path, got {prefix!r}")
+    for addr in (listen, origin.rsplit(":", 1)[0], *peers):
+        if not ipaddress.ip_address(addr).is_loopback:
+            raise ValueError(f"lab addresses must be loopback, got {addr!r}")
+
+    text = template
+    # root: the worker must write cache and temp dirs inside the caller's workdir (pytest's
+    # tmp_path lives under a 0700 directory, so a chown to www-data would not be enough).
+    # Not root: NGINX ignores the directive with a warning and runs as us.
+    text = _replace(text, _PROD_USER, f"user {user};")
+    text = _replace(text, _PROD_WORKERS, f"worker_processes {_LAB_WORKERS};")
+    text = _replace(text, _PROD_PID, f"pid {prefix}/nginx.pid;")
+    text = _replace(text, _PROD_ERROR_LOG, f"error_log {prefix}/logs/error.log;")
+    text = _replace(text, _PROD_ACCESS_LOG, f"access_log {prefix}/logs/access.log logwarden;")
+    text = _replace(text, _PROD_CACHE_PATH, f"proxy_cache_path {prefix}/cache ")
+    text = _replace(text, _PROD_ORIGIN, f"server {origin};")
+
+    # geo allow-list: drop the production peers, put the lab's where the first one was.
+    entry = re.compile(r"^[ \t]*(?P<addr>[0-9.]+)[ \t]+1;[^\n]*\n", re.MULTILINE)
+    prod = [m for m in entry.finditer(text) if m.group("addr") in _PROD_PEERS]
+    if sorted(m.group("addr") for m in prod) != sorted(_PROD_PEERS):
+        raise ValueError(f"template: geo entries for {_PROD_PEERS} not found as '<addr> 1;'")
+    indent = re.match(r"[ \t]*", prod[0].group(0))
+    lab_entries = "".join(f"{indent.group(0) if indent else ''}{p} 1;\n" for p in peers)
+    for m in reversed(prod):
+        text = text[: m.start()] + (lab_entries if m is prod[0] else "") + text[m.end():]
+
+    text, listens = _PROD_LISTEN.subn(f"listen {listen}:{port}", text)
+    if listens == 0:
+        raise ValueError("template: no 'listen 80' found")
+    for directive in re.findall(r"\blisten\s+[^;]*;", _code(text)):
+        if f"{listen}:{port}" not in directive:
+            raise ValueError(f"template: listen directive not rewritten: {directive!r}")
+
+    # Debian's defaults live in /var/lib/nginx; keep every temp dir inside the prefix.
+    temp = "".join(
+        f"    {kind}_temp_path {prefix}/tmp/{kind};\n" for kind in _TEMP_PATHS
+        if not re.search(rf"^\s*{kind}_temp_path\s", text, re.MULTILINE))
+    text = _replace(text, "\nhttp {\n", "\nhttp {\n" + temp)
+    for kind in _TEMP_PATHS:
+        text = re.sub(rf"^(\s*{kind}_temp_path)\s+[^\s;]+", rf"\1 {prefix}/tmp/{kind}", text,
+                      flags=re.MULTILINE)
+
+    # Nothing left writing outside the prefix or talking off loopback (comments may keep
+    # theirs; read-only paths such as a load_module under /usr are fine).
+    code = _code(text)
+    for path in re.findall(r"(?<![\w.])/(?:var|run)/[^\s;]*", code):
+        if path.startswith(f"{prefix}/"):
+            continue
+        raise ValueError(f"template: path outside the prefix left in the config: {path}")
+    for ip in re.findall(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])", code):
+        if not ipaddress.ip_address(ip).is_loopback:
+            raise ValueError(f"template: non-loopback address left in the config: {ip}")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# one node
+
+
+class _RawHTTPConnection(http.client.HTTPConnection):
+    """Sends the request line as latin-1, so any byte of a ``bytes`` target goes out as is."""
+
+    def _encode_request(self, request: str) -> bytes:
+        return request.encode("latin-1")
+
+
+class NginxNode:
+    """One NGINX master serving the rendered example config; start()/stop() or ``with``."""
+
+    def __init__(
+        self, name: str, address: str, template_path: Path, origin_url: str,
+        peers: Sequence[str], workdir: Path, *, port: int | None = None,
+        nginx: str | None = None,
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.port = port if port is not None else free_port(address)
+        self.url = f"http://{address}:{self.port}"
+        self.template_path = Path(template_path)
+        origin = urlsplit(origin_url)
+        self.origin = f"{origin.hostname}:{origin.port}"
+        self.peers = tuple(peers)
+        self.prefix = Path(workdir).resolve() / name
+        self.conf_path = self.prefix / "nginx.conf"
+        self.access_log = self.prefix / "logs" / "access.log"
+        self.error_log = self.prefix / "logs" / "error.log"
+        self.pid_path = self.prefix / "nginx.pid"
+        self._stderr_path = self.prefix / "logs" / "nginx.stderr"
+        self._nginx = nginx or find_nginx() or "nginx"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"NginxNode({self.name!r}, {self.url!r})"
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    def _args(self) -> list[str]:
+        return [self._nginx, "-c", str(self.conf_path), "-p", f"{self.prefix}/",
+                "-g", "daemon off;"]
+
+    def render(self) -> str:
+        return render_config(
+            self.template_path.read_text(), listen=self.address, port=self.port,
+            prefix=self.prefix, origin=self.origin, peers=self.peers, user=current_user())
+
+    def start(self, timeout: float = 10.0) -> NginxNode:
+        if self._proc is not None:
+            raise RuntimeError(f"{self} already started")
+        for sub in ("logs", "cache", "tmp"):
+            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(self.render())
+        check = subprocess.run([*self._args(), "-t", "-q"], capture_output=True, timeout=30)
+        if check.returncode != 0:
+            raise NginxError(f"nginx -t failed for {self.conf_path}:\n"
+                             + check.stderr.decode(errors="replace"))
+        self._stderr = self._stderr_path.open("wb")
+        try:
+            # Own session = own process group: stop() can SIGKILL master and workers together.
+            self._proc = subprocess.Popen(
+                self._args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=self._stderr, start_new_session=True)
+        except BaseException:
+            self._stderr.close()
+            self._stderr = None
+            raise
+        try:
+            wait_until(self._accepting, timeout, what=f"{self} to accept connections")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _accepting(self) -> bool:
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            raise NginxError(f"{self} exited with {self._proc.returncode}:\n{self._diagnostics()}")
+        try:
+            with socket.create_connection((self.address, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _diagnostics(self) -> str:
+        parts = []
+        for path in (self._stderr_path, self.error_log):
+            if path.exists():
+                parts.append(f"--- {path}\n{path.read_text(errors='replace')[-4000:]}")
+        return "\n".join(parts)
+
+    @property
+    def pid(self) -> int | None:
+        """The master's pid while running."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Graceful stop (SIGQUIT); SIGKILL to the whole process group after ``timeout`` s."""
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGQUIT)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    _killpg(proc.pid)
+                    proc.wait()
+            # The master waits for its workers, but if it died hard they may be orphans.
+            if _group_alive(proc.pid):
+                time.sleep(0.2)
+                _killpg(proc.pid)
+        finally:
+            self._proc = None
+            if self._stderr is not None:
+                self._stderr.close()
+                self._stderr = None
+
+    def reopen(self, timeout: float = 5.0) -> None:
+        """``nginx -s reopen``: SIGUSR1 to the master; returns once the access log exists.
+
+        The workers reopen right after the master, so a line written in the next
+        milliseconds may still land in the old file: poll for the line you expect.
+        """
+        if self.pid is None:
+            raise RuntimeError(f"{self} is not running")
+        os.kill(self.pid, signal.SIGUSR1)
+        wait_until(self.access_log.exists, timeout, what=f"{self.access_log} to be reopened")
+
+    def __enter__(self) -> NginxNode:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # client ----------------------------------------------------------------------------------
+
+    def get(
+        self, path: str | bytes, host: str = "www.example.com",
+        headers: dict[str, str] | None = None, method: str = "GET", source: str | None = None,
+        timeout: float = 5.0,
+    ) -> Response:
+        """One request on a fresh connection, target sent byte for byte.
+
+        ``source`` binds the client socket (e.g. :data:`OUTSIDER_ADDRESS` for a non-peer).
+        """
+        target = path.decode("latin-1") if isinstance(path, bytes) else path
+        conn = _RawHTTPConnection(
+            self.address, self.port, timeout=timeout,
+            source_address=(source, 0) if source else None)
+        try:
+            conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+            conn.putheader("Host", host)
+            for name, value in (headers or {}).items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            resp = conn.getresponse()
+            return Response(resp.status, resp.headers, resp.read())
+        finally:
+            conn.close()
+
+    # access log ------------------------------------------------------------------------------
+
+    def log_lines(self) -> list[LogLine]:
+        """Every complete line of the access log, parsed."""
+        try:
+            data = self.access_log.read_bytes().decode("latin-1")
+        except FileNotFoundError:
+            return []
+        return [LogLine.parse(line) for line in data.splitlines(keepends=True)
+                if line.endswith("\n")]
+
+    def wait_log(
+        self, match: Callable[[LogLine], bool], timeout: float = 5.0, count: int = 1,
+    ) -> list[LogLine]:
+        """Wait until ``count`` access-log lines satisfy ``match``; return all that do.
+
+        NGINX writes the line after the response is finished, so it can trail the response
+        the client already read by a fraction of a millisecond.
+        """
+        found: list[LogLine] = []
+
+        def ready() -> bool:
+            nonlocal found
+            found = [line for line in self.log_lines() if match(line)]
+            return len(found) >= count
+
+        wait_until(ready, timeout, what=f"{count} matching line(s) in {self.access_log}")
+        return found
+
+
+def _killpg(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# the cluster
+
+
+class Cluster:
+    """An origin and N NGINX nodes on 127.0.0.11, .12, ...; start()/stop() or ``with``.
+
+    Every node allows refreshes from ``client_address`` (where the agents connect from) and
+    from every node address. If ``origin`` is given the cluster uses it and leaves it running.
+    """
+
+    def __init__(
+        self, workdir: Path, *, nodes: int = 3, addresses: Sequence[str] | None = None,
+        origin: Origin | None = None, template_path: Path = EXAMPLE_CONFIG,
+        client_address: str = CLIENT_ADDRESS,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.addresses = tuple(addresses or (f"127.0.0.{11 + i}" for i in range(nodes)))
+        self.template_path = Path(template_path)
+        self.peers = tuple(dict.fromkeys((client_address, *self.addresses)))
+        self._own_origin = origin is None
+        self.origin = origin if origin is not None else Origin()
+        self.nodes: list[NginxNode] = []
+
+    def start(self) -> Cluster:
+        try:
+            if self._own_origin:
+                self.origin.start()
+            for i, address in enumerate(self.addresses):
+                node = NginxNode(
+                    chr(ord("a") + i), address, self.template_path, self.origin.url,
+                    self.peers, self.workdir)
+                self.nodes.append(node)
+                node.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every node, then the origin if the cluster started it; all are tried."""
+        errors: list[BaseException] = []
+        for node in reversed(self.nodes):
+            try:
+                node.stop()
+            except Exception as exc:  # keep stopping the others
+                errors.append(exc)
+        if self._own_origin:
+            try:
+                self.origin.stop()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __getitem__(self, index: int) -> NginxNode:
+        return self.nodes[index]
+
+    def __iter__(self) -> Iterator[NginxNode]:
+        return iter(self.nodes)

@@ -1,0 +1,42 @@
+"""Shared fixtures: the lab's origin and a three-node NGINX cluster, real processes on loopback.
+
+Both are function-scoped and fail the test if they leave a thread or an NGINX process behind.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab import Cluster, Origin, find_nginx
+
+
+def _process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    """A started :class:`lab.Origin` on 127.0.0.1; stopped (threads joined) at teardown."""
+    with Origin() as started:
+        yield started
+    assert not started.running, "origin thread still running after stop()"
+
+
+@pytest.fixture
+def cluster(origin: Origin, tmp_path: Path) -> Iterator[Cluster]:
+    """Three NGINX nodes (127.0.0.11-13) rendered from examples/nginx.conf, using ``origin``."""
+    if find_nginx() is None:
+        pytest.skip("nginx not found on PATH or in /usr/sbin (Debian: make system-deps)")
+    with Cluster(tmp_path / "cluster", nodes=3, origin=origin) as started:
+        masters = [node.pid for node in started]
+        yield started
+    left = [pid for pid in masters if pid is not None and _process_group_alive(pid)]
+    assert not left, f"NGINX process groups still alive after stop(): {left}"
