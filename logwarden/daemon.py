@@ -41,6 +41,7 @@ class Daemon:
         self.lines: LineQueue = asyncio.Queue(LINES_QUEUE_BATCHES)
         self.stopping = asyncio.Event()
         self.metrics_address: tuple[str, int] | None = None
+        self.sources: list[FileSource] = []
         self._started = time.time()
 
     async def run(self) -> int:
@@ -49,7 +50,7 @@ class Daemon:
             method=cfg.refresh_method, header=cfg.refresh_header_pair, timeout=cfg.timeout,
             concurrency=cfg.concurrency, peer_concurrency=cfg.peer_concurrency,
             queue_size=cfg.queue_size), self.metrics)
-        sources = [FileSource(path, self.lines, self.metrics, from_start=cfg.from_start,
+        self.sources = sources = [FileSource(path, self.lines, self.metrics, from_start=cfg.from_start,
                               poll_interval=cfg.poll_interval) for path in cfg.access_log]
         server = MetricsServer(self.metrics, self.health)
         if cfg.metrics_listen != "off":
@@ -108,9 +109,14 @@ class Daemon:
             m.queue_depth.labels("refreshes").set(dispatcher.depth())
 
     def health(self) -> dict[str, object]:
+        """``ok`` once every source reads (or waits for) its file, so no line is missed."""
+        sources = {str(s.path): s.state for s in self.sources}
+        starting = not sources or "starting" in sources.values()
+        status = "stopping" if self.stopping.is_set() else "starting" if starting else "ok"
         return {
-            "status": "stopping" if self.stopping.is_set() else "ok",
+            "status": status,
             "uptime_seconds": round(time.time() - self._started, 3),
+            "sources": sources,
             "peers": list(self.config.targets),
         }
 

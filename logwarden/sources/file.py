@@ -101,6 +101,12 @@ class FileSource:
         self.draining: list[_OpenFile] = []
         self._wake = asyncio.Event()
         self._stopping = False
+        self.started = False
+        """True once the first attempt to open the path was made: lines from now on are read."""
+
+    @property
+    def state(self) -> str:
+        return "tailing" if self.current is not None else "waiting" if self.started else "starting"
 
     def stop(self) -> None:
         self._stopping = True
@@ -155,6 +161,8 @@ class FileSource:
                 at_end, said = False, True
             except PermissionError as exc:
                 log.error("cannot open %s: %s; retrying", self.path, exc.strerror)
+            finally:
+                self.started = True
             await self._sleep()
 
     async def _check_path(self) -> None:

@@ -1,0 +1,76 @@
+"""The command line as an operator runs it: real subprocesses, exit codes and messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from logwarden import __version__
+from logwarden.config import SETTINGS
+
+FMT = "$host \"$request\" $status $upstream_cache_status"
+ARGS = ["--access-log", "/var/log/nginx/access.log", "--log-format", FMT,
+        "--self", "http://127.0.0.11:80", "--peer", "http://127.0.0.11:80",
+        "--peer", "http://127.0.0.12:80"]
+
+
+def logwarden(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "logwarden", *args], capture_output=True,
+                          text=True, timeout=30, env=env)
+
+
+def test_version() -> None:
+    out = logwarden("--version")
+    assert out.returncode == 0
+    assert __version__ in out.stdout
+
+
+def test_check_prints_the_effective_config(tmp_path: Path) -> None:
+    out = logwarden("check", *ARGS, "--timeout", "2.5")
+    assert out.returncode == 0, out.stderr
+    effective = tomllib.loads(out.stdout)
+    assert effective["timeout"] == 2.5
+    assert effective["peer"] == ["http://127.0.0.11:80", "http://127.0.0.12:80"]
+    assert "refreshes go to: http://127.0.0.12:80" in out.stderr
+    # What check prints is a config file that check accepts back.
+    conf = tmp_path / "effective.toml"
+    conf.write_text(out.stdout)
+    again = logwarden("check", "--config", str(conf))
+    assert again.returncode == 0, again.stderr
+    assert tomllib.loads(again.stdout) == effective
+
+
+@pytest.mark.parametrize(
+    ("toml", "args", "message"),
+    [
+        ('bogus_key = 1\n', [], "bogus_key: 'bogus_key' is not a known setting"),
+        ("", ["--log-format", "$host \"$request\" $status"], "upstream_cache_status"),
+        ("", ["--peer", "ftp://127.0.0.13"], "peer: 'ftp://127.0.0.13' is not an http(s)"),
+    ],
+)
+def test_check_rejects_bad_config(tmp_path: Path, toml: str, args: list[str], message: str) -> None:
+    conf = tmp_path / "lw.toml"
+    conf.write_text(toml)
+    out = logwarden("check", "--config", str(conf), *ARGS, *args)
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr.startswith("logwarden: error: ")
+    assert message in out.stderr
+
+
+def test_run_rejects_bad_config_before_starting() -> None:
+    out = logwarden("run", *ARGS, "--concurrency", "0")
+    assert out.returncode == 2
+    assert "concurrency: 0 must be greater than 0" in out.stderr
+
+
+def test_every_setting_is_a_flag_and_documented() -> None:
+    help_text = logwarden("run", "--help").stdout
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for s in SETTINGS:
+        assert s.flag in help_text
+        assert f"`{s.flag}" in readme, f"{s.flag} is not in the README's settings table"

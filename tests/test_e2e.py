@@ -1,0 +1,155 @@
+"""End to end: real NGINX nodes from examples/nginx.conf, a real origin, one real logwarden
+process per node tailing that node's access log. A change fetched on one node must reach the
+others without any client asking them, exactly once, and without ping-pong."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from lab import EXAMPLE_CONFIG, Cluster, NginxNode, Origin, wait_until
+from lab.agent import Agent, log_format_from_conf
+from tests.peers import dead_url
+
+pytestmark = pytest.mark.nginx
+
+LOG_FORMAT = log_format_from_conf(Path(EXAMPLE_CONFIG).read_text())
+StartAgent = Callable[..., Agent]
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path) -> Iterator[StartAgent]:
+    """Start logwarden beside a node; every agent must exit 0 on SIGTERM at teardown."""
+    agents: list[Agent] = []
+
+    def start(node: NginxNode, peers: Sequence[str], *extra: str) -> Agent:
+        agent = Agent(node.access_log, LOG_FORMAT, node.url, peers,
+                      extra=["--log-level", "debug", *extra],
+                      stderr=tmp_path / f"logwarden-{node.address}.log")
+        agents.append(agent.start())
+        return agent
+
+    yield start
+    codes = [agent.stop() for agent in agents]
+    assert codes == [0] * len(agents), f"logwarden exit codes: {codes}"
+
+
+def urls(cluster: Cluster) -> list[str]:
+    return [node.url for node in cluster.nodes]
+
+
+def refreshes_seen(node: NginxNode, target: str) -> list[object]:
+    """Lines on ``node`` caused by a logwarden refresh of ``target``."""
+    return [line for line in node.log_lines()
+            if line.target == target and line.user_agent.startswith("logwarden/")]
+
+
+def body_version(node: NginxNode, target: str, host: str) -> tuple[str | None, int]:
+    response = node.get(target, host=host)
+    return response.headers.get("X-Cache-Status"), int(response.headers["X-Version"])
+
+
+CASES = [
+    pytest.param("/e2e/page?ma=60", "www.example.com", id="plain"),
+    pytest.param("/e2e/caf%C3%A9/x%31?b=2&a=1&ma=60", "www.example.com", id="query-escapes"),
+    pytest.param("/e2e/logo.svg?ma=60", "static.example.com", id="other-host"),
+]
+
+
+@pytest.mark.parametrize(("target", "host"), CASES)
+def test_change_fetched_on_one_node_reaches_the_others(
+    cluster: Cluster, origin: Origin, start_agent: StartAgent, target: str, host: str,
+) -> None:
+    a, b, c = cluster.nodes
+    path = target.split("?")[0]
+    for node in (b, c):  # B and C hold version 1, fresh for a minute
+        assert body_version(node, target, host) == ("MISS", 1)
+    agents = [start_agent(node, urls(cluster)) for node in cluster.nodes]
+
+    assert origin.bump(path) == 2
+    assert body_version(b, target, host) == ("HIT", 1)  # stale content, as users would see it
+    before = len(origin.requests_for(path))
+
+    assert a.get(target, host=host).headers["X-Version"] == "2"  # A logs MISS, stores v2
+
+    for node in (b, c):  # refreshed by A's agent, within 2 s, without any client asking
+        wait_until(lambda node=node: bool(refreshes_seen(node, target)), timeout=2,
+                   what=f"a refresh of {target} on {node.address}")
+    for node in (b, c):
+        assert body_version(node, target, host) == ("HIT", 2)
+        [line] = refreshes_seen(node, target)
+        assert (line.cache_status, line.method, line.host) == ("BYPASS", "HEAD", host)
+
+    # One origin fetch per node: A's MISS and one refresh each for B and C.
+    assert len(origin.requests_for(path)) - before == 3
+    # A sent exactly one request to each peer; B and C saw only BYPASS lines: no ping-pong.
+    agent_a, agent_b, agent_c = agents
+    assert agent_a.value("logwarden_triggers_total", cache_status="MISS") == 1
+    for peer in (b.url, c.url):
+        assert agent_a.total("logwarden_refreshes_total", peer=peer) == 1
+        assert agent_a.value("logwarden_refreshes_total", peer=peer, outcome="ok") == 1
+    for agent in (agent_b, agent_c):
+        assert agent.total("logwarden_refreshes_total") == 0
+        assert agent.value("logwarden_records_ignored_total", reason="cache_status") >= 1
+        assert agent.total("logwarden_triggers_total") == 0
+
+
+def test_background_update_stale_line_triggers(
+    cluster: Cluster, origin: Origin, start_agent: StartAgent,
+) -> None:
+    """The headline setup: expired entry + proxy_cache_background_update logs STALE."""
+    a, b, c = cluster.nodes
+    target = "/e2e/bg?ma=1"
+    for node in cluster.nodes:
+        assert body_version(node, target, "www.example.com") == ("MISS", 1)
+    start_agent(a, urls(cluster))
+    origin.bump("/e2e/bg")
+    wait_until(lambda: a.get(target).headers["X-Cache-Status"] == "STALE", timeout=5,
+               interval=0.25, what="the entry on A to expire")
+    a.wait_log(lambda line: line.target == target and line.cache_status == "STALE")
+    for node in (b, c):
+        wait_until(lambda node=node: bool(refreshes_seen(node, target)), timeout=2,
+                   what=f"a refresh of {target} on {node.address}")
+        # Refreshed entries are fresh for max-age=1 again, so a HIT with version 2 now.
+        assert body_version(node, target, "www.example.com") == ("HIT", 2)
+
+
+def test_dead_and_silent_peers_are_isolated(
+    cluster: Cluster, start_agent: StartAgent,
+) -> None:
+    a, b, _ = cluster.nodes
+    dead = dead_url()
+    with socket.socket() as silent:  # accepts connections (kernel backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        silent_url = "http://127.0.0.1:%d" % silent.getsockname()[1]
+        agent = start_agent(a, [a.url, dead, silent_url, b.url], "--timeout", "1")
+        for i in range(2):
+            target = f"/e2e/iso{i}?ma=60"
+            a.get(target)
+            wait_until(lambda target=target: bool(refreshes_seen(b, target)), timeout=2,
+                       what=f"the live peer to be refreshed for {target}")
+        wait_until(lambda: agent.value("logwarden_refreshes_total", peer=silent_url,
+                                       outcome="timeout") == 2, timeout=5, what="2 timeouts")
+        assert agent.value("logwarden_refreshes_total", peer=dead, outcome="connect_error") == 2
+        assert agent.value("logwarden_refreshes_total", peer=b.url, outcome="ok") == 2
+        assert agent.value("logwarden_lines_total") >= 2
+        assert agent.value("logwarden_refresh_duration_seconds_count", peer=b.url) == 2
+
+
+def test_rotation_under_a_running_agent(cluster: Cluster, start_agent: StartAgent) -> None:
+    a, b, _ = cluster.nodes
+    agent = start_agent(a, urls(cluster))
+    a.get("/e2e/rot1?ma=60")
+    a.access_log.rename(a.access_log.with_name("access.log.1"))
+    a.get("/e2e/rot2?ma=60")  # written into the renamed file
+    a.reopen()
+    a.get("/e2e/rot3?ma=60")  # written into the new file
+    for i in (1, 2, 3):
+        wait_until(lambda i=i: bool(refreshes_seen(b, f"/e2e/rot{i}?ma=60")), timeout=3,
+                   what=f"rot{i} to reach B")
+    assert agent.value("logwarden_file_rotations_total") == 1
+    assert agent.value("logwarden_lines_malformed_total") == 0
