@@ -45,11 +45,12 @@ class Agent:
         return f"http://127.0.0.1:{self.metrics_port}"
 
     def start(self, timeout: float = 10.0) -> Agent:
-        err = open(self.stderr_path, "ab") if self.stderr_path else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(self.args, stderr=err, stdout=subprocess.DEVNULL, env=env)
-        if err is not subprocess.DEVNULL:
-            err.close()
+        if self.stderr_path is None:
+            self.proc = subprocess.Popen(self.args, stderr=subprocess.DEVNULL, env=env)
+        else:
+            with open(self.stderr_path, "ab") as err:
+                self.proc = subprocess.Popen(self.args, stderr=err, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

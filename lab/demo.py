@@ -24,7 +24,8 @@ HOST = "www.example.com"
 
 def ask(node: NginxNode, name: str) -> str:
     response = node.get(TARGET, host=HOST)
-    return f"client → {name}: {response.headers['X-Cache-Status']:<7} version {response.headers['X-Version']}"
+    status, version = response.headers["X-Cache-Status"], response.headers["X-Version"]
+    return f"client → {name}: {status:<7} version {version}"
 
 
 def refreshed(node: NginxNode, since: int) -> bool:

@@ -24,6 +24,7 @@ from logwarden.logformat import ESCAPES, LogFormat, LogFormatError
 ENV_PREFIX = "LOGWARDEN_"
 CACHE_STATUSES = ("MISS", "BYPASS", "EXPIRED", "STALE", "UPDATING", "REVALIDATED", "HIT")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -61,7 +62,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_format_escape", str, "default", "The log_format's escape= parameter.",
             choices=ESCAPES),
     Setting("default_host", str, None, "Host header to send when the format has no $host."),
-    Setting("from_start", bool, False, "Read existing file content instead of starting at its end."),
+    Setting("from_start", bool, False, "Read what the file holds instead of starting at its end."),
     Setting("self", str, None, "This node's own peer URL; it is left out of the fan-out."),
     Setting("peer", str, (), "Peer URL http(s)://ADDRESS[:PORT] (repeatable; same list on every "
             "node).", multiple=True),
@@ -208,8 +209,8 @@ def _coerce(setting: Setting, raw: Any, key: str | None = None) -> Any:
 def _coerce_bool(key: str, raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
-    if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return raw.lower() in ("1", "true", "yes", "on")
+    if isinstance(raw, str) and raw.lower() in _TRUE + _FALSE:
+        return raw.lower() in _TRUE
     raise ConfigError(key, raw, "must be true or false")
 
 

@@ -1,6 +1,6 @@
 """Wire the stages and own the lifecycle: start, signals, orderly drain, exit code.
 
-    sources ──lines queue──▶ process (parse → decide → dedup) ──▶ dispatcher ──per-peer queues──▶ peers
+    sources ─lines queue─▶ process (parse, decide, dedup) ─▶ dispatcher ─per-peer queues─▶ peers
 
 Shutdown flows downstream: sources stop and read what is already written, the processor
 drains the lines queue, the dispatcher finishes queued refreshes until the deadline and
@@ -50,8 +50,9 @@ class Daemon:
             method=cfg.refresh_method, header=cfg.refresh_header_pair, timeout=cfg.timeout,
             concurrency=cfg.concurrency, peer_concurrency=cfg.peer_concurrency,
             queue_size=cfg.queue_size), self.metrics)
-        self.sources = sources = [FileSource(path, self.lines, self.metrics, from_start=cfg.from_start,
-                              poll_interval=cfg.poll_interval) for path in cfg.access_log]
+        self.sources = sources = [
+            FileSource(path, self.lines, self.metrics, from_start=cfg.from_start,
+                       poll_interval=cfg.poll_interval) for path in cfg.access_log]
         server = MetricsServer(self.metrics, self.health)
         if cfg.metrics_listen != "off":
             self.metrics_address = await server.start(*parse_listen(cfg.metrics_listen))

@@ -62,7 +62,7 @@ def request_target_ok(target: bytes) -> bool:
     """Only printable ASCII can be replayed: anything else could inject into the request line
     (CR, LF, NUL, spaces), and HTTP/1.1 (h11) refuses raw bytes >= 0x80 in a target, which
     NGINX does accept; percent-encoding them would refresh a different cache entry."""
-    return target.startswith(b"/") and target.isascii() and target.translate(None, _PRINTABLE) == b""
+    return target.startswith(b"/") and not target.translate(None, _PRINTABLE)
 
 
 def host_ok(host: str) -> bool:

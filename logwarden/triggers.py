@@ -82,7 +82,7 @@ class Triggers:
 
 
 def _origin_failed(upstream_status: str | None) -> bool:
-    """True when the last upstream answer was a 5xx (``"502, 200"`` lists end with the final one)."""
+    """True when the last upstream answer was a 5xx (a ``"502, 200"`` list ends with the final)."""
     if not upstream_status:
         return False
     last = upstream_status.replace(":", ",").rsplit(",", 1)[-1].strip()

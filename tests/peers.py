@@ -21,7 +21,7 @@ class RecordingPeer:
 
     async def start(self) -> RecordingPeer:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.url = "http://127.0.0.1:%d" % self.server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
         return self
 
     async def close(self) -> None:

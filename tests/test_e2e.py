@@ -125,7 +125,7 @@ def test_dead_and_silent_peers_are_isolated(
     with socket.socket() as silent:  # accepts connections (kernel backlog), never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
-        silent_url = "http://127.0.0.1:%d" % silent.getsockname()[1]
+        silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         agent = start_agent(a, [a.url, dead, silent_url, b.url], "--timeout", "1")
         for i in range(2):
             target = f"/e2e/iso{i}?ma=60"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from logwarden.metrics import Metrics
 from logwarden.sources import Batch, LineQueue
@@ -77,7 +78,7 @@ class _Waker(FileSystemEventHandler):
 
 
 class FileSource:
-    """Follows one path by name. ``run()`` until ``stop()``; it then reads what is there and ends."""
+    """Follows one path by name: ``run()`` until ``stop()``, then reads what is there and ends."""
 
     def __init__(
         self,
@@ -127,7 +128,7 @@ class FileSource:
             for f in [*self.draining, *([self.current] if self.current else [])]:
                 f.close()
 
-    def _watch(self) -> Observer:  # type: ignore[valid-type]
+    def _watch(self) -> BaseObserver:
         observer = Observer()
         handler = _Waker(asyncio.get_running_loop(), self._wake)
         observer.schedule(handler, str(self.path.parent), recursive=False)
