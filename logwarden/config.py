@@ -168,7 +168,7 @@ def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
         if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
             continue
         setting = _setting(var[len(ENV_PREFIX):].lower(), "in the environment", shown=var)
-        out[setting.name] = _coerce(setting, _split(raw) if setting.multiple else raw, key=var)
+        out[setting.name] = _coerce(setting, raw, key=var, text=True)
     return out
 
 
@@ -184,17 +184,17 @@ def _split(raw: str) -> list[str]:
     return [part for part in re.split(r"[,\s]+", raw) if part]
 
 
-def _coerce(setting: Setting, raw: Any, key: str | None = None) -> Any:
-    """Turn a TOML or environment value into the setting's type, or say why it can't be."""
+def _coerce(setting: Setting, raw: Any, key: str | None = None, text: bool = False) -> Any:
+    """Turn a TOML value, or an environment string (``text``), into the setting's type."""
     key = key or setting.name
     if setting.multiple:
-        items = _split(raw) if isinstance(raw, str) else raw
+        items = _split(raw) if text else raw
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
             raise ConfigError(key, raw, "must be a list of strings")
         return tuple(items)
     if setting.kind is bool:
-        return _coerce_bool(key, raw)
-    if setting.kind in (int, float) and isinstance(raw, str):
+        return _coerce_bool(key, raw, text)
+    if setting.kind in (int, float) and text:
         try:
             return setting.kind(raw)
         except ValueError:
@@ -206,10 +206,10 @@ def _coerce(setting: Setting, raw: Any, key: str | None = None) -> Any:
     return raw
 
 
-def _coerce_bool(key: str, raw: Any) -> bool:
+def _coerce_bool(key: str, raw: Any, text: bool) -> bool:
     if isinstance(raw, bool):
         return raw
-    if isinstance(raw, str) and raw.lower() in _TRUE + _FALSE:
+    if text and raw.lower() in _TRUE + _FALSE:
         return raw.lower() in _TRUE
     raise ConfigError(key, raw, "must be true or false")
 

@@ -1,0 +1,311 @@
+"""Compile an NGINX ``log_format`` string into a parser of access-log lines.
+
+The operator gives the format exactly as written in nginx.conf, so there is nothing to
+translate by hand. Each variable becomes a regex group whose pattern follows from what NGINX
+can write there: with the default escaping every ``"``, ``\\``, control byte and byte >= 0x7f
+inside a value is written as ``\\xHH``; with ``escape=json`` as a JSON escape (bytes >= 0x80 stay
+raw). So a value followed by such a delimiter can be matched with a negated class, which is
+both exact and fast; other values fall back to a lazy group anchored by the rest of the line.
+Values are unescaped back to the exact bytes NGINX saw (nginx-facts §6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import regex
+
+from logwarden.record import Record
+
+ESCAPES = ("default", "json", "none")
+
+_VARIABLE = regex.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
+_CONF_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", '"': '"', "'": "'", "\\": "\\"}
+_HEX_ESCAPE = regex.compile(rb"\\x([0-9A-Fa-f]{2})")
+_JSON_ESCAPE = regex.compile(rb"\\(?:u([0-9A-Fa-f]{4})|(.))", regex.DOTALL)
+_JSON_SIMPLE = {b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f", b"n": b"\n",
+                b"r": b"\r", b"t": b"\t"}
+
+_NUMBER = rb"\d+"
+_DECIMAL = rb"\d+\.\d+"
+# Variables whose values have a fixed shape in every escaping (NGINX writes them itself).
+_SHAPES: dict[str, bytes] = {
+    "status": rb"\d{3}",
+    "msec": _DECIMAL,
+    "request_time": _DECIMAL,
+    "body_bytes_sent": _NUMBER,
+    "bytes_sent": _NUMBER,
+    "request_length": _NUMBER,
+    "connection": _NUMBER,
+    "connection_requests": _NUMBER,
+    "pid": _NUMBER,
+    "server_port": _NUMBER,
+    "time_local": rb"\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}",
+    "time_iso8601": rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[+-]\d\d:\d\d|Z)",
+    "upstream_cache_status": rb"[A-Z]*",
+}
+# Variables that never hold a space: a following space delimits them.
+_NO_SPACE = frozenset({"remote_addr", "host", "scheme", "request_method", "server_name",
+                       "server_addr", "server_protocol", "upstream_addr", "binary_remote_addr"})
+
+
+class LogFormatError(ValueError):
+    """The log_format cannot be used; the message says what is missing or wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Slots:
+    """Group numbers of the fields a Record needs (0: the format lacks it)."""
+
+    request: int
+    method: int
+    uri: int
+    cache_status: int
+    host: int
+    http_host: int
+    scheme: int
+    status: int
+    upstream_status: int
+    user_agent: int
+
+
+class LogFormat:
+    """A compiled format: ``parse(line)`` gives a Record, or None for a line it does not match."""
+
+    def __init__(self, fmt: str, escape: str, variables: tuple[str, ...],
+                 pattern: regex.Pattern[bytes], groups: tuple[str, ...]) -> None:
+        self.format = fmt
+        self.escape = escape
+        self.variables = variables
+        self.pattern = pattern
+        self._groups = groups
+        self._unescape: Callable[[bytes], bytes | None] = _UNESCAPERS[escape]
+        index = {name: i + 1 for i, name in enumerate(groups)}
+        self._slots = _Slots(*(index.get(v, 0) for v in (
+            "request", "request_method", "request_uri", "upstream_cache_status", "host",
+            "http_host", "scheme", "status", "upstream_status", "http_user_agent")))
+
+    @classmethod
+    def compile(cls, fmt: str, escape: str = "default") -> LogFormat:
+        if escape not in ESCAPES:
+            raise LogFormatError(f"unknown escape {escape!r}: use one of {', '.join(ESCAPES)}")
+        tokens = _tokens(_unquote(fmt))
+        variables = tuple(dict.fromkeys(t for kind, t in tokens if kind == "var"))
+        _require(variables)
+        pattern, groups = _pattern(tokens, escape)
+        return cls(fmt, escape, variables, regex.compile(pattern, regex.DOTALL), groups)
+
+    def fields(self, line: bytes) -> dict[str, bytes | None] | None:
+        """Every variable's unescaped value; None when the line does not match."""
+        match = self.pattern.fullmatch(_strip_newline(line))
+        if match is None:
+            return None
+        return {name: self._unescape(value)
+                for name, value in zip(self._groups, match.groups(), strict=True)}
+
+    def parse(self, line: bytes) -> Record | None:
+        match = self.pattern.fullmatch(_strip_newline(line))
+        if match is None:
+            return None
+        s, get, unescape = self._slots, match.group, self._unescape
+
+        def field(slot: int) -> bytes | None:
+            return unescape(get(slot)) if slot else None
+
+        if s.method and s.uri:
+            method = (field(s.method) or b"").decode("latin-1")
+            target = _origin_form(field(s.uri) or b"")
+        else:
+            method, target = _split_request(field(s.request) or b"")
+        status = field(s.status)
+        upstream = field(s.upstream_status)
+        return Record(
+            method=method,
+            target=target,
+            cache_status=(field(s.cache_status) or b"").decode("latin-1"),
+            host=_host(field(s.host), field(s.http_host)),
+            scheme=_text(field(s.scheme)),
+            status=int(status) if status and status.isdigit() else None,
+            upstream_status=None if upstream is None else upstream.decode("latin-1"),
+            user_agent=field(s.user_agent),
+        )
+
+
+def _require(variables: tuple[str, ...]) -> None:
+    if not variables:
+        raise LogFormatError("log format has no $variables")
+    if "upstream_cache_status" not in variables:
+        raise LogFormatError("log format lacks $upstream_cache_status: add it to the log_format "
+                             "so logwarden can see which requests fetched a new copy")
+    if "request" not in variables and not {"request_uri", "request_method"} <= set(variables):
+        missing = "$request_method" if "request_uri" in variables else "$request_uri"
+        raise LogFormatError(f"log format lacks the request target: add $request, or "
+                             f"$request_uri with $request_method (missing {missing})")
+
+
+def _unquote(fmt: str) -> str:
+    """Join nginx.conf's quoted pieces (``'a' "b"``) the way NGINX's config parser does.
+
+    Text that is not entirely quoted pieces is the bare format (it may start with a quote)."""
+    text = fmt.strip()
+    if not text or text[0] not in "'\"":
+        return fmt
+    try:
+        return _join_quoted(text)
+    except ValueError:
+        return fmt
+
+
+def _join_quoted(text: str) -> str:
+    pieces, i = [], 0
+    while i < len(text):
+        if text[i].isspace():
+            i += 1
+            continue
+        quote = text[i]
+        if quote not in "'\"":
+            raise ValueError(f"unexpected {text[i]!r} between quoted pieces at offset {i}")
+        i += 1
+        piece = []
+        while i < len(text) and text[i] != quote:
+            if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in _CONF_ESCAPES:
+                piece.append(_CONF_ESCAPES[text[i + 1]])
+                i += 2
+            else:
+                piece.append(text[i])
+                i += 1
+        if i >= len(text):
+            raise ValueError(f"unterminated {quote} quote")
+        pieces.append("".join(piece))
+        i += 1
+    return "".join(pieces)
+
+
+def _tokens(fmt: str) -> list[tuple[str, str]]:
+    """Split into ("lit", text) and ("var", name) in order."""
+    tokens, pos = [], 0
+    for m in _VARIABLE.finditer(fmt):
+        if m.start() > pos:
+            tokens.append(("lit", fmt[pos:m.start()]))
+        tokens.append(("var", m.group(1) or m.group(2)))
+        pos = m.end()
+    if pos < len(fmt):
+        tokens.append(("lit", fmt[pos:]))
+    return tokens
+
+
+def _pattern(tokens: list[tuple[str, str]], escape: str) -> tuple[bytes, tuple[str, ...]]:
+    parts, groups = [], []
+    for i, (kind, text) in enumerate(tokens):
+        if kind == "lit":
+            parts.append(regex.escape(text.encode()))
+            continue
+        following = tokens[i + 1][1].encode()[:1] if i + 1 < len(tokens) else b""
+        value = _value_pattern(text, following, escape)
+        if text in groups:
+            parts.append(b"(?:" + value + b")")  # a repeated variable: match, keep the first
+        else:
+            groups.append(text)
+            parts.append(b"(" + value + b")")
+    return b"".join(parts), tuple(groups)
+
+
+def _value_pattern(name: str, following: bytes, escape: str) -> bytes:
+    empty = b"-" if escape == "default" else b""
+    if name in _SHAPES and escape != "none":
+        return _SHAPES[name] + (b"|" + regex.escape(empty) if empty else b"|")
+    if not following:
+        return b".*"
+    if escape == "json" and following == b'"':
+        return rb'(?:[^"\\]|\\.)*'  # a JSON string body: a quote inside is written \"
+    if _never_raw(following[0], escape) or (following == b" " and name in _NO_SPACE):
+        return b"[^" + regex.escape(following) + b"]*"
+    return b".*?"
+
+
+def _never_raw(byte: int, escape: str) -> bool:
+    """True when NGINX never writes this byte raw inside a value, so it delimits the value.
+
+    (A backslash does appear raw: it starts every escape sequence.)"""
+    if escape == "none":
+        return False
+    if escape == "json":
+        return byte < 0x20
+    return byte == 0x22 or byte < 0x20 or byte >= 0x7F
+
+
+def _strip_newline(line: bytes) -> bytes:
+    if line.endswith(b"\n"):
+        line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+    return line
+
+
+def _unescape_default(value: bytes) -> bytes | None:
+    if value == b"-":
+        return None
+    if b"\\x" not in value:
+        return value
+    return _HEX_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), value)
+
+
+def _unescape_json(value: bytes) -> bytes | None:
+    if not value:
+        return None
+    if b"\\" not in value:
+        return value
+    return _JSON_ESCAPE.sub(_json_char, value)
+
+
+def _json_char(m: regex.Match[bytes]) -> bytes:
+    if m.group(1) is not None:
+        code = int(m.group(1), 16)
+        return bytes((code,)) if code < 0x100 else chr(code).encode()
+    return _JSON_SIMPLE.get(m.group(2), b"\\" + m.group(2))
+
+
+def _unescape_none(value: bytes) -> bytes | None:
+    return value or None
+
+
+_UNESCAPERS: dict[str, Callable[[bytes], bytes | None]] = {
+    "default": _unescape_default, "json": _unescape_json, "none": _unescape_none}
+
+
+def _split_request(request: bytes) -> tuple[str, bytes]:
+    """``METHOD SP TARGET [SP HTTP/x.y]`` → (method, origin-form target); ("", b"") if unparseable."""
+    method, sp, rest = request.partition(b" ")
+    if not sp or not method:
+        return "", b""
+    head, sp, protocol = rest.rpartition(b" ")
+    target = head if sp and protocol.startswith(b"HTTP/") else rest
+    return method.decode("latin-1"), _origin_form(target)
+
+
+def _origin_form(target: bytes) -> bytes:
+    """``http://host/p?q`` (absolute form) → ``/p?q``; NGINX's $request_uri is the same."""
+    if target[:1] == b"/" or b"://" not in target[:10]:
+        return target
+    after = target.partition(b"://")[2]
+    cut = min((i for i in (after.find(b"/"), after.find(b"?")) if i >= 0), default=len(after))
+    rest = after[cut:]
+    return rest if rest.startswith(b"/") else b"/" + rest
+
+
+def _host(host: bytes | None, http_host: bytes | None) -> str | None:
+    if host:
+        return host.decode("latin-1")
+    if not http_host:
+        return None
+    name = http_host.decode("latin-1").lower()
+    if name.startswith("["):  # [v6]:port
+        name = name[: name.find("]") + 1] if "]" in name else name
+    else:
+        name = name.rpartition(":")[0] or name if name.count(":") == 1 else name
+    return name.rstrip(".") or None
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
