@@ -26,7 +26,11 @@ def log_format_from_conf(conf_text: str, name: str = "logwarden") -> str:
 
 
 class Agent:
-    """A logwarden subprocess; ``stop()`` sends SIGTERM and returns its exit code."""
+    """A logwarden subprocess; ``stop()`` sends SIGTERM and returns its exit code.
+
+    It runs in its own session, so a Ctrl-C meant for the demo reaches the demo alone, which
+    then stops the agents in order.
+    """
 
     def __init__(self, access_log: Path, log_format: str, self_url: str, peers: Sequence[str],
                  *, extra: Sequence[str] = (), stderr: Path | None = None) -> None:
@@ -47,10 +51,12 @@ class Agent:
     def start(self, timeout: float = 10.0) -> Agent:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.stderr_path is None:
-            self.proc = subprocess.Popen(self.args, stderr=subprocess.DEVNULL, env=env)
+            self.proc = subprocess.Popen(self.args, stderr=subprocess.DEVNULL, env=env,
+                                         start_new_session=True)
         else:
             with open(self.stderr_path, "ab") as err:
-                self.proc = subprocess.Popen(self.args, stderr=err, env=env)
+                self.proc = subprocess.Popen(self.args, stderr=err, env=env,
+                                             start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
