@@ -212,15 +212,14 @@ def _pattern(tokens: list[tuple[str, str]], escape: str) -> tuple[bytes, tuple[s
 
 
 def _value_pattern(name: str, following: bytes, escape: str) -> bytes:
-    empty = b"-" if escape == "default" else b""
     if name in _SHAPES and escape != "none":
-        return _SHAPES[name] + (b"|" + regex.escape(empty) if empty else b"|")
+        return _SHAPES[name] + (rb"|\-" if escape == "default" else b"|")
     if not following:
         return b".*"
     if escape == "json" and following == b'"':
         return rb'(?:[^"\\]|\\.)*'  # a JSON string body: a quote inside is written \"
     if _never_raw(following[0], escape) or (following == b" " and name in _NO_SPACE):
-        return b"[^" + regex.escape(following) + b"]*"
+        return b"[^\\x%02x]*" % following[0]
     return b".*?"
 
 
@@ -248,7 +247,8 @@ def _unescape_default(value: bytes) -> bytes | None:
         return None
     if b"\\x" not in value:
         return value
-    return _HEX_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), value)
+    unescaped: bytes = _HEX_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), value)
+    return unescaped
 
 
 def _unescape_json(value: bytes) -> bytes | None:
@@ -256,14 +256,16 @@ def _unescape_json(value: bytes) -> bytes | None:
         return None
     if b"\\" not in value:
         return value
-    return _JSON_ESCAPE.sub(_json_char, value)
+    unescaped: bytes = _JSON_ESCAPE.sub(_json_char, value)
+    return unescaped
 
 
 def _json_char(m: regex.Match[bytes]) -> bytes:
     if m.group(1) is not None:
         code = int(m.group(1), 16)
         return bytes((code,)) if code < 0x100 else chr(code).encode()
-    return _JSON_SIMPLE.get(m.group(2), b"\\" + m.group(2))
+    char: bytes = m.group(2)
+    return _JSON_SIMPLE.get(char, b"\\" + char)
 
 
 def _unescape_none(value: bytes) -> bytes | None:
@@ -275,7 +277,7 @@ _UNESCAPERS: dict[str, Callable[[bytes], bytes | None]] = {
 
 
 def _split_request(request: bytes) -> tuple[str, bytes]:
-    """``METHOD SP TARGET [SP HTTP/x.y]`` → (method, origin-form target); ("", b"") if unparseable."""
+    """``METHOD SP TARGET [SP HTTP/x.y]`` → (method, origin-form target), or ("", b"")."""
     method, sp, rest = request.partition(b" ")
     if not sp or not method:
         return "", b""
