@@ -1,0 +1,123 @@
+"""The wired pipeline on a real file and real loopback peers, and shutdown as operators see it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from logwarden.config import load_config
+from logwarden.daemon import Daemon
+from tests.peers import RecordingPeer
+
+FMT = '$host "$request" $status $upstream_cache_status "$http_user_agent"'
+
+
+def line(target: str, status: str = "MISS", ua: str = "curl/8", host: str = "www.example.com",
+         code: int = 200) -> bytes:
+    return f'{host} "GET {target} HTTP/1.1" {code} {status} "{ua}"\n'.encode()
+
+
+def test_pipeline_counts_every_line(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b"")
+
+    async def go() -> tuple[Daemon, RecordingPeer, dict[str, object]]:
+        peer = await RecordingPeer().start()
+        config = load_config({
+            "access_log": (str(log),), "log_format": FMT, "self": "http://127.0.0.1:1",
+            "peer": ("http://127.0.0.1:1", peer.url), "metrics_listen": "127.0.0.1:0",
+            "poll_interval": 0.05,
+        }, None, {})
+        daemon = Daemon(config)
+        task = asyncio.create_task(daemon.run())
+        async with asyncio.timeout(5):
+            while daemon.health()["status"] != "ok":
+                await asyncio.sleep(0.01)
+        with open(log, "ab") as fh:
+            fh.write(line("/a?x=1") + line("/a?x=1", "EXPIRED")  # second one: deduplicated
+                     + line("/hit", "HIT") + b"garbage\n"
+                     + line("/own", "BYPASS", ua="logwarden/0.1.0")
+                     + line("/err", "EXPIRED", code=502) + line("/b%31", "STALE"))
+        async with asyncio.timeout(5):
+            while len(peer.heads) < 2:
+                await asyncio.sleep(0.01)
+        assert daemon.metrics_address is not None
+        health = await asyncio.to_thread(_get_json, daemon.metrics_address, "/healthz")
+        daemon.stopping.set()  # what SIGTERM does
+        assert await task == 0
+        await peer.close()
+        return daemon, peer, health
+
+    daemon, peer, health = asyncio.run(go())
+    assert sorted(peer.request_lines()) == [b"HEAD /a?x=1 HTTP/1.1", b"HEAD /b%31 HTTP/1.1"]
+    value = daemon.metrics.registry.get_sample_value
+    assert value("logwarden_lines_total") == 7
+    assert value("logwarden_lines_malformed_total") == 1
+    assert value("logwarden_triggers_total", {"cache_status": "MISS"}) == 1
+    assert value("logwarden_triggers_total", {"cache_status": "EXPIRED"}) == 1
+    assert value("logwarden_triggers_deduplicated_total") == 1
+    assert value("logwarden_fanouts_total") == 2
+    assert value("logwarden_records_ignored_total", {"reason": "cache_status"}) == 2  # HIT, BYPASS
+    assert value("logwarden_records_ignored_total", {"reason": "status"}) == 1
+    assert value("logwarden_refreshes_total", {"peer": peer.url, "outcome": "ok"}) == 2
+    assert health["status"] == "ok"
+    assert health["sources"] == {str(log): "tailing"}
+
+
+def _get_json(address: tuple[str, int], path: str) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://{address[0]}:{address[1]}{path}", timeout=5) as resp:
+        result: dict[str, object] = json.loads(resp.read())
+        return result
+
+
+def test_sigterm_cuts_stuck_refreshes_at_the_deadline_and_exits_0(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b"")
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        peer = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            metrics = f"127.0.0.1:{probe.getsockname()[1]}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "logwarden", "run", "--access-log", str(log),
+             "--log-format", FMT, "--peer", peer, "--timeout", "30",
+             "--shutdown-timeout", "1", "--metrics-listen", metrics, "--peer-concurrency", "2"],
+            stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_healthy(metrics, proc)
+            with open(log, "ab") as fh:
+                fh.writelines(line(f"/slow{i}") for i in range(10))
+            time.sleep(0.5)  # two requests hang at the silent peer, eight wait in its queue
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=10)
+            took = time.monotonic() - started
+        finally:
+            proc.kill()
+            stderr = proc.communicate()[1]
+    assert code == 0, stderr
+    assert took < 1 + 1.5, took
+    assert "10 refresh requests cut off" in stderr
+
+
+def _wait_healthy(metrics: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "logwarden exited early"
+        try:
+            with urllib.request.urlopen(f"http://{metrics}/healthz", timeout=1) as resp:
+                if json.loads(resp.read())["status"] == "ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError("logwarden did not become healthy")
