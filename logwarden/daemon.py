@@ -55,7 +55,11 @@ class Daemon:
                        poll_interval=cfg.poll_interval) for path in cfg.access_log]
         server = MetricsServer(self.metrics, self.health)
         if cfg.metrics_listen != "off":
-            self.metrics_address = await server.start(*parse_listen(cfg.metrics_listen))
+            try:
+                self.metrics_address = await server.start(*parse_listen(cfg.metrics_listen))
+            except OSError as exc:
+                log.error("cannot serve metrics on %s: %s", cfg.metrics_listen, exc.strerror)
+                return 1
         self._install_signals()
         dispatcher.start()
         processor = asyncio.create_task(self._process(dispatcher), name="process")

@@ -81,6 +81,7 @@ class Peer:
         self.slots = slots
         self.queue: asyncio.Queue[Refresh] = asyncio.Queue(settings.queue_size)
         self._busy = 0
+        self.failing = False
         limits = httpx.Limits(max_connections=settings.peer_concurrency,
                               max_keepalive_connections=settings.peer_concurrency)
         self.client = httpx.AsyncClient(
@@ -108,9 +109,21 @@ class Peer:
                 async with self.slots:
                     outcome = await self.send(refresh)
                 self.metrics.refreshes.labels(self.url, outcome).inc()
+                self._note(outcome)
             finally:
                 self._busy -= 1
                 self.queue.task_done()
+
+    def _note(self, outcome: str) -> None:
+        """Log when the peer starts and stops failing, not every failed request."""
+        failing = outcome != "ok"
+        if failing != self.failing:
+            self.failing = failing
+            if failing:
+                log.warning("peer %s is failing (%s); see logwarden_refreshes_total", self.url,
+                            outcome)
+            else:
+                log.info("peer %s answers again", self.url)
 
     async def send(self, refresh: Refresh) -> str:
         """Send one refresh request; returns its outcome label. Never raises for I/O errors."""

@@ -123,8 +123,9 @@ class FileSource:
                 await self._sleep()
             await self._read_all()  # what was written before the stop is not lost
         finally:
-            observer.stop()
-            await asyncio.to_thread(observer.join)
+            if observer.is_alive():
+                observer.stop()
+                await asyncio.to_thread(observer.join)
             for f in [*self.draining, *([self.current] if self.current else [])]:
                 f.close()
 
