@@ -19,7 +19,7 @@ from logwarden.config import Config, parse_listen
 from logwarden.dispatcher import Dispatcher, DispatchSettings
 from logwarden.logformat import LogFormat
 from logwarden.metrics import Metrics, MetricsServer
-from logwarden.sources import LineQueue
+from logwarden.sources import LineQueue, Source
 from logwarden.sources.file import FileSource
 from logwarden.triggers import Triggers
 
@@ -41,7 +41,7 @@ class Daemon:
         self.lines: LineQueue = asyncio.Queue(LINES_QUEUE_BATCHES)
         self.stopping = asyncio.Event()
         self.metrics_address: tuple[str, int] | None = None
-        self.sources: list[FileSource] = []
+        self.sources: list[Source] = []
         self._started = time.time()
 
     async def run(self) -> int:
@@ -50,9 +50,7 @@ class Daemon:
             method=cfg.refresh_method, header=cfg.refresh_header_pair, timeout=cfg.timeout,
             concurrency=cfg.concurrency, peer_concurrency=cfg.peer_concurrency,
             queue_size=cfg.queue_size), self.metrics)
-        self.sources = sources = [
-            FileSource(path, self.lines, self.metrics, from_start=cfg.from_start,
-                       poll_interval=cfg.poll_interval) for path in cfg.access_log]
+        self.sources = sources = self._sources()
         server = MetricsServer(self.metrics, self.health)
         if cfg.metrics_listen != "off":
             try:
@@ -63,7 +61,7 @@ class Daemon:
         self._install_signals()
         dispatcher.start()
         processor = asyncio.create_task(self._process(dispatcher), name="process")
-        source_tasks = [asyncio.create_task(s.run(), name=f"source {s.path}") for s in sources]
+        source_tasks = [asyncio.create_task(s.run(), name=f"source {s.name}") for s in sources]
         log.info("logwarden running: %d source(s), refreshing %s", len(sources),
                  ", ".join(cfg.targets))
         code = await self._wait(source_tasks, processor)
@@ -76,6 +74,11 @@ class Daemon:
         await server.close()
         log.info("logwarden stopped")
         return code
+
+    def _sources(self) -> list[Source]:
+        cfg = self.config
+        return [FileSource(path, self.lines, self.metrics, from_start=cfg.from_start,
+                           poll_interval=cfg.poll_interval) for path in cfg.access_log]
 
     async def _wait(self, tasks: list[asyncio.Task[None]], processor: asyncio.Task[None]) -> int:
         """Wait for a stop request; a stage that dies on its own is a bug: fail loudly."""
@@ -115,7 +118,7 @@ class Daemon:
 
     def health(self) -> dict[str, object]:
         """``ok`` once every source reads (or waits for) its file, so no line is missed."""
-        sources = {str(s.path): s.state for s in self.sources}
+        sources = {s.name: s.state for s in self.sources}
         starting = not sources or "starting" in sources.values()
         status = "stopping" if self.stopping.is_set() else "starting" if starting else "ok"
         return {

@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 Batch = list[bytes]
 """Complete lines without their newline, in the order they were written."""
 LineQueue = asyncio.Queue[Batch | None]
 """Bounded queue from the sources to the parser; ``None`` (put by the daemon) ends it."""
+
+
+class Source(Protocol):
+    """What the daemon needs of a source. ``run()`` until ``stop()``; it never puts ``None``."""
+
+    name: str
+    """For logs and /healthz, e.g. the file path or the listen URL."""
+
+    @property
+    def state(self) -> str:
+        """``starting`` until lines can be received, then e.g. ``tailing``/``waiting``."""
+        ...
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...

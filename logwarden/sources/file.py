@@ -92,6 +92,7 @@ class FileSource:
         max_line_bytes: int = 64 * 1024,
     ) -> None:
         self.path = Path(path)
+        self.name = str(path)
         self.out = out
         self.metrics = metrics
         self.from_start = from_start
