@@ -39,7 +39,9 @@ class Agent:
             sys.executable, "-m", "logwarden", "run",
             "--access-log", str(access_log), "--log-format", log_format,
             "--self", self_url, *[a for p in peers for a in ("--peer", p)],
-            "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *extra,
+            "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+            "--positions", str(stderr.with_suffix(".positions.json")) if stderr else "off",
+            *extra,
         ]
         self.stderr_path = stderr
         self.proc: subprocess.Popen[bytes] | None = None

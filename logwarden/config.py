@@ -16,10 +16,12 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from logwarden.logformat import ESCAPES, LogFormat, LogFormatError
+from logwarden.positions import default_path as default_positions_path
 
 ENV_PREFIX = "LOGWARDEN_"
 CACHE_STATUSES = ("MISS", "BYPASS", "EXPIRED", "STALE", "UPDATING", "REVALIDATED", "HIT")
@@ -81,6 +83,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics_listen", str, "127.0.0.1:9145", "HOST:PORT for /metrics and /healthz, "
             "or 'off'."),
     Setting("shutdown_timeout", float, 10.0, "Seconds to finish queued refreshes on SIGTERM."),
+    Setting("positions", str, None, "Positions (checkpoints) file, or 'off'. Default: "
+            "$STATE_DIRECTORY/positions.json, /var/lib/logwarden/positions.json as root, else "
+            "./logwarden-positions.json."),
+    Setting("positions_interval", float, 1.0, "Seconds between saves of the positions file."),
+    Setting("max_line_bytes", int, 65536, "Longer lines are skipped and counted."),
+    Setting("max_line_age", float, 300.0, "Lines older than this many seconds (by $msec, "
+            "$time_local or $time_iso8601) are counted but do not trigger; 0 turns it off."),
+    Setting("rotate_wait", float, 5.0, "Seconds a rotated-away file must be quiet before it is "
+            "closed for good (NGINX writes to it until reopened)."),
     Setting("poll_interval", float, 1.0, "Seconds between stat() checks of tailed files "
             "(inotify events wake the tailer sooner)."),
     Setting("log_level", str, "info", "Logging level.", choices=LOG_LEVELS),
@@ -109,6 +120,11 @@ class Config:
     queue_size: int
     metrics_listen: str
     shutdown_timeout: float
+    positions: str | None
+    positions_interval: float
+    max_line_bytes: int
+    max_line_age: float
+    rotate_wait: float
     poll_interval: float
     log_level: str
 
@@ -122,6 +138,12 @@ class Config:
         """The peers a refresh goes to: every peer but this node itself."""
         own = _peer_identity(self.self) if self.self else None
         return tuple(p for p in self.peer if _peer_identity(p) != own)
+
+    @property
+    def positions_path(self) -> Path | None:
+        if self.positions == "off":
+            return None
+        return Path(self.positions) if self.positions else default_positions_path()
 
     def log_format_parser(self) -> LogFormat:
         return LogFormat.compile(self.log_format, self.log_format_escape)
@@ -268,6 +290,12 @@ def _check_peer_url(key: str, url: str) -> None:
         raise ConfigError(key, url, "must not carry a path, query or credentials")
 
 
+def _check_access_logs(key: str, paths: tuple[str, ...]) -> None:
+    for path in paths:
+        if set("*?[") & set(os.path.dirname(path)):
+            raise ConfigError(key, path, "may have glob characters in the file name only")
+
+
 def _check_peers(key: str, urls: tuple[str, ...]) -> None:
     if not urls:
         raise ConfigError(key, "", "is required: the peer URLs of the cluster")
@@ -324,6 +352,7 @@ def _check_default_host(key: str, host: str | None) -> None:
 
 
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "access_log": _check_access_logs,
     "peer": _check_peers,
     "self": _check_self,
     "refresh_header": _check_header,
@@ -334,6 +363,10 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "timeout": _positive,
     "queue_size": _positive,
     "poll_interval": _positive,
+    "positions_interval": _positive,
+    "max_line_bytes": _positive,
+    "max_line_age": _not_negative,
+    "rotate_wait": _not_negative,
     "dedup_window": _not_negative,
     "shutdown_timeout": _not_negative,
 }

@@ -10,6 +10,7 @@ counts what it had to cut off. A second SIGINT/SIGTERM exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -19,7 +20,8 @@ from logwarden.config import Config, parse_listen
 from logwarden.dispatcher import Dispatcher, DispatchSettings
 from logwarden.logformat import LogFormat
 from logwarden.metrics import Metrics, MetricsServer
-from logwarden.sources import LineQueue, Source
+from logwarden.positions import Positions
+from logwarden.sources import Batch, LineQueue, Source
 from logwarden.sources.file import FileSource
 from logwarden.triggers import Triggers
 
@@ -37,7 +39,8 @@ class Daemon:
         self.metrics = Metrics()
         self.parser: LogFormat = config.log_format_parser()
         self.triggers = Triggers(config.statuses, dedup_window=config.dedup_window,
-                                 default_host=config.default_host)
+                                 default_host=config.default_host, max_age=config.max_line_age)
+        self.positions = Positions(config.positions_path)
         self.lines: LineQueue = asyncio.Queue(LINES_QUEUE_BATCHES)
         self.stopping = asyncio.Event()
         self.metrics_address: tuple[str, int] | None = None
@@ -62,6 +65,7 @@ class Daemon:
         dispatcher.start()
         processor = asyncio.create_task(self._process(dispatcher), name="process")
         source_tasks = [asyncio.create_task(s.run(), name=f"source {s.name}") for s in sources]
+        saver = asyncio.create_task(self.positions.run(cfg.positions_interval), name="positions")
         log.info("logwarden running: %d source(s), refreshing %s", len(sources),
                  ", ".join(cfg.targets))
         code = await self._wait(source_tasks, processor)
@@ -70,6 +74,10 @@ class Daemon:
         await asyncio.gather(*source_tasks, return_exceptions=True)
         await self.lines.put(None)
         await processor
+        saver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await saver
+        self.positions.save()
         await dispatcher.close(cfg.shutdown_timeout)
         await server.close()
         log.info("logwarden stopped")
@@ -77,8 +85,10 @@ class Daemon:
 
     def _sources(self) -> list[Source]:
         cfg = self.config
-        return [FileSource(path, self.lines, self.metrics, from_start=cfg.from_start,
-                           poll_interval=cfg.poll_interval) for path in cfg.access_log]
+        return [FileSource(path, self.lines, self.metrics, positions=self.positions,
+                           from_start=cfg.from_start, poll_interval=cfg.poll_interval,
+                           rotate_wait=cfg.rotate_wait, max_line_bytes=cfg.max_line_bytes)
+                for path in cfg.access_log]
 
     async def _wait(self, tasks: list[asyncio.Task[None]], processor: asyncio.Task[None]) -> int:
         """Wait for a stop request; a stage that dies on its own is a bug: fail loudly."""
@@ -114,6 +124,8 @@ class Daemon:
                     continue
                 m.fanouts.inc()
                 dispatcher.submit(refresh)
+            if isinstance(batch, Batch) and batch.checkpoint is not None:
+                self.positions.commit(batch.checkpoint)
             m.queue_depth.labels("refreshes").set(dispatcher.depth())
 
     def health(self) -> dict[str, object]:

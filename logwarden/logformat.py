@@ -11,8 +11,10 @@ Values are unescaped back to the exact bytes NGINX saw (nginx-facts §6).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import regex
 
@@ -68,6 +70,9 @@ class _Slots:
     status: int
     upstream_status: int
     user_agent: int
+    msec: int
+    time_iso8601: int
+    time_local: int
 
 
 class LogFormat:
@@ -84,7 +89,8 @@ class LogFormat:
         index = {name: i + 1 for i, name in enumerate(groups)}
         self._slots = _Slots(*(index.get(v, 0) for v in (
             "request", "request_method", "request_uri", "upstream_cache_status", "host",
-            "http_host", "scheme", "status", "upstream_status", "http_user_agent")))
+            "http_host", "scheme", "status", "upstream_status", "http_user_agent", "msec",
+            "time_iso8601", "time_local")))
 
     @classmethod
     def compile(cls, fmt: str, escape: str = "default") -> LogFormat:
@@ -129,7 +135,27 @@ class LogFormat:
             status=int(status) if status and status.isdigit() else None,
             upstream_status=None if upstream is None else upstream.decode("latin-1"),
             user_agent=field(s.user_agent),
+            time=self._time(get),
         )
+
+    def _time(self, get: Callable[[int], bytes]) -> float | None:
+        s = self._slots
+        try:
+            if s.msec:
+                return float(get(s.msec))
+            if s.time_iso8601:
+                return _parse_time(get(s.time_iso8601), "%Y-%m-%dT%H:%M:%S%z")
+            if s.time_local:
+                return _parse_time(get(s.time_local), "%d/%b/%Y:%H:%M:%S %z")
+        except ValueError:
+            pass  # "-" or a value NGINX would not write: no time, no age check
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_time(value: bytes, fmt: str) -> float:
+    """Cached: every line of a second carries the same text."""
+    return datetime.strptime(value.decode("ascii"), fmt).timestamp()
 
 
 def _require(variables: tuple[str, ...]) -> None:

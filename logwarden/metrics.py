@@ -51,10 +51,19 @@ class Metrics:
         self.queue_depth = Gauge(
             "logwarden_queue_depth", "Items waiting in a pipeline queue.", ["queue"], registry=r)
         self.file_rotations = Counter(
-            "logwarden_file_rotations", "Tailed files replaced by a new file at the same path.",
+            "logwarden_file_rotations", "Tailed files that left their path (renamed or deleted).",
             registry=r)
         self.file_truncations = Counter(
             "logwarden_file_truncations", "Tailed files that shrank below the read offset.",
+            registry=r)
+        self.file_errors = Counter(
+            "logwarden_file_errors", "Failed attempts to open a tailed file, by error.",
+            ["error"], registry=r)
+        self.file_lag_bytes = Gauge(
+            "logwarden_file_lag_bytes", "Bytes between the read offset and the file's size.",
+            ["path"], registry=r)
+        self.open_files = Gauge(
+            "logwarden_open_files", "Files held open by the tailer (current and draining).",
             registry=r)
 
     def init_peer(self, peer: str) -> None:

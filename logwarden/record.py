@@ -27,3 +27,5 @@ class Record:
     upstream_status: str | None = None
     """``$upstream_status`` verbatim; may be a list such as ``"502, 200"``."""
     user_agent: bytes | None = None
+    time: float | None = None
+    """Unix time NGINX wrote the line: ``$msec``, ``$time_iso8601`` or ``$time_local``."""

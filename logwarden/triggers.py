@@ -44,11 +44,15 @@ class Triggers:
         *,
         dedup_window: float,
         default_host: str | None = None,
+        max_age: float = 0.0,
         max_keys: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.statuses = frozenset(statuses)
         self.default_host = default_host
+        self.max_age = max_age
+        self.wall_clock = wall_clock
         self._dedup = _Window(dedup_window, max_keys, clock)
 
     def skip_reason(self, record: Record) -> str | None:
@@ -68,6 +72,8 @@ class Triggers:
             return "bad_target"
         if not (record.host or self.default_host):
             return "no_host"
+        if self.max_age and record.time and self.wall_clock() - record.time > self.max_age:
+            return "too_old"  # a backlog read after downtime: those changes are long served
         return None
 
     def refresh_for(self, record: Record) -> Refresh:

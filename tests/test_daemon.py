@@ -33,7 +33,7 @@ def test_pipeline_counts_every_line(tmp_path: Path) -> None:
         config = load_config({
             "access_log": (str(log),), "log_format": FMT, "self": "http://127.0.0.1:1",
             "peer": ("http://127.0.0.1:1", peer.url), "metrics_listen": "127.0.0.1:0",
-            "poll_interval": 0.05,
+            "poll_interval": 0.05, "positions": str(tmp_path / "positions.json"),
         }, None, {})
         daemon = Daemon(config)
         task = asyncio.create_task(daemon.run())
@@ -69,6 +69,8 @@ def test_pipeline_counts_every_line(tmp_path: Path) -> None:
     assert value("logwarden_refreshes_total", {"peer": peer.url, "outcome": "ok"}) == 2
     assert health["status"] == "ok"
     assert health["sources"] == {str(log): "tailing"}
+    [saved] = json.loads((tmp_path / "positions.json").read_text())["files"]
+    assert (saved["path"], saved["offset"]) == (str(log), log.stat().st_size)
 
 
 def _get_json(address: tuple[str, int], path: str) -> dict[str, object]:
@@ -90,7 +92,8 @@ def test_sigterm_cuts_stuck_refreshes_at_the_deadline_and_exits_0(tmp_path: Path
         proc = subprocess.Popen(
             [sys.executable, "-m", "logwarden", "run", "--access-log", str(log),
              "--log-format", FMT, "--peer", peer, "--timeout", "30",
-             "--shutdown-timeout", "1", "--metrics-listen", metrics, "--peer-concurrency", "2"],
+             "--shutdown-timeout", "1", "--metrics-listen", metrics, "--peer-concurrency", "2",
+             "--positions", str(tmp_path / "positions.json")],
             stderr=subprocess.PIPE, text=True)
         try:
             _wait_healthy(metrics, proc)

@@ -30,7 +30,7 @@ def test_combined_cache_from_nginx_conf_quoting() -> None:
             b'"-" "curl/7.88.1" "MISS" "www.example.com"\n')
     assert fmt.parse(line) == Record(method="GET", target=b"/basic/t1?ma=2", cache_status="MISS",
                                      host="www.example.com", status=200,
-                                     user_agent=b"curl/7.88.1")
+                                     user_agent=b"curl/7.88.1", time=1795334326.0)
     fields = fmt.fields(line)
     assert fields is not None
     assert fields["remote_user"] is None and fields["http_referer"] is None
@@ -56,11 +56,25 @@ def test_tab_format_of_the_example_config() -> None:
     assert fmt.parse(line) == Record(
         method="GET", target=b"/f/page1?ma=60&static=1", cache_status="BYPASS",
         host="www.example.com", scheme="http", status=200, upstream_status="200",
-        user_agent=b"logwarden/0.1")
+        user_agent=b"logwarden/0.1", time=1795335563.788)
     purge = fmt.parse(b"1795335563.853\thttp\twww.example.com\t8080\tPURGE\t/f/page1\t200\t-\t-\t"
                       b"0.000\t-\tlogwarden/0.1")
     assert purge is not None
     assert (purge.method, purge.cache_status, purge.upstream_status) == ("PURGE", "", None)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "value", "expected"),
+    [
+        ("$msec", b"1795335563.788", 1795335563.788),
+        ("$time_iso8601", b"2026-12-03T04:05:08-05:00", 1796288708.0),
+        ("[$time_local]", b"[03/Dec/2026:04:05:08 -0500]", 1796288708.0),
+        ("[$time_local]", b"[03/Dec/2026:99:05:08 -0500]", None),
+    ],
+)
+def test_line_time(fmt: str, value: bytes, expected: float | None) -> None:
+    parsed = LogFormat.compile(fmt + " $upstream_cache_status $request").parse(value + b" - GET /")
+    assert parsed is not None and parsed.time == expected
 
 
 def test_escaped_bytes_in_user_agent_and_uri() -> None:

@@ -5,9 +5,20 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-Batch = list[bytes]
-"""Complete lines without their newline, in the order they were written."""
-LineQueue = asyncio.Queue[Batch | None]
+from logwarden.positions import Checkpoint
+
+
+class Batch(list[bytes]):
+    """Complete lines without their newline, in the order they were written.
+
+    A file source sets ``checkpoint`` (where the batch ends in its file); the processor commits
+    it to the positions once the lines are handled. Other sources may put plain lists.
+    """
+
+    checkpoint: Checkpoint | None = None
+
+
+LineQueue = asyncio.Queue[list[bytes] | None]
 """Bounded queue from the sources to the parser; ``None`` (put by the daemon) ends it."""
 
 

@@ -1,24 +1,33 @@
-"""Tail an access log by name and hand complete lines, in batches, to the parser queue.
+"""Tail access logs by name (or glob) and hand complete lines, in batches, to the parser queue.
 
 Rotation policy (NGINX facts §8): after ``mv access.log access.log.1`` NGINX keeps writing into
-the renamed file until it is told to reopen, so when the path starts naming a new file the old
-one is kept open and read ("draining") until it has been quiet for ``rotate_wait`` seconds;
-the new file is read from offset 0 at the same time. A file that shrinks below the read offset
-was truncated (copytruncate) and is read again from 0. Only complete lines are emitted; the
-partial tail of a drained file is emitted when it is closed for good.
+the renamed file until it is told to reopen, so when the path starts naming another file the
+old one is kept open and read ("draining") until it has been quiet for ``rotate_wait`` seconds;
+the new file is read from offset 0 meanwhile. Deleting the path does not end an open file
+either: it is drained the same way. A file that shrinks below the read offset was truncated
+(copytruncate) and is read again from 0. Only complete lines are emitted; the partial tail of a
+drained file is emitted when it is closed for good.
+
+Where to start: at the saved position when the positions file knows the file (a file rotated
+while logwarden was down is found by inode and finished first); at the start for a file that
+appeared after logwarden started or rotated in while it was down; otherwise at the end, since
+replaying history would fire a storm of refreshes.
 
 Events are hints: watchdog (inotify) wakes the tailer early, a ``poll_interval`` stat() loop
-covers lost events and files that do not exist yet. Reading never waits for the consumer
-longer than the bounded queue forces it to: the file itself is the buffer.
+covers lost events and files that do not exist yet. The file is the buffer: reading waits for
+the bounded queue rather than dropping lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import glob
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -26,17 +35,20 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from logwarden.metrics import Metrics
+from logwarden.positions import Checkpoint, Entry, Positions
 from logwarden.sources import Batch, LineQueue
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20
+GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass
 class _OpenFile:
     """A file being read: identity, offset and the bytes of a line not yet complete."""
 
+    path: str
     fd: int
     dev: int
     ino: int
@@ -44,16 +56,25 @@ class _OpenFile:
     partial: bytes = b""
     skipping: bool = False
     """True while discarding the rest of a line that exceeded ``max_line_bytes``."""
-    quiet_since: float = field(default=0.0)
+    quiet_since: float = 0.0
 
     @classmethod
-    def open(cls, path: Path, at_end: bool) -> _OpenFile:
+    def open(cls, path: str, offset: int | None) -> _OpenFile:
+        """Open ``path`` at ``offset`` (None: at its end)."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         st = os.fstat(fd)
-        return cls(fd, st.st_dev, st.st_ino, st.st_size if at_end else 0)
+        return cls(path, fd, st.st_dev, st.st_ino, st.st_size if offset is None else offset)
+
+    @property
+    def done_offset(self) -> int:
+        """Offset just after the last complete line read."""
+        return self.offset - len(self.partial)
 
     def same_file(self, st: os.stat_result) -> bool:
         return (st.st_dev, st.st_ino) == (self.dev, self.ino)
+
+    def checkpoint(self, final: bool = False) -> Checkpoint:
+        return Checkpoint(self.path, self.dev, self.ino, self.done_offset, final)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -62,9 +83,9 @@ class _OpenFile:
 class _Waker(FileSystemEventHandler):
     """Runs on watchdog's thread; wakes the tailer's loop without flooding it with calls."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
         self.loop = loop
-        self.event = event
+        self.wake = wake
         self.pending = threading.Event()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -74,41 +95,45 @@ class _Waker(FileSystemEventHandler):
 
     def _wake(self) -> None:
         self.pending.clear()
-        self.event.set()
+        self.wake()
 
 
 class FileSource:
-    """Follows one path by name: ``run()`` until ``stop()``, then reads what is there and ends."""
+    """Follows one path or file-name glob: ``run()`` until ``stop()``, then reads what is there."""
 
     def __init__(
         self,
-        path: str | Path,
+        pattern: str | Path,
         out: LineQueue,
         metrics: Metrics,
         *,
+        positions: Positions | None = None,
         from_start: bool = False,
         poll_interval: float = 1.0,
         rotate_wait: float = 5.0,
         max_line_bytes: int = 64 * 1024,
     ) -> None:
-        self.path = Path(path)
-        self.name = str(path)
+        self.name = str(pattern)
+        self.is_glob = bool(GLOB_CHARS & set(os.path.basename(self.name)))
         self.out = out
         self.metrics = metrics
+        self.positions = positions or Positions(None)
         self.from_start = from_start
         self.poll_interval = poll_interval
         self.rotate_wait = rotate_wait
         self.max_line_bytes = max_line_bytes
-        self.current: _OpenFile | None = None
+        self.current: dict[str, _OpenFile] = {}
         self.draining: list[_OpenFile] = []
+        self._failing: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._stopping = False
-        self.started = False
-        """True once the first attempt to open the path was made: lines from now on are read."""
+        self._first_scan = True
 
     @property
     def state(self) -> str:
-        return "tailing" if self.current is not None else "waiting" if self.started else "starting"
+        if self._first_scan:
+            return "starting"
+        return "tailing" if self.current else "waiting"
 
     def stop(self) -> None:
         self._stopping = True
@@ -117,29 +142,42 @@ class FileSource:
     async def run(self) -> None:
         observer = self._watch()
         try:
-            await self._open_first()
             while not self._stopping:
-                await self._check_path()
-                await self._read_all()
+                await self.poll()
                 await self._sleep()
-            await self._read_all()  # what was written before the stop is not lost
+            await self.poll()  # what was written before the stop is not lost
         finally:
             if observer.is_alive():
                 observer.stop()
                 await asyncio.to_thread(observer.join)
-            for f in [*self.draining, *([self.current] if self.current else [])]:
+            for f in [*self.draining, *self.current.values()]:
                 f.close()
+            self.metrics.open_files.dec(len(self.draining) + len(self.current))
+
+    async def poll(self) -> None:
+        """One pass: notice new, rotated and truncated files, then read everything available."""
+        if self._first_scan:
+            self._resume_saved()
+        for path in self._paths():
+            self._check(path)
+        self._first_scan = False
+        await self._read_all()
+
+    def _paths(self) -> list[str]:
+        if not self.is_glob:
+            return [self.name]
+        return sorted({*glob.glob(self.name), *self.current})
 
     def _watch(self) -> BaseObserver:
         observer = Observer()
-        handler = _Waker(asyncio.get_running_loop(), self._wake)
-        observer.schedule(handler, str(self.path.parent), recursive=False)
+        handler = _Waker(asyncio.get_running_loop(), self._wake.set)
+        observer.schedule(handler, os.path.dirname(os.path.abspath(self.name)), recursive=False)
         observer.daemon = True
         try:
             observer.start()
         except OSError as exc:  # e.g. the directory does not exist yet: polling covers it
-            log.warning("cannot watch %s (%s); polling every %ss", self.path.parent, exc,
-                        self.poll_interval)
+            log.warning("cannot watch the directory of %s (%s); polling every %ss", self.name,
+                        exc, self.poll_interval)
         return observer
 
     async def _sleep(self) -> None:
@@ -150,51 +188,122 @@ class FileSource:
             pass
         self._wake.clear()
 
-    async def _open_first(self) -> None:
-        """Open the path, at its end if it exists now; a file that appears later is all new."""
-        at_end, said = not self.from_start, False
-        while not self._stopping:
-            try:
-                self.current = _OpenFile.open(self.path, at_end)
-                log.info("tailing %s from offset %d", self.path, self.current.offset)
-                return
-            except FileNotFoundError:
-                if not said:
-                    log.warning("%s does not exist yet; waiting for it", self.path)
-                at_end, said = False, True
-            except PermissionError as exc:
-                log.error("cannot open %s: %s; retrying", self.path, exc.strerror)
-            finally:
-                self.started = True
-            await self._sleep()
+    # -- noticing changes at a path ------------------------------------------------------------
 
-    async def _check_path(self) -> None:
-        """Notice rotation and truncation by comparing the path's identity and size."""
+    def _check(self, path: str) -> None:
+        """Compare what is at ``path`` with the file we read from it."""
         try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return  # renamed away, not yet recreated: keep reading what we have
-        except PermissionError:
+            st = os.stat(path)
+        except OSError as exc:
+            self._path_gone(path, exc)
             return
-        cur = self.current
+        cur = self.current.get(path)
         if cur is None:
-            await self._open_first()
-            return
-        if not cur.same_file(st):
-            try:
-                new = _OpenFile.open(self.path, at_end=False)
-            except (FileNotFoundError, PermissionError):
-                return  # raced with another rename; the next check sees it
-            log.info("%s was rotated; draining the old file, reading the new one", self.path)
-            self.metrics.file_rotations.inc()
-            cur.quiet_since = asyncio.get_running_loop().time()
-            self.draining.append(cur)
-            self.current = new
+            if not self._is_open(st):
+                self._open(path, self._start_offset(path, st))
+        elif not cur.same_file(st):
+            log.info("%s was rotated; draining the old file, reading the new one", path)
+            self._retire(cur, rotated=True)
+            self._open(path, 0)
         elif st.st_size < cur.offset:
-            log.info("%s was truncated (%d < %d); reading from the start", self.path,
-                     st.st_size, cur.offset)
+            log.info("%s was truncated (%d < %d); reading from the start", path, st.st_size,
+                     cur.offset)
             self.metrics.file_truncations.inc()
             cur.offset, cur.partial, cur.skipping = 0, b"", False
+        self.metrics.file_lag_bytes.labels(path).set(max(0, st.st_size - self._offset(path)))
+
+    def _offset(self, path: str) -> int:
+        cur = self.current.get(path)
+        return cur.offset if cur else 0
+
+    def _path_gone(self, path: str, exc: OSError) -> None:
+        cur = self.current.pop(path, None)
+        if cur is not None:  # deleted, or renamed without a new file yet: drain what we hold
+            log.info("%s is gone (%s); draining the file we have open", path, exc.strerror)
+            self._retire(cur, rotated=True)
+        elif self._first_scan and not self.is_glob:
+            self._report(path, "missing", f"{path} does not exist yet; waiting for it")
+
+    def _retire(self, f: _OpenFile, rotated: bool = False) -> None:
+        if rotated:
+            self.metrics.file_rotations.inc()
+        f.quiet_since = asyncio.get_running_loop().time()
+        self.draining.append(f)
+        self.current.pop(f.path, None)
+
+    def _start_offset(self, path: str, st: os.stat_result) -> int | None:
+        """Where to start reading the file now at ``path``; see the module docstring."""
+        saved = self.positions.for_path(path)
+        for entry in saved:
+            if (entry.dev, entry.ino) == (st.st_dev, st.st_ino):
+                if entry.offset > st.st_size:
+                    log.info("%s shrank while we were away; reading from the start", path)
+                    self.metrics.file_truncations.inc()
+                    return 0
+                return entry.offset
+        if saved or not self._first_scan or self.from_start:
+            return 0  # a new file since we last read this path
+        return None
+
+    def _resume_saved(self) -> None:
+        """Finish files that were rotated away while logwarden was not running (found by inode)."""
+        for entry in self.positions.entries():
+            if not self._matches(entry.path) or self._at_path(entry):
+                continue
+            found = _find_inode(os.path.dirname(os.path.abspath(entry.path)), entry.dev,
+                                entry.ino)
+            try:
+                f = _OpenFile.open(found, entry.offset) if found else None
+            except OSError:
+                f = None
+            if f is None:
+                log.warning("a file rotated away from %s (inode %d) is gone; lines it had "
+                            "after offset %d are lost", entry.path, entry.ino, entry.offset)
+                self.positions.commit(Checkpoint(entry.path, entry.dev, entry.ino, 0, True))
+                continue
+            log.info("finishing %s, rotated away from %s while logwarden was stopped", found,
+                     entry.path)
+            f.path = entry.path  # keep its history under the name it was read as
+            self.metrics.open_files.inc()
+            self._retire(f)
+
+    def _matches(self, path: str) -> bool:
+        return path == self.name or (self.is_glob and fnmatch.fnmatchcase(path, self.name))
+
+    @staticmethod
+    def _at_path(entry: Entry) -> bool:
+        try:
+            st = os.stat(entry.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == (entry.dev, entry.ino)
+
+    def _is_open(self, st: os.stat_result) -> bool:
+        """A file we already read under another name (a glob matching rotated names)."""
+        return any(f.same_file(st) for f in [*self.draining, *self.current.values()])
+
+    def _open(self, path: str, offset: int | None) -> None:
+        try:
+            f = _OpenFile.open(path, offset)
+        except FileNotFoundError:
+            return  # raced with a rename or delete; the next poll sees what is there
+        except OSError as exc:
+            self.metrics.file_errors.labels(type(exc).__name__).inc()
+            self._report(path, "error", f"cannot open {path}: {exc.strerror}; retrying")
+            return
+        if self._failing.pop(path, None):
+            log.info("%s can be read now", path)
+        self.current[path] = f
+        self.metrics.open_files.inc()
+        log.info("tailing %s from offset %d", path, f.offset)
+
+    def _report(self, path: str, kind: str, message: str) -> None:
+        """Log a problem with a path once, not on every poll."""
+        if self._failing.get(path) != kind:
+            self._failing[path] = kind
+            log.log(logging.WARNING if kind == "missing" else logging.ERROR, message)
+
+    # -- reading --------------------------------------------------------------------------------
 
     async def _read_all(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -203,15 +312,19 @@ class FileSource:
                 old.quiet_since = now
             elif now - old.quiet_since >= self.rotate_wait or self._stopping:
                 await self._finish(old)
-        if self.current is not None:
-            await self._read(self.current)
+        for f in list(self.current.values()):
+            await self._read(f)
 
     async def _finish(self, f: _OpenFile) -> None:
         """Close a rotated file for good; its unterminated last line is now complete."""
         if f.partial and not f.skipping:
-            await self._emit([f.partial])
+            f.partial, last = b"", f.partial
+            await self._emit(f, [last], final=True)
+        else:
+            await self._emit(f, [], final=True)
         self.draining.remove(f)
         f.close()
+        self.metrics.open_files.dec()
 
     async def _read(self, f: _OpenFile) -> bool:
         """Read ``f`` to its current end; True if anything was read."""
@@ -221,10 +334,10 @@ class FileSource:
             f.offset += len(chunk)
             lines = self._split(f, chunk)
             if lines:
-                await self._emit(lines)
+                await self._emit(f, lines)
         return got
 
-    def _split(self, f: _OpenFile, chunk: bytes) -> Batch:
+    def _split(self, f: _OpenFile, chunk: bytes) -> list[bytes]:
         lines = (f.partial + chunk).split(b"\n")
         f.partial = lines.pop()
         if f.skipping:  # the first piece ends an over-long line we are discarding
@@ -243,6 +356,22 @@ class FileSource:
             lines = kept
         return lines
 
-    async def _emit(self, lines: Batch) -> None:
+    async def _emit(self, f: _OpenFile, lines: list[bytes], final: bool = False) -> None:
+        batch = Batch(lines)
+        batch.checkpoint = f.checkpoint(final)
         self.metrics.lines.inc(len(lines))
-        await self.out.put(lines)
+        await self.out.put(batch)
+
+
+def _find_inode(directory: str, dev: int, ino: int) -> str | None:
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            if entry.inode() == ino and entry.stat(follow_symlinks=False).st_dev == dev:
+                return entry.path
+        except OSError:
+            continue
+    return None

@@ -1,0 +1,138 @@
+"""Checkpoints: where in each tailed file the last fully processed line ends.
+
+A file is known by its device and inode, not its name: after a rotation the same name is
+another file. The offsets recorded here only move when the processor has handled a batch
+(not when the tailer read it), so a crash repeats at most the lines read since the last save
+and never skips one. Writes are atomic: temp file, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The end of a batch in one file; ``final`` when the file is done for good (rotated away)."""
+
+    path: str
+    dev: int
+    ino: int
+    offset: int
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    path: str
+    dev: int
+    ino: int
+    offset: int
+
+
+class Positions:
+    """The positions file, loaded once at start, committed to as batches are processed."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._entries: dict[tuple[int, int], Entry] = {}
+        self._dirty = False
+        if path is not None:
+            self._entries = {(e.dev, e.ino): e for e in _load(path)}
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def for_path(self, path: str) -> list[Entry]:
+        """What was saved for files that were at ``path`` (the current one and rotated ones)."""
+        return [e for e in self._entries.values() if e.path == path]
+
+    def commit(self, cp: Checkpoint) -> None:
+        key = (cp.dev, cp.ino)
+        if cp.final:
+            self._dirty |= self._entries.pop(key, None) is not None
+            return
+        old = self._entries.get(key)
+        if old is None or old.offset != cp.offset or old.path != cp.path:
+            self._entries[key] = Entry(cp.path, cp.dev, cp.ino, cp.offset)
+            self._dirty = True
+
+    def save(self) -> None:
+        """Write the file if anything changed; errors are logged, tailing goes on."""
+        if self.path is None or not self._dirty:
+            return
+        doc = {"version": VERSION, "files": [asdict(e) for e in self._entries.values()]}
+        try:
+            _atomic_write(self.path, json.dumps(doc, indent=1).encode() + b"\n")
+            self._dirty = False
+        except OSError as exc:
+            log.error("cannot save positions to %s: %s", self.path, exc)
+
+    async def run(self, interval: float) -> None:
+        """Save every ``interval`` seconds until cancelled; the daemon saves once more at exit."""
+        while True:
+            await asyncio.sleep(interval)
+            self.save()
+
+
+def _load(path: Path) -> list[Entry]:
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        # Starting from the end is safe; refusing to start over a damaged file is not helpful.
+        log.error("ignoring unreadable positions file %s: %s", path, exc)
+        return []
+    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+        log.error("ignoring positions file %s: unknown version", path)
+        return []
+    entries = []
+    for item in doc.get("files", []):
+        try:
+            entries.append(Entry(str(item["path"]), int(item["dev"]), int(item["ino"]),
+                                 int(item["offset"])))
+        except (KeyError, TypeError, ValueError):
+            log.error("ignoring a malformed entry in %s: %r", path, item)
+    return entries
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
+
+
+def default_path() -> Path:
+    """``$STATE_DIRECTORY`` (systemd), else /var/lib/logwarden as root, else the working dir."""
+    state_dir = os.environ.get("STATE_DIRECTORY")
+    if state_dir:
+        return Path(state_dir.split(":")[0]) / "positions.json"
+    if os.geteuid() == 0:
+        return Path("/var/lib/logwarden/positions.json")
+    return Path("logwarden-positions.json")
