@@ -95,6 +95,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poll_interval", float, 1.0, "Seconds between stat() checks of tailed files "
             "(inotify events wake the tailer sooner)."),
     Setting("log_level", str, "info", "Logging level.", choices=LOG_LEVELS),
+    Setting("dry_run", bool, False, "Read, decide and count refreshes, but send none "
+            "(benchmarks, trying a config)."),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -127,6 +129,7 @@ class Config:
     rotate_wait: float
     poll_interval: float
     log_level: str
+    dry_run: bool
 
     @property
     def refresh_header_pair(self) -> tuple[str, str]:

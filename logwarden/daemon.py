@@ -23,7 +23,7 @@ from logwarden.metrics import Metrics, MetricsServer
 from logwarden.positions import Positions
 from logwarden.sources import Batch, LineQueue, Source
 from logwarden.sources.file import FileSource
-from logwarden.triggers import Triggers
+from logwarden.triggers import OWN_AGENT_MARK, Triggers
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Daemon:
 
     async def run(self) -> int:
         cfg = self.config
-        dispatcher = Dispatcher(cfg.targets, DispatchSettings(
+        dispatcher = Dispatcher(() if cfg.dry_run else cfg.targets, DispatchSettings(
             method=cfg.refresh_method, header=cfg.refresh_header_pair, timeout=cfg.timeout,
             concurrency=cfg.concurrency, peer_concurrency=cfg.peer_concurrency,
             queue_size=cfg.queue_size), self.metrics)
@@ -66,8 +66,8 @@ class Daemon:
         processor = asyncio.create_task(self._process(dispatcher), name="process")
         source_tasks = [asyncio.create_task(s.run(), name=f"source {s.name}") for s in sources]
         saver = asyncio.create_task(self.positions.run(cfg.positions_interval), name="positions")
-        log.info("logwarden running: %d source(s), refreshing %s", len(sources),
-                 ", ".join(cfg.targets))
+        log.info("logwarden running: %d source(s), refreshing %s%s", len(sources),
+                 ", ".join(cfg.targets), " (dry run: nothing is sent)" if cfg.dry_run else "")
         code = await self._wait(source_tasks, processor)
         for s in sources:
             s.stop()
@@ -103,12 +103,22 @@ class Daemon:
         return 0
 
     async def _process(self, dispatcher: Dispatcher) -> None:
-        """Parse, decide and dedup each line: pure steps, done inline on the batch."""
+        """Parse, decide and dedup each line: pure steps, done inline on the batch.
+
+        Lines the cheap cache-status test rules out (mostly HITs) skip the full parse and are
+        counted as ignored once per batch (LogFormat.skipper says what that means for
+        malformed lines)."""
         parse, triggers, m = self.parser.parse, self.triggers, self.metrics
+        skip = self.parser.skipper(triggers.statuses, keep=OWN_AGENT_MARK)
+        skipped_metric = m.records_ignored.labels("cache_status")
         depth = m.queue_depth.labels("lines")
         while (batch := await self.lines.get()) is not None:
             depth.set(self.lines.qsize())
+            skipped = 0
             for line in batch:
+                if skip(line):
+                    skipped += 1
+                    continue
                 record = parse(line)
                 if record is None:
                     m.lines_malformed.inc()
@@ -124,6 +134,7 @@ class Daemon:
                     continue
                 m.fanouts.inc()
                 dispatcher.submit(refresh)
+            skipped_metric.inc(skipped)
             if isinstance(batch, Batch) and batch.checkpoint is not None:
                 self.positions.commit(batch.checkpoint)
             m.queue_depth.labels("refreshes").set(dispatcher.depth())

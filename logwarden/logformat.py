@@ -7,25 +7,29 @@ inside a value is written as ``\\xHH``; with ``escape=json`` as a JSON escape (b
 raw). So a value followed by such a delimiter can be matched with a negated class, which is
 both exact and fast; other values fall back to a lazy group anchored by the rest of the line.
 Values are unescaped back to the exact bytes NGINX saw (nginx-facts §6).
+
+Most lines are HITs that can never trigger, so :meth:`LogFormat.skipper` gives a cheap test
+that spares them the full parse (see its docstring for what that means for malformed lines).
+Patterns use the stdlib ``re``: on these patterns it measured 2-4x faster than the ``regex``
+package (bench/README.md).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-
-import regex
 
 from logwarden.record import Record
 
 ESCAPES = ("default", "json", "none")
 
-_VARIABLE = regex.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
+_VARIABLE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
 _CONF_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", '"': '"', "'": "'", "\\": "\\"}
-_HEX_ESCAPE = regex.compile(rb"\\x([0-9A-Fa-f]{2})")
-_JSON_ESCAPE = regex.compile(rb"\\(?:u([0-9A-Fa-f]{4})|(.))", regex.DOTALL)
+_HEX_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})")
+_JSON_ESCAPE = re.compile(rb"\\(?:u([0-9A-Fa-f]{4})|(.))", re.DOTALL)
 _JSON_SIMPLE = {b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f", b"n": b"\n",
                 b"r": b"\r", b"t": b"\t"}
 
@@ -79,7 +83,7 @@ class LogFormat:
     """A compiled format: ``parse(line)`` gives a Record, or None for a line it does not match."""
 
     def __init__(self, fmt: str, escape: str, variables: tuple[str, ...],
-                 pattern: regex.Pattern[bytes], groups: tuple[str, ...]) -> None:
+                 pattern: re.Pattern[bytes], groups: tuple[str, ...]) -> None:
         self.format = fmt
         self.escape = escape
         self.variables = variables
@@ -100,7 +104,7 @@ class LogFormat:
         variables = tuple(dict.fromkeys(t for kind, t in tokens if kind == "var"))
         _require(variables)
         pattern, groups = _pattern(tokens, escape)
-        return cls(fmt, escape, variables, regex.compile(pattern, regex.DOTALL), groups)
+        return cls(fmt, escape, variables, re.compile(pattern, re.DOTALL), groups)
 
     def fields(self, line: bytes) -> dict[str, bytes | None] | None:
         """Every variable's unescaped value; None when the line does not match."""
@@ -137,6 +141,39 @@ class LogFormat:
             user_agent=field(s.user_agent),
             time=self._time(get),
         )
+
+    def skipper(self, statuses: Iterable[str],
+                keep: bytes | None = None) -> Callable[[bytes], bool]:
+        """A cheap test, True for a line that cannot trigger, so its full parse can be skipped.
+
+        A line is skipped when it shows a cache-status value between the literals that surround
+        ``$upstream_cache_status`` in the format, and none of ``statuses`` there. That is exact
+        for the trigger decision: NGINX writes the literals as they are, so a line whose field
+        holds a triggering status always contains ``<before>STATUS<after>`` and is parsed.
+        A skipped line is not checked any further: a line showing ``HIT`` but broken elsewhere
+        counts as ignored, not malformed (it could not trigger either way). A line showing no
+        cache-status value at all is parsed, so a garbage line is still counted as malformed.
+        Lines containing ``keep`` (logwarden's own user agent: the triggers remember its
+        purges) are always parsed. A format with no literal between the field and its
+        neighbours skips nothing.
+        """
+        around = _around(_tokens(_unquote(self.format)), "upstream_cache_status")
+        if around is None:
+            return _parse_all
+        before, after = around
+        wanted = b"|".join(re.escape(s.encode()) for s in sorted(set(statuses))) or b"(?!)"
+        shape = rb"[A-Z]*" if self.escape == "json" else rb"[A-Z]+|-"  # what NGINX writes
+        triggering = re.compile(before + b"(?:" + wanted + b")" + after).search
+        showing = re.compile(before + b"(?:" + shape + b")" + after).search
+        mark = keep or b""
+
+        def skip(line: bytes) -> bool:
+            return triggering(line) is None and showing(line) is not None
+
+        def skip_but_keep(line: bytes) -> bool:
+            return triggering(line) is None and mark not in line and showing(line) is not None
+
+        return skip_but_keep if mark else skip
 
     def _time(self, get: Callable[[int], bytes]) -> float | None:
         s = self._slots
@@ -221,11 +258,30 @@ def _tokens(fmt: str) -> list[tuple[str, str]]:
     return tokens
 
 
+def _around(tokens: list[tuple[str, str]], name: str) -> tuple[bytes, bytes] | None:
+    """Patterns for the literal text right before and after the first ``$name`` (the line's
+    start or end where it has none); None when another variable touches it."""
+    i = tokens.index(("var", name))
+    edges = []
+    for j, edge in ((i - 1, rb"\A"), (i + 1, rb"(?:\r?\n)?\Z")):
+        if not 0 <= j < len(tokens):
+            edges.append(edge)
+        elif tokens[j][0] == "lit":
+            edges.append(re.escape(tokens[j][1].encode()))
+        else:
+            return None
+    return edges[0], edges[1]
+
+
+def _parse_all(line: bytes) -> bool:
+    return False
+
+
 def _pattern(tokens: list[tuple[str, str]], escape: str) -> tuple[bytes, tuple[str, ...]]:
     parts, groups = [], []
     for i, (kind, text) in enumerate(tokens):
         if kind == "lit":
-            parts.append(regex.escape(text.encode()))
+            parts.append(re.escape(text.encode()))
             continue
         following = tokens[i + 1][1].encode()[:1] if i + 1 < len(tokens) else b""
         value = _value_pattern(text, following, escape)
@@ -286,7 +342,7 @@ def _unescape_json(value: bytes) -> bytes | None:
     return unescaped
 
 
-def _json_char(m: regex.Match[bytes]) -> bytes:
+def _json_char(m: re.Match[bytes]) -> bytes:
     if m.group(1) is not None:
         code = int(m.group(1), 16)
         return bytes((code,)) if code < 0x100 else chr(code).encode()

@@ -17,6 +17,9 @@ from logwarden.record import Record
 
 USER_AGENT = f"logwarden/{__version__}"
 _OWN_AGENT = b"logwarden/"
+OWN_AGENT_MARK = _OWN_AGENT
+"""Lines carrying it must reach the triggers even when they cannot trigger: they remember
+logwarden's own purges from them (the daemon's prefilter keeps them)."""
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD"})
 
 
