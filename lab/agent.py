@@ -32,12 +32,14 @@ class Agent:
     then stops the agents in order.
     """
 
-    def __init__(self, access_log: Path, log_format: str, self_url: str, peers: Sequence[str],
-                 *, extra: Sequence[str] = (), stderr: Path | None = None) -> None:
+    def __init__(self, access_log: Path | None, log_format: str, self_url: str,
+                 peers: Sequence[str], *, extra: Sequence[str] = (),
+                 stderr: Path | None = None) -> None:
         self.metrics_port = free_port("127.0.0.1")
         self.args = [
             sys.executable, "-m", "logwarden", "run",
-            "--access-log", str(access_log), "--log-format", log_format,
+            *(["--access-log", str(access_log)] if access_log else []),
+            "--log-format", log_format,
             "--self", self_url, *[a for p in peers for a in ("--peer", p)],
             "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
             "--positions", str(stderr.with_suffix(".positions.json")) if stderr else "off",

@@ -101,9 +101,9 @@ class Response(NamedTuple):
 # helpers
 
 
-def free_port(host: str) -> int:
-    """A TCP port that is free on ``host`` right now (bind port 0, read it back, release)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def free_port(host: str, kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A TCP (or ``SOCK_DGRAM``: UDP) port free on ``host`` now (bind port 0, read, release)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
@@ -149,12 +149,13 @@ def _code(text: str) -> str:
 
 def render_config(
     template: str, *, listen: str, port: int, prefix: Path, origin: str,
-    peers: Sequence[str], user: str,
+    peers: Sequence[str], user: str, syslog: str | None = None,
 ) -> str:
     """Turn ``examples/nginx.conf`` into a config that runs under ``prefix`` on loopback.
 
     ``listen`` is the node's address, ``origin`` the upstream ``host:port``, ``peers`` the
-    addresses allowed to force a refresh. Run the result with ``-g 'daemon off;'``.
+    addresses allowed to force a refresh. ``syslog`` (``127.0.0.1:PORT`` or ``unix:/PATH``)
+    also sends the access log there, tagged ``nginx``. Run the result with ``-g 'daemon off;'``.
     """
     prefix = Path(prefix).resolve()
     if re.search(r"[\s;#\"'{}$]", str(prefix)):
@@ -171,7 +172,10 @@ def render_config(
     text = _replace(text, _PROD_WORKERS, f"worker_processes {_LAB_WORKERS};")
     text = _replace(text, _PROD_PID, f"pid {prefix}/nginx.pid;")
     text = _replace(text, _PROD_ERROR_LOG, f"error_log {prefix}/logs/error.log;")
-    text = _replace(text, _PROD_ACCESS_LOG, f"access_log {prefix}/logs/access.log logwarden;")
+    access_log = f"access_log {prefix}/logs/access.log logwarden;"
+    if syslog is not None:
+        access_log += f"\n    access_log syslog:server={syslog},tag=nginx logwarden;"
+    text = _replace(text, _PROD_ACCESS_LOG, access_log)
     text = _replace(text, _PROD_CACHE_PATH, f"proxy_cache_path {prefix}/cache ")
     text = _replace(text, _PROD_ORIGIN, f"server {origin};")
 
@@ -231,7 +235,7 @@ class NginxNode:
     def __init__(
         self, name: str, address: str, template_path: Path, origin_url: str,
         peers: Sequence[str], workdir: Path, *, port: int | None = None,
-        nginx: str | None = None,
+        nginx: str | None = None, syslog: str | None = None,
     ) -> None:
         self.name = name
         self.address = address
@@ -241,6 +245,7 @@ class NginxNode:
         origin = urlsplit(origin_url)
         self.origin = f"{origin.hostname}:{origin.port}"
         self.peers = tuple(peers)
+        self.syslog = syslog
         self.prefix = Path(workdir).resolve() / name
         self.conf_path = self.prefix / "nginx.conf"
         self.access_log = self.prefix / "logs" / "access.log"
@@ -263,7 +268,8 @@ class NginxNode:
     def render(self) -> str:
         return render_config(
             self.template_path.read_text(), listen=self.address, port=self.port,
-            prefix=self.prefix, origin=self.origin, peers=self.peers, user=current_user())
+            prefix=self.prefix, origin=self.origin, peers=self.peers, user=current_user(),
+            syslog=self.syslog)
 
     def start(self, timeout: float = 10.0) -> NginxNode:
         if self._proc is not None:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from logwarden.logformat import ESCAPES, LogFormat, LogFormatError
 from logwarden.positions import default_path as default_positions_path
+from logwarden.sources.syslog import parse_url as parse_syslog_url
 
 ENV_PREFIX = "LOGWARDEN_"
 CACHE_STATUSES = ("MISS", "BYPASS", "EXPIRED", "STALE", "UPDATING", "REVALIDATED", "HIT")
@@ -60,6 +61,14 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("access_log", str, (), "Access log file to tail (repeatable).", multiple=True),
+    Setting("syslog", str, (), "Syslog listener for NGINX's access_log syslog: udp://HOST:PORT "
+            "or unix:///PATH (repeatable).", multiple=True),
+    Setting("syslog_tag", str, "nginx", "Syslog tag (RFC 5424 APP-NAME) of the access log; "
+            "other tags are counted and ignored."),
+    Setting("syslog_rcvbuf", int, 4 << 20, "Receive buffer (SO_RCVBUF) bytes asked for each "
+            "syslog socket."),
+    Setting("syslog_allow", str, (), "Source network (CIDR) UDP syslog is accepted from "
+            "(repeatable); default: any.", multiple=True),
     Setting("log_format", str, None, "The NGINX log_format string, exactly as in nginx.conf."),
     Setting("log_format_escape", str, "default", "The log_format's escape= parameter.",
             choices=ESCAPES),
@@ -106,6 +115,10 @@ class Config:
     """The validated, effective configuration. Built by :func:`load_config` only."""
 
     access_log: tuple[str, ...]
+    syslog: tuple[str, ...]
+    syslog_tag: str
+    syslog_rcvbuf: int
+    syslog_allow: tuple[str, ...]
     log_format: str
     log_format_escape: str
     default_host: str | None
@@ -246,8 +259,9 @@ def _validate(v: dict[str, Any]) -> Config:
         if s.choices and v[s.name] not in s.choices:
             raise ConfigError(s.name, v[s.name], f"must be one of {', '.join(s.choices)}")
     v["statuses"] = _normalise_statuses(v["statuses"])
-    if not v["access_log"]:
-        raise ConfigError("access_log", "", "is required: the access log file to tail")
+    if not v["access_log"] and not v["syslog"]:
+        raise ConfigError("access_log", "",
+                          "is required: the access log file to tail (or a syslog listener)")
     if not v["log_format"]:
         raise ConfigError("log_format", "", "is required: the log_format string from nginx.conf")
     fmt = _compile_format(v["log_format"], v["log_format_escape"])
@@ -297,6 +311,27 @@ def _check_access_logs(key: str, paths: tuple[str, ...]) -> None:
     for path in paths:
         if set("*?[") & set(os.path.dirname(path)):
             raise ConfigError(key, path, "may have glob characters in the file name only")
+
+
+def _check_syslog_urls(key: str, urls: tuple[str, ...]) -> None:
+    for url in urls:
+        try:
+            parse_syslog_url(url)
+        except ValueError as exc:
+            raise ConfigError(key, url, str(exc)) from None
+
+
+def _check_networks(key: str, networks: tuple[str, ...]) -> None:
+    for network in networks:
+        try:
+            ipaddress.ip_network(network)
+        except ValueError as exc:
+            raise ConfigError(key, network, f"is not a network in CIDR notation ({exc})") from None
+
+
+def _check_syslog_tag(key: str, tag: str) -> None:
+    if not tag or any(c in tag for c in " :[]") or not tag.isprintable() or not tag.isascii():
+        raise ConfigError(key, tag, "is not a syslog tag (printable ASCII, no space, ':' or [])")
 
 
 def _check_peers(key: str, urls: tuple[str, ...]) -> None:
@@ -356,6 +391,10 @@ def _check_default_host(key: str, host: str | None) -> None:
 
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "access_log": _check_access_logs,
+    "syslog": _check_syslog_urls,
+    "syslog_tag": _check_syslog_tag,
+    "syslog_rcvbuf": _positive,
+    "syslog_allow": _check_networks,
     "peer": _check_peers,
     "self": _check_self,
     "refresh_header": _check_header,

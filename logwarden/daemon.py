@@ -23,6 +23,7 @@ from logwarden.metrics import Metrics, MetricsServer
 from logwarden.positions import Positions
 from logwarden.sources import Batch, LineQueue, Source
 from logwarden.sources.file import FileSource
+from logwarden.sources.syslog import SyslogSource
 from logwarden.triggers import OWN_AGENT_MARK, Triggers
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,17 @@ class Daemon:
 
     def _sources(self) -> list[Source]:
         cfg = self.config
-        return [FileSource(path, self.lines, self.metrics, positions=self.positions,
-                           from_start=cfg.from_start, poll_interval=cfg.poll_interval,
-                           rotate_wait=cfg.rotate_wait, max_line_bytes=cfg.max_line_bytes)
-                for path in cfg.access_log]
+        files: list[Source] = [
+            FileSource(path, self.lines, self.metrics, positions=self.positions,
+                       from_start=cfg.from_start, poll_interval=cfg.poll_interval,
+                       rotate_wait=cfg.rotate_wait, max_line_bytes=cfg.max_line_bytes)
+            for path in cfg.access_log]
+        listeners: list[Source] = [
+            SyslogSource(url, self.lines, self.metrics, tag=cfg.syslog_tag,
+                         rcvbuf=cfg.syslog_rcvbuf, allow=cfg.syslog_allow,
+                         max_line_bytes=cfg.max_line_bytes)
+            for url in cfg.syslog]
+        return files + listeners
 
     async def _wait(self, tasks: list[asyncio.Task[None]], processor: asyncio.Task[None]) -> int:
         """Wait for a stop request; a stage that dies on its own is a bug: fail loudly."""
@@ -140,7 +148,7 @@ class Daemon:
             m.queue_depth.labels("refreshes").set(dispatcher.depth())
 
     def health(self) -> dict[str, object]:
-        """``ok`` once every source reads (or waits for) its file, so no line is missed."""
+        """``ok`` once every source reads (or waits for) its file or listens: no line is missed."""
         sources = {s.name: s.state for s in self.sources}
         starting = not sources or "starting" in sources.values()
         status = "stopping" if self.stopping.is_set() else "starting" if starting else "ok"

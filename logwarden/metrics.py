@@ -65,6 +65,19 @@ class Metrics:
         self.open_files = Gauge(
             "logwarden_open_files", "Files held open by the tailer (current and draining).",
             registry=r)
+        self.syslog_datagrams = Counter(
+            "logwarden_syslog_datagrams", "Datagrams a syslog listener received.",
+            ["listener"], registry=r)
+        self.syslog_ignored = Counter(
+            "logwarden_syslog_ignored", "Syslog datagrams not read, by reason: malformed (not "
+            "syslog), other_tag, disallowed (source outside --syslog-allow).",
+            ["listener", "reason"], registry=r)
+        self.syslog_queue_drops = Counter(
+            "logwarden_syslog_queue_drops", "Syslog messages dropped because the lines queue "
+            "was full.", ["listener"], registry=r)
+        self.syslog_kernel_drops = Counter(
+            "logwarden_syslog_kernel_drops", "Datagrams the kernel dropped on a listener's "
+            "socket (receive buffer full).", ["listener"], registry=r)
 
     def init_peer(self, peer: str) -> None:
         """Create every outcome series at 0 so dashboards see a peer before its first failure."""

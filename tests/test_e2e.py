@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from lab import EXAMPLE_CONFIG, Cluster, NginxNode, Origin, wait_until
+from lab import (
+    CLIENT_ADDRESS,
+    EXAMPLE_CONFIG,
+    Cluster,
+    NginxNode,
+    Origin,
+    find_nginx,
+    free_port,
+    wait_until,
+)
 from lab.agent import Agent, log_format_from_conf
 from tests.peers import dead_url
 
@@ -22,11 +31,13 @@ StartAgent = Callable[..., Agent]
 
 @pytest.fixture
 def start_agent(tmp_path: Path) -> Iterator[StartAgent]:
-    """Start logwarden beside a node; every agent must exit 0 on SIGTERM at teardown."""
+    """Start logwarden beside a node, tailing its access log unless ``access_log=False``;
+    every agent must exit 0 on SIGTERM at teardown."""
     agents: list[Agent] = []
 
-    def start(node: NginxNode, peers: Sequence[str], *extra: str) -> Agent:
-        agent = Agent(node.access_log, LOG_FORMAT, node.url, peers,
+    def start(node: NginxNode, peers: Sequence[str], *extra: str,
+              access_log: bool = True) -> Agent:
+        agent = Agent(node.access_log if access_log else None, LOG_FORMAT, node.url, peers,
                       extra=["--log-level", "debug", *extra],
                       stderr=tmp_path / f"logwarden-{node.address}.log")
         agents.append(agent.start())
@@ -153,3 +164,35 @@ def test_rotation_under_a_running_agent(cluster: Cluster, start_agent: StartAgen
                    what=f"rot{i} to reach B")
     assert agent.value("logwarden_file_rotations_total") == 1
     assert agent.value("logwarden_lines_malformed_total") == 0
+
+
+@pytest.mark.parametrize("transport", ["udp", "unix"])
+def test_access_log_over_syslog(
+    origin: Origin, tmp_path: Path, start_agent: StartAgent, transport: str,
+) -> None:
+    """The same change as above, read from NGINX's ``access_log syslog:`` instead of a file."""
+    if find_nginx() is None:
+        pytest.skip("nginx not found on PATH or in /usr/sbin (Debian: make system-deps)")
+    path, port = tmp_path / "lw.sock", free_port("127.0.0.1", socket.SOCK_DGRAM)
+    url, server = ((f"udp://127.0.0.1:{port}", f"127.0.0.1:{port}") if transport == "udp"
+                   else (f"unix://{path}", f"unix:{path}"))
+    peers = (CLIENT_ADDRESS, "127.0.0.11", "127.0.0.12")
+    a = NginxNode("a", "127.0.0.11", EXAMPLE_CONFIG, origin.url, peers, tmp_path, syslog=server)
+    b = NginxNode("b", "127.0.0.12", EXAMPLE_CONFIG, origin.url, peers, tmp_path)
+    target = f"/e2e/syslog-{transport}?ma=60"
+    with a, b:
+        agent = start_agent(a, [a.url, b.url], "--syslog", url, access_log=False)
+        assert body_version(b, target, "www.example.com") == ("MISS", 1)
+        origin.bump(target.split("?")[0])
+        assert a.get(target).headers["X-Version"] == "2"  # A sends its MISS line over syslog
+
+        wait_until(lambda: bool(refreshes_seen(b, target)), timeout=2,
+                   what=f"a refresh of {target} on B")
+        assert body_version(b, target, "www.example.com") == ("HIT", 2)
+        assert agent.value("logwarden_syslog_datagrams_total", listener=url) >= 1
+        assert agent.value("logwarden_triggers_total", cache_status="MISS") == 1
+        assert agent.value("logwarden_refreshes_total", peer=b.url, outcome="ok") == 1
+        assert agent.total("logwarden_syslog_ignored_total") == 0
+        assert agent.value("logwarden_lines_malformed_total") == 0
+        assert agent.stop() == 0
+    assert not path.exists()  # the unix socket file is removed at exit
