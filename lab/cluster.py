@@ -51,6 +51,9 @@ _PROD_ERROR_LOG = "error_log /var/log/nginx/error.log;"
 _PROD_ACCESS_LOG = "access_log /var/log/nginx/access.log logwarden;"
 _PROD_CACHE_PATH = "proxy_cache_path /var/cache/nginx/logwarden "
 _PROD_ORIGIN = "server 10.0.1.10:8080;"
+_PROD_SECRET = '"1:CHANGE-ME-SECRET"'
+#: The refresh header's secret in lab nodes: logwarden's default header is ``X-Refresh: 1``.
+LAB_SECRET = "1"
 _PROD_PEERS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
 _PROD_LISTEN = re.compile(r"\blisten\s+80\b")
 _TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -178,6 +181,7 @@ def render_config(
     text = _replace(text, _PROD_ACCESS_LOG, access_log)
     text = _replace(text, _PROD_CACHE_PATH, f"proxy_cache_path {prefix}/cache ")
     text = _replace(text, _PROD_ORIGIN, f"server {origin};")
+    text = _replace(text, _PROD_SECRET, f'"1:{LAB_SECRET}"')
 
     # geo allow-list: drop the production peers, put the lab's where the first one was.
     entry = re.compile(r"^[ \t]*(?P<addr>[0-9.]+)[ \t]+1;[^\n]*\n", re.MULTILINE)

@@ -15,7 +15,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -85,6 +85,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("refresh_method", str, "HEAD", "Method of refresh requests.", choices=("HEAD", "GET")),
     Setting("refresh_header", str, "X-Refresh: 1", "Header 'Name: value' the peers map to "
             "proxy_cache_bypass."),
+    Setting("refresh_header_file", str, None, "File holding the refresh header 'Name: value' "
+            "with a shared secret; replaces --refresh-header, never printed."),
+    Setting("mode", str, "refresh", "refresh: a bypass request; purge: the purge method, "
+            "then optionally a bypass request.", choices=("refresh", "purge")),
+    Setting("purge_method", str, "PURGE", "Method of purge requests in purge mode."),
+    Setting("purge_then_refresh", bool, False, "In purge mode, send the bypass refresh after "
+            "the purge, so the peer's next client gets a HIT."),
+    Setting("retries", int, 2, "Retries of a refresh after a connect error, a timeout or "
+            "502/503/504, with exponential backoff and jitter."),
+    Setting("retry_backoff", float, 0.2, "Seconds before the first retry; doubled for each "
+            "next one (±50% jitter)."),
+    Setting("breaker_failures", int, 5, "Failed attempts in a row after which a peer is "
+            "skipped (its breaker opens)."),
+    Setting("breaker_cooldown", float, 10.0, "Seconds a skipped peer waits before one probe "
+            "request may close its breaker."),
+    Setting("max_refresh_rate", float, 100.0, "Fan-outs per second, all URLs together (token "
+            "bucket); 0: no limit."),
+    Setting("max_refresh_burst", int, 100, "Fan-outs the token bucket allows at once."),
+    Setting("only", str, (), "Regex searched in the request target: only matching URLs fan "
+            "out (repeatable).", multiple=True),
+    Setting("skip", str, (), "Regex searched in the request target: matching URLs never fan "
+            "out (repeatable).", multiple=True),
+    Setting("max_target_bytes", int, 8192, "Longer request targets do not fan out."),
+    Setting("peer_ca", str, None, "CA certificates (PEM) that https peers are verified "
+            "against, instead of the system's."),
+    Setting("insecure_peer_tls", bool, False, "Do not verify https peers' certificates."),
     Setting("concurrency", int, 64, "Refresh requests in flight at once, all peers together."),
     Setting("peer_concurrency", int, 8, "Refresh requests in flight at once to one peer."),
     Setting("timeout", float, 5.0, "Seconds a refresh request may take, connect to last byte."),
@@ -128,7 +154,22 @@ class Config:
     statuses: tuple[str, ...]
     dedup_window: float
     refresh_method: str
-    refresh_header: str
+    refresh_header: str = field(repr=False)
+    refresh_header_file: str | None
+    mode: str
+    purge_method: str
+    purge_then_refresh: bool
+    retries: int
+    retry_backoff: float
+    breaker_failures: int
+    breaker_cooldown: float
+    max_refresh_rate: float
+    max_refresh_burst: int
+    only: tuple[str, ...]
+    skip: tuple[str, ...]
+    max_target_bytes: int
+    peer_ca: str | None
+    insecure_peer_tls: bool
     concurrency: int
     peer_concurrency: int
     timeout: float
@@ -151,9 +192,12 @@ class Config:
 
     @property
     def targets(self) -> tuple[str, ...]:
-        """The peers a refresh goes to: every peer but this node itself."""
-        own = _peer_identity(self.self) if self.self else None
-        return tuple(p for p in self.peer if _peer_identity(p) != own)
+        """The peers a refresh goes to: every peer but this node itself (``--self``, and its
+        listener of the other scheme on the same address)."""
+        if not self.self:
+            return self.peer
+        scheme, host, port = _peer_identity(self.self)
+        return tuple(p for p in self.peer if not _is_self(_peer_identity(p), scheme, host, port))
 
     @property
     def positions_path(self) -> Path | None:
@@ -169,6 +213,8 @@ class Config:
         lines = []
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "refresh_header" and self.refresh_header_file:
+                continue  # the secret stays in its file
             if value is not None:
                 lines.append(f"{f.name} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
@@ -272,6 +318,14 @@ def _validate(v: dict[str, Any]) -> Config:
         raise ConfigError("statuses", ",".join(v["statuses"]),
                           "includes BYPASS, but the format lacks $http_user_agent, so logwarden "
                           "cannot tell its own refreshes apart: nodes would ping-pong")
+    names = set(fmt.variables)
+    if v["mode"] == "purge" and not ("http_user_agent" in names
+                                     and names & {"request", "request_method"}):
+        raise ConfigError("mode", "purge", "needs $http_user_agent and the method ($request or "
+                          "$request_method) in the format: the refill after logwarden's own "
+                          "PURGE is told apart by them, else nodes purge each other in a loop")
+    if v["refresh_header_file"]:
+        v["refresh_header"] = _read_header_file("refresh_header_file", v["refresh_header_file"])
     config = Config(**v)
     if not config.targets:
         raise ConfigError("peer", ",".join(v["peer"]), "names no peer other than self")
@@ -354,6 +408,38 @@ def _check_header(key: str, header: str) -> None:
         raise ConfigError(key, header, "must not contain control characters")
 
 
+def _read_header_file(key: str, path: str) -> str:
+    """The header line in ``path``; errors name the file, never its content (a secret)."""
+    try:
+        header = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, path, f"cannot be read: {exc}") from None
+    try:
+        _check_header(key, header)
+    except ConfigError:
+        raise ConfigError(key, path, "must hold one line 'Name: value' with a non-empty value "
+                          "and no control characters") from None
+    return header
+
+
+def _check_token(key: str, value: str) -> None:
+    if not _TOKEN.match(value):
+        raise ConfigError(key, value, "is not an HTTP method token")
+
+
+def _check_regexes(key: str, patterns: tuple[str, ...]) -> None:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(key, pattern, f"is not a regular expression: {exc}") from None
+
+
+def _check_readable(key: str, path: str | None) -> None:
+    if path is not None and not os.access(path, os.R_OK):
+        raise ConfigError(key, path, "is not a readable file")
+
+
 def _check_listen(key: str, listen: str) -> None:
     if listen == "off":
         return
@@ -398,6 +484,17 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "peer": _check_peers,
     "self": _check_self,
     "refresh_header": _check_header,
+    "purge_method": _check_token,
+    "only": _check_regexes,
+    "skip": _check_regexes,
+    "peer_ca": _check_readable,
+    "retries": _not_negative,
+    "retry_backoff": _not_negative,
+    "breaker_failures": _positive,
+    "breaker_cooldown": _positive,
+    "max_refresh_rate": _not_negative,
+    "max_refresh_burst": _positive,
+    "max_target_bytes": _positive,
     "metrics_listen": _check_listen,
     "default_host": _check_default_host,
     "concurrency": _positive,
@@ -412,6 +509,10 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "dedup_window": _not_negative,
     "shutdown_timeout": _not_negative,
 }
+
+
+def _is_self(peer: tuple[str, str, int], scheme: str, host: str, port: int) -> bool:
+    return peer[1] == host and (peer[2] == port or peer[0] != scheme)
 
 
 def _peer_identity(url: str) -> tuple[str, str, int]:

@@ -24,6 +24,7 @@ from logwarden.positions import Positions
 from logwarden.sources import Batch, LineQueue, Source
 from logwarden.sources.file import FileSource
 from logwarden.sources.syslog import SyslogSource
+from logwarden.storm import StormControl
 from logwarden.triggers import OWN_AGENT_MARK, Triggers
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,7 @@ class Daemon:
 
     async def run(self) -> int:
         cfg = self.config
-        dispatcher = Dispatcher(() if cfg.dry_run else cfg.targets, DispatchSettings(
-            method=cfg.refresh_method, header=cfg.refresh_header_pair, timeout=cfg.timeout,
-            concurrency=cfg.concurrency, peer_concurrency=cfg.peer_concurrency,
-            queue_size=cfg.queue_size), self.metrics)
+        dispatcher = self._dispatcher()
         self.sources = sources = self._sources()
         server = MetricsServer(self.metrics, self.health)
         if cfg.metrics_listen != "off":
@@ -98,6 +96,20 @@ class Daemon:
             for url in cfg.syslog]
         return files + listeners
 
+    def _dispatcher(self) -> Dispatcher:
+        cfg = self.config
+        settings = DispatchSettings(
+            method=cfg.refresh_method, header=cfg.refresh_header_pair,
+            purge_method=cfg.purge_method if cfg.mode == "purge" else None,
+            purge_then_refresh=cfg.purge_then_refresh, timeout=cfg.timeout,
+            retries=cfg.retries, retry_backoff=cfg.retry_backoff,
+            breaker_failures=cfg.breaker_failures, breaker_cooldown=cfg.breaker_cooldown,
+            concurrency=cfg.concurrency, peer_concurrency=cfg.peer_concurrency,
+            queue_size=cfg.queue_size, peer_ca=cfg.peer_ca, insecure_tls=cfg.insecure_peer_tls)
+        storm = StormControl(rate=cfg.max_refresh_rate, burst=cfg.max_refresh_burst,
+                             max_target_bytes=cfg.max_target_bytes, only=cfg.only, skip=cfg.skip)
+        return Dispatcher(() if cfg.dry_run else cfg.targets, settings, self.metrics, storm)
+
     async def _wait(self, tasks: list[asyncio.Task[None]], processor: asyncio.Task[None]) -> int:
         """Wait for a stop request; a stage that dies on its own is a bug: fail loudly."""
         stop = asyncio.create_task(self.stopping.wait())
@@ -131,7 +143,7 @@ class Daemon:
                 if record is None:
                     m.lines_malformed.inc()
                     continue
-                reason = triggers.skip_reason(record)
+                reason = triggers.after_purges(record, triggers.skip_reason(record))
                 if reason is not None:
                     m.records_ignored.labels(reason).inc()
                     continue
@@ -140,7 +152,6 @@ class Daemon:
                 if not triggers.first_in_window(refresh):
                     m.triggers_deduplicated.inc()
                     continue
-                m.fanouts.inc()
                 dispatcher.submit(refresh)
             skipped_metric.inc(skipped)
             if isinstance(batch, Batch) and batch.checkpoint is not None:

@@ -1,8 +1,14 @@
-"""Fan refreshes out to the other peers: one bounded queue and worker set per peer.
+"""Fan refreshes out to the other peers: one bounded queue, breaker and worker set per peer.
 
-Each peer is isolated: a dead or slow peer fills only its own queue (new refreshes for it are
-dropped and counted) and holds only its own workers, so live peers keep being refreshed and
-the log keeps being read. A global semaphore bounds the requests in flight across all peers.
+Each peer is isolated. A dead or slow peer fills only its own queue (new refreshes for it are
+dropped and counted) and holds only its own workers. Its first worker ("own lane") never
+takes a slot of the global ``--concurrency`` pool; the others take one per attempt and only
+work while the peer's last attempt succeeded, so a failing peer never competes with healthy
+ones for slots, and backoff sleeps hold none. After ``breaker_failures`` failed attempts in a
+row its breaker opens: refreshes for it are skipped and counted without a request until a
+single probe, after ``breaker_cooldown`` seconds, succeeds.
+
+One refresh per (peer, URL) is queued or in flight at a time; a repeat is coalesced into it.
 
 Stopping: :meth:`Dispatcher.close` lets the workers finish what is queued until the deadline,
 then cancels them and counts what was cut off as ``dropped``.
@@ -13,17 +19,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpx
-
 from logwarden.metrics import Metrics
+from logwarden.peerhttp import ConnectError, PeerClient, PeerError, TLSError
+from logwarden.storm import StormControl
 from logwarden.triggers import USER_AGENT, Refresh
 
 log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+_PURGED = frozenset({200, 204})
+_NOT_CACHED = frozenset({404, 412})  # ngx_cache_purge 2.3 answers 404, later forks 412
+_TRANSPORT_FAILURES = frozenset({"connect_error", "timeout"})
+
 
 @dataclass(frozen=True)
 class DispatchSettings:
@@ -31,36 +45,27 @@ class DispatchSettings:
 
     method: str = "HEAD"
     header: tuple[str, str] = ("X-Refresh", "1")
+    purge_method: str | None = None
+    """Send this method (e.g. ``PURGE``) instead of a refresh; ``None``: refresh mode."""
+    purge_then_refresh: bool = False
     timeout: float = 5.0
+    retries: int = 2
+    retry_backoff: float = 0.2
+    breaker_failures: int = 5
+    breaker_cooldown: float = 10.0
     concurrency: int = 64
     peer_concurrency: int = 8
     queue_size: int = 10000
+    peer_ca: str | None = None
+    insecure_tls: bool = False
 
 
 _PRINTABLE = bytes(range(0x21, 0x7F))
 
 
-class _ExactTargetURL(httpx.URL):
-    """An httpx URL whose request target is sent byte for byte.
-
-    httpx normalises the path (``/a/./b`` becomes ``/a/b``, RFC 3986 §5.2.4) and re-quotes
-    characters outside its safe set; NGINX keys its cache on the raw ``$request_uri``, so a
-    refresh must carry exactly the bytes the client sent, or it refreshes another entry.
-    The transport reads ``raw_path`` to build the request line.
-    """
-
-    def __init__(self, base: str, target: bytes) -> None:
-        super().__init__(base)
-        self._target = target
-
-    @property
-    def raw_path(self) -> bytes:
-        return self._target
-
-
 def request_target_ok(target: bytes) -> bool:
     """Only printable ASCII can be replayed: anything else could inject into the request line
-    (CR, LF, NUL, spaces), and HTTP/1.1 (h11) refuses raw bytes >= 0x80 in a target, which
+    (CR, LF, NUL, spaces), and HTTP/1.1 clients refuse raw bytes >= 0x80 in a target, which
     NGINX does accept; percent-encoding them would refresh a different cache entry."""
     return target.startswith(b"/") and not target.translate(None, _PRINTABLE)
 
@@ -69,90 +74,218 @@ def host_ok(host: str) -> bool:
     return bool(host) and not any(ord(c) <= 0x20 or ord(c) == 0x7F or c in "/\\" for c in host)
 
 
+def tls_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
+    """Verifies peers against ``ca_file`` (else the system CAs) and the original host name."""
+    context = ssl.create_default_context(cafile=ca_file)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class Breaker:
+    """Closed until ``failures`` failed attempts in a row; then open: nothing is sent until
+    ``cooldown`` seconds have passed and one probe is let through. Its success closes it, its
+    failure restarts the cool-down."""
+
+    def __init__(self, failures: int, cooldown: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures = failures
+        self.cooldown = cooldown
+        self.clock = clock
+        self.streak = 0
+        self.opened_at: float | None = None
+        self.probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None
+
+    def waiting(self) -> bool:
+        """True while refreshes must be skipped: open, and cooling down or probing."""
+        if self.opened_at is None:
+            return False
+        return self.probing or self.clock() < self.opened_at + self.cooldown
+
+    def allow(self) -> bool:
+        """May a request go out now? When open, the first caller after the cool-down probes."""
+        if self.waiting():
+            return False
+        self.probing = self.is_open
+        return True
+
+    def record(self, failed: bool) -> bool:
+        """Note an attempt's result; True when this changed whether the breaker is open."""
+        was_open, self.probing = self.is_open, False
+        if not failed:
+            self.streak, self.opened_at = 0, None
+            return was_open
+        self.streak += 1
+        if was_open or self.streak >= self.failures:
+            self.opened_at = self.clock()
+        return self.is_open != was_open
+
+
+def _outcome(status: int, purge: bool) -> str:
+    if not purge:
+        return "ok" if status < 400 else "http_error"
+    if status in _PURGED:
+        return "ok"
+    return "not_cached" if status in _NOT_CACHED else "http_error"
+
+
 class Peer:
-    """One peer: its queue, its workers and its connection pool."""
+    """One peer listener: its queue, breaker, workers and connections."""
 
     def __init__(self, url: str, settings: DispatchSettings, metrics: Metrics,
-                 slots: asyncio.Semaphore, tls: ssl.SSLContext) -> None:
+                 slots: asyncio.Semaphore, tls: ssl.SSLContext | None) -> None:
+        parts = urlsplit(url)
         self.url = url
-        self.base = url.rstrip("/")
+        self.scheme = parts.scheme
         self.settings = settings
         self.metrics = metrics
         self.slots = slots
         self.queue: asyncio.Queue[Refresh] = asyncio.Queue(settings.queue_size)
-        self._busy = 0
-        self.failing = False
-        limits = httpx.Limits(max_connections=settings.peer_concurrency,
-                              max_keepalive_connections=settings.peer_concurrency)
-        self.client = httpx.AsyncClient(
-            timeout=settings.timeout, limits=limits, follow_redirects=False, trust_env=False,
-            verify=tls)
+        self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
+        self.client = PeerClient(
+            parts.hostname or "", parts.port or (443 if self.scheme == "https" else 80),
+            tls if self.scheme == "https" else None, settings.peer_concurrency)
+        self.headers = [settings.header, ("User-Agent", USER_AGENT)]
         self.workers: list[asyncio.Task[None]] = []
+        self.failing = False
+        self._pending: set[tuple[str, str, bytes]] = set()
+        self._busy = 0
+        self._healthy = asyncio.Event()  # extra lanes work only while the peer answers
+        self._own_slot = asyncio.Semaphore(1)
+        self._told_forbidden = False
         metrics.init_peer(url)
 
     def start(self) -> None:
         name = urlsplit(self.url).netloc
-        self.workers = [asyncio.create_task(self._work(), name=f"peer {name} #{i}")
-                        for i in range(self.settings.peer_concurrency)]
+        self.workers = [asyncio.create_task(self._work(lane), name=f"peer {name} #{lane}")
+                        for lane in range(self.settings.peer_concurrency)]
 
     def offer(self, refresh: Refresh) -> None:
-        try:
-            self.queue.put_nowait(refresh)
-        except asyncio.QueueFull:
-            self.metrics.refreshes.labels(self.url, "dropped").inc()
+        if self.breaker.waiting():
+            self.count("skipped")
+        elif refresh.key in self._pending:
+            self.count("coalesced")
+        else:
+            try:
+                self.queue.put_nowait(refresh)
+            except asyncio.QueueFull:
+                self.count("dropped")
+            else:
+                self._pending.add(refresh.key)
 
-    async def _work(self) -> None:
+    def count(self, outcome: str, n: int = 1) -> None:
+        self.metrics.refreshes.labels(self.url, outcome).inc(n)
+
+    async def _work(self, lane: int) -> None:
+        slot = self._own_slot if lane == 0 else self.slots
         while True:
+            if lane:
+                await self._healthy.wait()
             refresh = await self.queue.get()
             self._busy += 1
             try:
-                async with self.slots:
-                    outcome = await self.send(refresh)
-                self.metrics.refreshes.labels(self.url, outcome).inc()
+                outcome = await self.deliver(refresh, slot) if self.breaker.allow() \
+                    else "skipped"
+                self.count(outcome)
                 self._note(outcome)
             finally:
                 self._busy -= 1
+                self._pending.discard(refresh.key)
                 self.queue.task_done()
+
+    async def deliver(self, refresh: Refresh, slot: asyncio.Semaphore) -> str:
+        """Purge and/or refresh ``refresh`` on this peer, with retries; returns the outcome."""
+        s = self.settings
+        if s.purge_method is None:
+            return await self._with_retries(s.method, refresh, slot, purge=False)
+        outcome = await self._with_retries(s.purge_method, refresh, slot, purge=True)
+        if outcome not in ("ok", "not_cached") or not s.purge_then_refresh:
+            return outcome
+        warm = await self._with_retries(s.method, refresh, slot, purge=False)
+        return outcome if warm == "ok" else warm
+
+    async def _with_retries(self, method: str, refresh: Refresh, slot: asyncio.Semaphore,
+                            *, purge: bool) -> str:
+        """Retry connect errors, timeouts and 502/503/504 with exponential backoff and jitter,
+        while the breaker stays closed; other answers are final."""
+        for attempt in range(self.settings.retries + 1):
+            if attempt:
+                self.metrics.refresh_retries.labels(self.url).inc()
+                delay = self.settings.retry_backoff * 2 ** (attempt - 1)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            outcome, status = await self._attempt(method, refresh, slot, purge)
+            retry = outcome in _TRANSPORT_FAILURES or status in RETRY_STATUSES
+            if not retry or self.breaker.is_open:
+                break
+        return outcome
+
+    async def _attempt(self, method: str, refresh: Refresh, slot: asyncio.Semaphore,
+                       purge: bool) -> tuple[str, int | None]:
+        """One request; returns (outcome, status). Never raises for I/O errors."""
+        status = None
+        async with slot:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    status = await self.client.request(
+                        method, refresh.target, refresh.host, self.headers)
+            except TimeoutError:
+                outcome = "timeout"
+            except TLSError as exc:
+                outcome = "tls_error"
+                log.debug("TLS to %s for %s failed: %s", self.url, refresh.host, exc)
+            except ConnectError:
+                outcome = "connect_error"
+            except PeerError:
+                outcome = "http_error"
+            else:
+                outcome = _outcome(status, purge)
+            self.metrics.refresh_duration.labels(self.url).observe(time.perf_counter() - started)
+        log.debug("%s %s%s host=%s -> %s %s", method, self.url, refresh.target.decode("latin-1"),
+                  refresh.host, status or "-", outcome)
+        self._record(outcome, status, method)
+        return outcome, status
+
+    def _record(self, outcome: str, status: int | None, method: str) -> None:
+        """Feed the breaker: transport failures and 5xx count, any other answer is a success."""
+        failed = (outcome in _TRANSPORT_FAILURES or (status or 0) >= 500
+                  or (status is None and outcome == "http_error"))
+        if failed:
+            self._healthy.clear()
+        else:
+            self._healthy.set()
+        if self.breaker.record(failed):
+            self._breaker_changed(outcome)
+        if status == 403 and method == self.settings.purge_method and not self._told_forbidden:
+            self._told_forbidden = True
+            log.error("peer %s refuses %s (403): allow this node's address in the peer's purge "
+                      "location (examples/nginx.conf: geo $logwarden_peer)", self.url, method)
+
+    def _breaker_changed(self, outcome: str) -> None:
+        up = not self.breaker.is_open
+        self.metrics.peer_up.labels(self.url).set(1 if up else 0)
+        if up:
+            log.info("peer %s is back: its breaker closed", self.url)
+        else:
+            log.warning("peer %s is down after %d failed attempts in a row (last: %s); "
+                        "skipping it, probing again every %ss", self.url, self.breaker.streak,
+                        outcome, self.settings.breaker_cooldown)
 
     def _note(self, outcome: str) -> None:
         """Log when the peer starts and stops failing, not every failed request."""
-        failing = outcome != "ok"
-        if failing != self.failing:
+        failing = outcome not in ("ok", "not_cached", "skipped")
+        if outcome != "skipped" and failing != self.failing:
             self.failing = failing
             if failing:
                 log.warning("peer %s is failing (%s); see logwarden_refreshes_total", self.url,
                             outcome)
             else:
                 log.info("peer %s answers again", self.url)
-
-    async def send(self, refresh: Refresh) -> str:
-        """Send one refresh request; returns its outcome label. Never raises for I/O errors."""
-        name, value = self.settings.header
-        request = self.client.build_request(
-            self.settings.method, self.base,
-            headers={"Host": refresh.host, name: value, "User-Agent": USER_AGENT})
-        request.url = _ExactTargetURL(self.base, refresh.target)
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.settings.timeout):
-                response = await self.client.send(request, stream=True)
-                try:
-                    async for _ in response.aiter_raw():
-                        pass  # a GET refresh: drain the body so the connection is reused
-                finally:
-                    await response.aclose()
-        except (TimeoutError, httpx.TimeoutException):
-            outcome = "timeout"
-        except httpx.RemoteProtocolError:
-            outcome = "http_error"
-        except httpx.TransportError:
-            outcome = "connect_error"
-        else:
-            outcome = "ok" if response.status_code < 400 else "http_error"
-        self.metrics.refresh_duration.labels(self.url).observe(time.perf_counter() - started)
-        log.debug("refresh %s %s%s host=%s -> %s", self.settings.method, self.url,
-                  refresh.target.decode("latin-1"), refresh.host, outcome)
-        return outcome
 
     async def close(self, deadline: float) -> int:
         """Finish queued work until the loop-time ``deadline``; returns requests cut off."""
@@ -164,32 +297,48 @@ class Peer:
             task.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)
         if cut:
-            self.metrics.refreshes.labels(self.url, "dropped").inc(cut)
+            self.count("dropped", cut)
         await self.client.aclose()
         return cut
 
 
 class Dispatcher:
-    """Hands each refresh to every target peer's queue."""
+    """Admits fan-outs (safety, storm control) and hands each to the peers of its scheme.
 
-    def __init__(self, peers: tuple[str, ...], settings: DispatchSettings,
-                 metrics: Metrics) -> None:
+    A refresh of an ``https`` URL goes to the ``https://`` peer URLs only, an ``http`` one to
+    the ``http://`` URLs: NGINX keeps separate cache entries per scheme.
+    """
+
+    def __init__(self, peers: tuple[str, ...], settings: DispatchSettings, metrics: Metrics,
+                 storm: StormControl | None = None) -> None:
         self.metrics = metrics
+        self.storm = storm
         slots = asyncio.Semaphore(settings.concurrency)
-        tls = ssl.create_default_context()  # one for all peers: each load costs ~30-150 ms
+        # One context for all peers: each load costs ~30-150 ms.
+        tls = tls_context(settings.peer_ca, settings.insecure_tls) \
+            if any(url.startswith("https:") for url in peers) else None
         self.peers = [Peer(url, settings, metrics, slots, tls) for url in peers]
+        self._by_scheme: dict[str, list[Peer]] = {}
+        for peer in self.peers:
+            self._by_scheme.setdefault(peer.scheme, []).append(peer)
 
     def start(self) -> None:
         for peer in self.peers:
             peer.start()
 
     def submit(self, refresh: Refresh) -> bool:
-        """Queue the refresh for every peer; False if it was refused as unsafe to replay."""
+        """Queue the refresh for every peer of its scheme; False if it was not admitted."""
+        peers = self._by_scheme.get(refresh.scheme, [])
         if not (request_target_ok(refresh.target) and host_ok(refresh.host)):
-            for peer in self.peers:
-                self.metrics.refreshes.labels(peer.url, "refused").inc()
+            for peer in peers:
+                peer.count("refused")
             return False
-        for peer in self.peers:
+        reason = "no_listener" if not peers else self.storm and self.storm.refusal(refresh)
+        if reason:
+            self.metrics.storm_dropped.labels(reason).inc()
+            return False
+        self.metrics.fanouts.inc()
+        for peer in peers:
             peer.offer(refresh)
         return True
 

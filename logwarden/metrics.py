@@ -16,7 +16,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
 
-REFRESH_OUTCOMES = ("ok", "http_error", "timeout", "connect_error", "dropped", "refused")
+REFRESH_OUTCOMES = ("ok", "not_cached", "http_error", "timeout", "connect_error", "tls_error",
+                    "skipped", "coalesced", "dropped", "refused")
+STORM_REASONS = ("rate", "filtered", "too_long", "no_listener")
 
 
 class Metrics:
@@ -40,7 +42,14 @@ class Metrics:
             "logwarden_triggers_deduplicated",
             "Triggers folded into a fan-out already made within the dedup window.", registry=r)
         self.fanouts = Counter(
-            "logwarden_fanouts", "Triggers handed to the dispatcher.", registry=r)
+            "logwarden_refresh_fanouts", "Fan-outs admitted: one refresh for each peer of the "
+            "URL's scheme.", registry=r)
+        self.storm_dropped = Counter(
+            "logwarden_storm_dropped", "Fan-outs not admitted, by reason: rate (token bucket "
+            "empty), filtered (--only/--skip), too_long (--max-target-bytes), no_listener (no "
+            "peer URL of the URL's scheme).", ["reason"], registry=r)
+        for reason in STORM_REASONS:
+            self.storm_dropped.labels(reason)
         self.refreshes = Counter(
             "logwarden_refreshes", "Refresh requests by peer and outcome.",
             ["peer", "outcome"], registry=r)
@@ -48,6 +57,12 @@ class Metrics:
             "logwarden_refresh_duration_seconds", "Time a refresh request took, per peer.",
             ["peer"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.refresh_retries = Counter(
+            "logwarden_refresh_retries", "Refresh attempts repeated after a connect error, a "
+            "timeout or a 502/503/504.", ["peer"], registry=r)
+        self.peer_up = Gauge(
+            "logwarden_peer_up", "1 while a peer's breaker is closed, 0 while it is skipped.",
+            ["peer"], registry=r)
         self.queue_depth = Gauge(
             "logwarden_queue_depth", "Items waiting in a pipeline queue.", ["queue"], registry=r)
         self.file_rotations = Counter(
@@ -84,6 +99,8 @@ class Metrics:
         for outcome in REFRESH_OUTCOMES:
             self.refreshes.labels(peer, outcome)
         self.refresh_duration.labels(peer)
+        self.refresh_retries.labels(peer)
+        self.peer_up.labels(peer).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

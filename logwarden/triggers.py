@@ -2,7 +2,8 @@
 
 The rules follow what NGINX actually logs (see README "Trigger rules"): a triggering
 ``$upstream_cache_status`` on a GET/HEAD that succeeded, not served while the origin was
-failing, and not caused by a logwarden refresh (that would make nodes ping-pong).
+failing, and not caused by logwarden (that would make nodes ping-pong): neither its own
+refresh requests, nor the first MISS after one of its purges emptied the entry.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ OWN_AGENT_MARK = _OWN_AGENT
 """Lines carrying it must reach the triggers even when they cannot trigger: they remember
 logwarden's own purges from them (the daemon's prefilter keeps them)."""
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD"})
+PURGE_MEMORY_SECONDS = 3600.0
+"""How long a purge by logwarden marks its URL's next MISS as the refill, not a change."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +60,10 @@ class Triggers:
         self.max_age = max_age
         self.wall_clock = wall_clock
         self._dedup = _Window(dedup_window, max_keys, clock)
+        self._purged = _Window(PURGE_MEMORY_SECONDS, max_keys, clock)
 
     def skip_reason(self, record: Record) -> str | None:
-        """Why this record must not trigger, or ``None`` when it should."""
+        """Why this record must not trigger, or ``None`` when it should (pure rules only)."""
         if record.cache_status not in self.statuses:
             return "cache_status"
         if record.method not in _REPLAYABLE_METHODS:
@@ -69,7 +73,7 @@ class Triggers:
         if _origin_failed(record.upstream_status):
             # EXPIRED/STALE with a 5xx upstream: nothing new was stored, nothing to spread.
             return "origin_error"
-        if record.user_agent is not None and record.user_agent.startswith(_OWN_AGENT):
+        if _own(record):
             return "own_refresh"
         if not record.target.startswith(b"/"):
             return "bad_target"
@@ -78,6 +82,31 @@ class Triggers:
         if self.max_age and record.time and self.wall_clock() - record.time > self.max_age:
             return "too_old"  # a backlog read after downtime: those changes are long served
         return None
+
+    def after_purges(self, record: Record, reason: str | None) -> str | None:
+        """``reason`` from :meth:`skip_reason`, or ``refill``; remembers logwarden's purges.
+
+        The first MISS of a URL that another node's agent purged here refills the entry: it is
+        not news. Fanning it out would purge the other nodes, whose next MISS would purge this
+        one again, for ever. Call it for every record: the purges are seen on their own lines.
+        """
+        if _own(record):
+            self._note_own(record)
+        elif reason is None and record.cache_status == "MISS" \
+                and self._purged.discard(self._key(record)):
+            return "refill"
+        return reason
+
+    def _note_own(self, record: Record) -> None:
+        """A purge that emptied an entry marks it; logwarden's own refresh refilled it."""
+        key = self._key(record)
+        if record.method in _REPLAYABLE_METHODS:
+            self._purged.discard(key)
+        elif record.status in (200, 204):
+            self._purged.admit(key)
+
+    def _key(self, record: Record) -> tuple[str, str | None, bytes]:
+        return record.scheme or "http", record.host or self.default_host, record.target
 
     def refresh_for(self, record: Record) -> Refresh:
         """The refresh a triggering record asks for (call after :meth:`skip_reason`)."""
@@ -88,6 +117,10 @@ class Triggers:
     def first_in_window(self, refresh: Refresh) -> bool:
         """True unless the same URL already fanned out within the dedup window."""
         return self._dedup.admit(refresh.key)
+
+
+def _own(record: Record) -> bool:
+    return record.user_agent is not None and record.user_agent.startswith(_OWN_AGENT)
 
 
 def _origin_failed(upstream_status: str | None) -> bool:
@@ -116,6 +149,11 @@ class _Window:
         if len(self._seen) > self.max_keys:
             self._seen.popitem(last=False)
         return True
+
+    def discard(self, key: object) -> bool:
+        """Forget ``key``; True if it was seen within the window."""
+        self._expire(self.clock())
+        return self._seen.pop(key, None) is not None
 
     def _expire(self, now: float) -> None:
         # Insertion order is time order, so expired keys are all at the front.

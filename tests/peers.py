@@ -1,4 +1,4 @@
-"""Small real HTTP peers on loopback for dispatcher tests: one that records, one that stalls."""
+"""Small real HTTP peers on loopback for dispatcher tests: they record, stall or fail on cue."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RecordingPeer:
-    """Answers every request with ``status`` and records the raw request head."""
+    """Answers with ``statuses`` in order, then ``status``; records every raw request head."""
 
     status: int = 200
+    statuses: list[int] = field(default_factory=list)
     delay: float = 0.0
     heads: list[bytes] = field(default_factory=list)
     server: asyncio.Server | None = None
@@ -38,8 +39,9 @@ class RecordingPeer:
             while head := await reader.readuntil(b"\r\n\r\n"):
                 self.heads.append(head)
                 await asyncio.sleep(self.delay)
+                status = self.statuses.pop(0) if self.statuses else self.status
                 body = b"" if head.startswith(b"HEAD ") else b"ok"
-                writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\n%s" % (self.status, body))
+                writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\n%s" % (status, body))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

@@ -63,7 +63,7 @@ def test_pipeline_counts_every_line(tmp_path: Path) -> None:
     assert value("logwarden_triggers_total", {"cache_status": "MISS"}) == 1
     assert value("logwarden_triggers_total", {"cache_status": "EXPIRED"}) == 1
     assert value("logwarden_triggers_deduplicated_total") == 1
-    assert value("logwarden_fanouts_total") == 2
+    assert value("logwarden_refresh_fanouts_total") == 2
     assert value("logwarden_records_ignored_total", {"reason": "cache_status"}) == 2  # HIT, BYPASS
     assert value("logwarden_records_ignored_total", {"reason": "status"}) == 1
     assert value("logwarden_refreshes_total", {"peer": peer.url, "outcome": "ok"}) == 2

@@ -1,13 +1,23 @@
-"""Dispatcher against real HTTP peers on loopback: exact bytes, isolation, outcomes, drain."""
+"""Dispatcher against real HTTP peers on loopback: exact bytes, isolation, retries, breaker,
+purge mode, coalescing, storm control, outcomes, drain."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import statistics
+import time
 
-from logwarden.dispatcher import Dispatcher, DispatchSettings
+import pytest
+
+from logwarden.dispatcher import Breaker, Dispatcher, DispatchSettings
+from logwarden.logformat import LogFormat
 from logwarden.metrics import Metrics
+from logwarden.storm import StormControl
 from logwarden.triggers import USER_AGENT, Refresh
 from tests.peers import RecordingPeer, dead_url
+
+DONE = ("ok", "not_cached", "http_error", "timeout", "connect_error", "tls_error", "skipped")
 
 
 def refresh(target: bytes = b"/a?b=1", host: str = "www.example.com") -> Refresh:
@@ -22,9 +32,12 @@ def count(m: Metrics, peer: str, outcome: str) -> float:
 
 async def settle(d: Dispatcher, m: Metrics, expected: int, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
-        while sum(count(m, p.url, o) for p in d.peers
-                  for o in ("ok", "http_error", "timeout", "connect_error")) < expected:
+        while sum(count(m, p.url, o) for p in d.peers for o in DONE) < expected:
             await asyncio.sleep(0.01)
+
+
+def value(m: Metrics, name: str, **labels: str) -> float:
+    return m.registry.get_sample_value(name, labels) or 0.0
 
 
 def test_target_host_and_headers_are_sent_exactly() -> None:
@@ -96,7 +109,8 @@ def test_dead_and_stalled_peers_do_not_hold_up_the_live_one() -> None:
         dead = dead_url()
         m = Metrics()
         d = Dispatcher((dead, stalled.url, live.url, failing.url),
-                       DispatchSettings(timeout=0.5, peer_concurrency=2), m)
+                       DispatchSettings(timeout=0.5, peer_concurrency=2, retries=0,
+                                        breaker_failures=100), m)
         d.start()
         for i in range(5):
             d.submit(refresh(b"/%d" % i))
@@ -150,3 +164,257 @@ def test_close_finishes_queued_work_within_deadline() -> None:
         await slowish.close()
 
     asyncio.run(go())
+
+
+def test_retries_502_503_504_but_never_other_4xx() -> None:
+    async def go() -> None:
+        flaky = await RecordingPeer(statuses=[503, 502]).start()
+        failing = await RecordingPeer(status=504).start()
+        missing = await RecordingPeer(status=404).start()
+        m = Metrics()
+        d = Dispatcher((flaky.url, failing.url, missing.url),
+                       DispatchSettings(retries=2, retry_backoff=0.01), m)
+        d.start()
+        d.submit(refresh())
+        await settle(d, m, 3)
+        await d.close(1)
+        for peer in (flaky, failing, missing):
+            await peer.close()
+        retries = "logwarden_refresh_retries_total"
+        assert (len(flaky.heads), count(m, flaky.url, "ok"), value(m, retries, peer=flaky.url)) \
+            == (3, 1, 2)
+        assert (len(failing.heads), count(m, failing.url, "http_error")) == (3, 1)
+        assert (len(missing.heads), count(m, missing.url, "http_error")) == (1, 1)
+        assert value(m, retries, peer=missing.url) == 0
+
+    asyncio.run(go())
+
+
+def test_breaker_opens_after_consecutive_failures_and_one_probe_closes_it() -> None:
+    now = [0.0]
+    b = Breaker(failures=3, cooldown=10, clock=lambda: now[0])
+    assert [b.record(failed=True) for _ in range(3)] == [False, False, True]
+    assert b.is_open and b.waiting() and not b.allow()
+    now[0] = 10.0
+    assert b.allow()  # the probe
+    assert not b.allow()  # only one at a time
+    assert not b.record(failed=True) and b.waiting()  # failed probe: cool down again
+    now[0] = 20.0
+    assert b.allow() and b.record(failed=False)
+    assert not b.is_open and b.streak == 0
+    b.record(failed=True)
+    assert b.allow()  # one failure is not enough
+
+
+def test_open_breaker_skips_without_requests_then_probes() -> None:
+    async def go() -> None:
+        peer = await RecordingPeer(status=503).start()
+        m = Metrics()
+        d = Dispatcher((peer.url,), DispatchSettings(retries=0, breaker_failures=2,
+                                                    breaker_cooldown=0.3), m)
+        d.start()
+        up = "logwarden_peer_up"
+        assert value(m, up, peer=peer.url) == 1
+        for i in range(4):
+            d.submit(refresh(b"/%d" % i))
+            await settle(d, m, i + 1)
+        assert (count(m, peer.url, "http_error"), count(m, peer.url, "skipped")) == (2, 2)
+        assert len(peer.heads) == 2 and value(m, up, peer=peer.url) == 0
+        peer.status = 200
+        await asyncio.sleep(0.35)
+        d.submit(refresh(b"/probe"))
+        await settle(d, m, 5)
+        assert count(m, peer.url, "ok") == 1 and value(m, up, peer=peer.url) == 1
+        await d.close(1)
+        await peer.close()
+
+    asyncio.run(go())
+
+
+async def _latencies(d: Dispatcher, m: Metrics, peer: RecordingPeer, tag: bytes,
+                     n: int = 15) -> list[float]:
+    """Seconds from submit() to the peer's answer, one refresh at a time."""
+    out = []
+    for i in range(n):
+        before = count(m, peer.url, "ok")
+        started = time.perf_counter()
+        d.submit(refresh(b"/%s/%d" % (tag, i)))
+        while count(m, peer.url, "ok") == before:
+            await asyncio.sleep(0.001)
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def test_faulty_peers_retry_break_and_leave_the_healthy_one_as_fast() -> None:
+    """A dead peer, one that answers 503 twice then recovers, one that hangs, beside a healthy
+    one, with a global pool of 2 slots they could starve. The healthy peer answers after 20 ms,
+    so its latency is dominated by a stable part and the 2x comparison is not timer noise."""
+    settings = DispatchSettings(timeout=0.3, retries=2, retry_backoff=0.02, breaker_failures=4,
+                                breaker_cooldown=60, concurrency=2, peer_concurrency=2)
+
+    async def go() -> None:
+        healthy = await RecordingPeer(delay=0.02).start()
+        alone_m = Metrics()
+        alone = Dispatcher((healthy.url,), settings, alone_m)
+        alone.start()
+        baseline = statistics.median(await _latencies(alone, alone_m, healthy, b"alone"))
+        await alone.close(1)
+
+        hanging = await RecordingPeer(delay=30).start()
+        flaky = await RecordingPeer(statuses=[503, 503]).start()
+        dead = dead_url()
+        m = Metrics()
+        d = Dispatcher((dead, hanging.url, flaky.url, healthy.url), settings, m)
+        d.start()
+        with_faults = statistics.median(await _latencies(d, m, healthy, b"faults"))
+        assert with_faults < 2 * baseline, (with_faults, baseline)
+
+        await settle(d, m, 4 * 15, timeout=10)  # the hanging peer's breaker opens too
+        up = "logwarden_peer_up"
+        for peer in (dead, hanging.url):  # 3 attempts, then 1 more: 4 failures open it
+            assert value(m, up, peer=peer) == 0
+            assert count(m, peer, "skipped") == 13
+        assert count(m, dead, "connect_error") == 2
+        assert count(m, hanging.url, "timeout") == 2 and len(hanging.heads) == 4
+        assert count(m, flaky.url, "ok") == 15 and value(m, up, peer=flaky.url) == 1
+        assert value(m, "logwarden_refresh_retries_total", peer=flaky.url) == 2
+        assert count(m, healthy.url, "ok") == 15
+        await d.close(1)
+        for peer in (healthy, hanging, flaky):
+            await peer.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(("status", "outcome"), [
+    (200, "ok"), (204, "ok"), (404, "not_cached"), (412, "not_cached"), (403, "http_error"),
+])
+def test_purge_outcomes_are_final(status: int, outcome: str) -> None:
+    async def go() -> RecordingPeer:
+        peer = await RecordingPeer(status=status).start()
+        m = Metrics()
+        d = Dispatcher((peer.url,), DispatchSettings(purge_method="PURGE"), m)
+        d.start()
+        d.submit(refresh())
+        await settle(d, m, 1)
+        await d.close(1)
+        await peer.close()
+        assert count(m, peer.url, outcome) == 1
+        return peer
+
+    peer = asyncio.run(go())
+    assert peer.request_lines() == [b"PURGE /a?b=1 HTTP/1.1"]
+    assert peer.headers(0)[b"user-agent"] == USER_AGENT.encode()
+
+
+def test_purge_then_refresh_and_forbidden_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def go() -> tuple[RecordingPeer, RecordingPeer]:
+        warm = await RecordingPeer(statuses=[404]).start()
+        acl = await RecordingPeer(status=403).start()
+        m = Metrics()
+        d = Dispatcher((warm.url, acl.url), DispatchSettings(
+            purge_method="PURGE", purge_then_refresh=True, header=("X-Refresh", "s3")), m)
+        d.start()
+        for i in range(3):
+            d.submit(refresh(b"/%d" % i))
+        await settle(d, m, 6)
+        await d.close(1)
+        await warm.close()
+        await acl.close()
+        assert count(m, warm.url, "not_cached") == 1 and count(m, warm.url, "ok") == 2
+        assert count(m, acl.url, "http_error") == 3
+        return warm, acl
+
+    with caplog.at_level(logging.ERROR, "logwarden.dispatcher"):
+        warm, acl = asyncio.run(go())
+    lines = sorted(warm.request_lines())
+    assert lines == sorted(b"%s /%d HTTP/1.1" % (m, i) for m in (b"PURGE", b"HEAD")
+                           for i in range(3))
+    assert {warm.headers(i)[b"x-refresh"] for i in range(6)} == {b"s3"}
+    assert len(acl.heads) == 3  # the warm-up follows a purge only
+    [record] = caplog.records
+    assert "403" in record.getMessage() and acl.url in record.getMessage()
+
+
+def test_in_flight_refresh_coalesces_repeats() -> None:
+    async def go() -> None:
+        slow = await RecordingPeer(delay=0.2).start()
+        m = Metrics()
+        d = Dispatcher((slow.url,), DispatchSettings(), m)
+        d.start()
+        for _ in range(3):
+            d.submit(refresh())
+        await settle(d, m, 1)
+        assert count(m, slow.url, "coalesced") == 2
+        d.submit(refresh())  # the first one is done: a new one goes out
+        await settle(d, m, 2)
+        await d.close(1)
+        await slow.close()
+        assert len(slow.heads) == 2
+
+    asyncio.run(go())
+
+
+def test_storm_control_bounds_filters_and_rate() -> None:
+    now = [0.0]
+    storm = StormControl(rate=10, burst=5, max_target_bytes=20, only=[r"^/(a|b)/"],
+                         skip=[r"\.m3u8$", r"nocache=1"], clock=lambda: now[0])
+    assert storm.refusal(refresh(b"/a/" + b"x" * 20)) == "too_long"
+    assert storm.refusal(refresh(b"/c/1")) == "filtered"
+    assert storm.refusal(refresh(b"/a/x.m3u8")) == "filtered"
+    assert storm.refusal(refresh(b"/b/1?nocache=1")) == "filtered"
+    assert [storm.refusal(refresh(b"/a/%d" % i)) for i in range(6)] == [None] * 5 + ["rate"]
+    now[0] = 0.25  # 2.5 tokens
+    assert [storm.refusal(refresh(b"/b/%d" % i)) for i in range(3)] == [None, None, "rate"]
+    now[0] = 100.0  # refills up to the burst only
+    assert [storm.refusal(refresh(b"/b/%d" % i)) for i in range(6)] == [None] * 5 + ["rate"]
+    assert StormControl(rate=0, burst=1, max_target_bytes=9).refusal(refresh()) is None
+
+
+def test_dispatcher_counts_what_storm_control_and_schemes_turn_away() -> None:
+    async def go() -> None:
+        peer = await RecordingPeer().start()
+        m = Metrics()
+        d = Dispatcher((peer.url,), DispatchSettings(), m,
+                       StormControl(rate=1, burst=2, max_target_bytes=100))
+        d.start()
+        results = [d.submit(refresh(b"/%d" % i)) for i in range(5)]
+        assert not d.submit(Refresh("https", "www.example.com", b"/tls", "MISS"))
+        await settle(d, m, 2)
+        await d.close(1)
+        await peer.close()
+        assert results == [True, True, False, False, False]
+        dropped = "logwarden_storm_dropped_total"
+        assert value(m, dropped, reason="rate") == 3
+        assert value(m, dropped, reason="no_listener") == 1
+        assert value(m, "logwarden_refresh_fanouts_total") == 2
+        assert len(peer.heads) == 2
+
+    asyncio.run(go())
+
+
+def test_cr_lf_after_unescaping_is_refused_but_escaped_text_is_sent() -> None:
+    """NGINX logs a raw CR LF in the target as ``\\x0D\\x0A``; the parser turns it back into
+    the bytes, which must never reach a request line. ``%0d%0a`` is plain text: sent as is."""
+    fmt = LogFormat.compile('$host "$request" $status $upstream_cache_status')
+    evil = fmt.parse(b'www.example.com "GET /a\\x0D\\x0AX-Evil:\\x201 HTTP/1.1" 200 MISS')
+    text = fmt.parse(b'www.example.com "GET /a%0d%0aX-Evil:%201 HTTP/1.1" 200 MISS')
+    assert evil is not None and evil.target == b"/a\r\nX-Evil: 1"
+    assert text is not None and text.target == b"/a%0d%0aX-Evil:%201"
+
+    async def go() -> RecordingPeer:
+        peer = await RecordingPeer().start()
+        m = Metrics()
+        d = Dispatcher((peer.url,), DispatchSettings(), m)
+        d.start()
+        assert not d.submit(refresh(evil.target))
+        assert d.submit(refresh(text.target))
+        await settle(d, m, 1)
+        await d.close(1)
+        await peer.close()
+        assert count(m, peer.url, "refused") == 1
+        return peer
+
+    assert asyncio.run(go()).request_lines() == [b"HEAD /a%0d%0aX-Evil:%201 HTTP/1.1"]

@@ -137,7 +137,8 @@ def test_dead_and_silent_peers_are_isolated(
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        agent = start_agent(a, [a.url, dead, silent_url, b.url], "--timeout", "1")
+        agent = start_agent(a, [a.url, dead, silent_url, b.url], "--timeout", "1",
+                            "--retries", "0")  # retries and the breaker: test_dispatcher.py
         for i in range(2):
             target = f"/e2e/iso{i}?ma=60"
             a.get(target)

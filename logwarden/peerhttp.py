@@ -1,0 +1,165 @@
+"""A small HTTP/1.1 client for refresh requests: exact targets, per-host SNI, kept-alive pools.
+
+Why not a general-purpose client: NGINX keys its cache on the raw ``$request_uri``, so the
+request line must carry the client's bytes unchanged (general clients normalise ``/./`` and
+``//`` and re-quote); an https peer is reached at its own address while the TLS handshake
+names the original host (SNI), so kept-alive connections are pooled per host, not per peer.
+The wire format is h11's; this module only moves bytes and owns the connections.
+
+Errors, as raised by :meth:`PeerClient.request`::
+
+    PeerError
+     ├── ConnectError    no TCP connection (refused, unreachable)
+     ├── TLSError        handshake or certificate verification failed
+     └── ProtocolError   the peer closed or broke the connection mid-exchange
+
+Timeouts are the caller's (``asyncio.timeout``); a cancelled request closes its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections import deque
+
+import h11
+
+_READ_SIZE = 65536
+
+
+class PeerError(Exception):
+    """A refresh request did not get an answer."""
+
+
+class ConnectError(PeerError):
+    pass
+
+
+class TLSError(PeerError):
+    pass
+
+
+class ProtocolError(PeerError):
+    pass
+
+
+class _Connection:
+    """One kept-alive connection; ``key`` is the TLS server name ('' for plain http)."""
+
+    def __init__(self, key: str, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.key = key
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    async def exchange(self, request: h11.Request) -> int:
+        """Send ``request`` and read the whole answer; returns its status."""
+        status, received = 0, False
+        try:
+            self.writer.write(self.h11.send(request) + self.h11.send(h11.EndOfMessage()))
+            await self.writer.drain()
+            while True:
+                event = self.h11.next_event()
+                if event is h11.NEED_DATA:
+                    data = await self.reader.read(_READ_SIZE)
+                    received = received or bool(data)
+                    self.h11.receive_data(data)
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.EndOfMessage):
+                    return status
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise _Closed(received)
+        except h11.RemoteProtocolError as exc:
+            raise ProtocolError(f"bad answer: {exc}") from None
+        except OSError as exc:  # reset, broken pipe, TLS alert
+            raise _Closed(received) from exc
+
+    @property
+    def reusable(self) -> bool:
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Closed(ProtocolError):
+    def __init__(self, received: bool) -> None:
+        super().__init__("connection closed before the answer was complete")
+        self.received = received
+
+
+class PeerClient:
+    """Requests to one peer address; at most ``max_idle`` idle connections are kept."""
+
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, max_idle: int) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.max_idle = max_idle
+        self._idle: deque[_Connection] = deque()
+
+    async def request(self, method: str, target: bytes, host: str,
+                      headers: list[tuple[str, str]]) -> int:
+        """Send one request with ``target`` as its exact request target; returns the status.
+
+        The Host header (and SNI, over TLS) is ``host``. A kept-alive connection the peer
+        closed meanwhile is replaced once, transparently, if it answered nothing.
+        """
+        request = h11.Request(method=method, target=target,
+                              headers=[("Host", host), *headers])
+        key = host if self.tls is not None else ""
+        conn = self._take_idle(key)
+        if conn is not None:
+            try:
+                return await self._exchange(conn, request)
+            except _Closed as exc:
+                if exc.received:
+                    raise
+                # a kept-alive connection the peer had closed: try a fresh one
+        return await self._exchange(await self._connect(key), request)
+
+    async def _exchange(self, conn: _Connection, request: h11.Request) -> int:
+        try:
+            status = await conn.exchange(request)
+        except BaseException:
+            conn.close()
+            raise
+        self._release(conn)
+        return status
+
+    async def _connect(self, key: str) -> _Connection:
+        try:
+            reader, writer = await asyncio.open_connection(
+                self.host, self.port, ssl=self.tls, server_hostname=key or None)
+        except ssl.SSLError as exc:
+            raise TLSError(str(exc)) from None
+        except OSError as exc:
+            raise ConnectError(str(exc) or type(exc).__name__) from None
+        return _Connection(key, reader, writer)
+
+    def _take_idle(self, key: str) -> _Connection | None:
+        while conn := next((c for c in reversed(self._idle) if c.key == key), None):
+            self._idle.remove(conn)
+            if not conn.reader.at_eof():
+                return conn
+            conn.close()
+        return None
+
+    def _release(self, conn: _Connection) -> None:
+        if not conn.reusable or conn.reader.at_eof():
+            conn.close()
+            return
+        conn.h11.start_next_cycle()
+        self._idle.append(conn)
+        while len(self._idle) > self.max_idle:
+            self._idle.popleft().close()
+
+    async def aclose(self) -> None:
+        while self._idle:
+            conn = self._idle.popleft()
+            conn.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await conn.writer.wait_closed()
