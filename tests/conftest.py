@@ -6,12 +6,14 @@ Both are function-scoped and fail the test if they leave a thread or an NGINX pr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from lab import Cluster, Origin, find_nginx
+from lab import Cluster, NginxNode, Origin, find_nginx
+from lab.agent import Agent
+from tests.agents import LOG_FORMAT, StartAgent
 
 
 def _process_group_alive(pgid: int) -> bool:
@@ -40,3 +42,22 @@ def cluster(origin: Origin, tmp_path: Path) -> Iterator[Cluster]:
         yield started
     left = [pid for pid in masters if pid is not None and _process_group_alive(pid)]
     assert not left, f"NGINX process groups still alive after stop(): {left}"
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path) -> Iterator[StartAgent]:
+    """Start logwarden beside a node, tailing its access log unless ``access_log=False``;
+    every agent must exit 0 on SIGTERM at teardown."""
+    agents: list[Agent] = []
+
+    def start(node: NginxNode, peers: Sequence[str], *extra: str,
+              access_log: bool = True) -> Agent:
+        agent = Agent(node.access_log if access_log else None, LOG_FORMAT, node.url, peers,
+                      extra=["--log-level", "debug", *extra],
+                      stderr=tmp_path / f"logwarden-{node.address}.log")
+        agents.append(agent.start())
+        return agent
+
+    yield start
+    codes = [agent.stop() for agent in agents]
+    assert codes == [0] * len(agents), f"logwarden exit codes: {codes}"

@@ -117,3 +117,53 @@ def test_config_is_frozen() -> None:
 
 def test_ipv6_metrics_listen() -> None:
     assert load({"metrics_listen": "[::1]:9145"}).metrics_listen == "[::1]:9145"
+
+
+def test_refresh_header_file_keeps_the_secret_out_of_output(tmp_path: Path) -> None:
+    secret = tmp_path / "refresh-header"
+    secret.write_text("X-Refresh: s3cr3t-Value\n")
+    c = load({"refresh_header_file": str(secret)})
+    assert c.refresh_header_pair == ("X-Refresh", "s3cr3t-Value")
+    assert "s3cr3t" not in c.to_toml() and "s3cr3t" not in repr(c)
+    assert load_config({}, str(_write(tmp_path, c.to_toml())), {}) == c
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("s3cr3t-without-a-name\n", "must hold one line 'Name: value'"),
+    (None, "cannot be read"),
+])
+def test_refresh_header_file_errors_name_the_file_never_the_secret(
+    tmp_path: Path, content: str | None, message: str,
+) -> None:
+    path = tmp_path / "refresh-header"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load({"refresh_header_file": str(path)})
+    assert caught.value.key == "refresh_header_file" and str(path) in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_purge_mode_needs_method_and_user_agent_in_the_format() -> None:
+    with pytest.raises(ConfigError, match="mode: 'purge' needs \\$http_user_agent"):
+        load({"mode": "purge"})
+    assert load({"mode": "purge", "log_format": FMT + ' "$http_user_agent"'}).mode == "purge"
+
+
+def test_self_leaves_out_its_listener_of_the_other_scheme() -> None:
+    c = load({"peer": ("http://10.0.0.1", "https://10.0.0.1", "http://10.0.0.2",
+                       "https://10.0.0.2:8443", "http://10.0.0.1:8080")})
+    assert c.targets == ("http://10.0.0.2", "https://10.0.0.2:8443", "http://10.0.0.1:8080")
+
+
+@pytest.mark.parametrize(("flags", "key", "message"), [
+    ({"only": ("(",)}, "only", "is not a regular expression"),
+    ({"purge_method": "PUR GE"}, "purge_method", "is not an HTTP method token"),
+    ({"peer_ca": "/nonexistent/ca.pem"}, "peer_ca", "is not a readable file"),
+    ({"mode": "ban"}, "mode", "must be one of refresh, purge"),
+    ({"breaker_failures": 0}, "breaker_failures", "must be greater than 0"),
+])
+def test_dispatch_settings_are_validated(flags: dict[str, Any], key: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load(flags)
+    assert caught.value.key == key

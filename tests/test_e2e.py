@@ -5,7 +5,6 @@ others without any client asking them, exactly once, and without ping-pong."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,48 +19,10 @@ from lab import (
     free_port,
     wait_until,
 )
-from lab.agent import Agent, log_format_from_conf
+from tests.agents import StartAgent, body_version, refreshes_seen, urls
 from tests.peers import dead_url
 
 pytestmark = pytest.mark.nginx
-
-LOG_FORMAT = log_format_from_conf(Path(EXAMPLE_CONFIG).read_text())
-StartAgent = Callable[..., Agent]
-
-
-@pytest.fixture
-def start_agent(tmp_path: Path) -> Iterator[StartAgent]:
-    """Start logwarden beside a node, tailing its access log unless ``access_log=False``;
-    every agent must exit 0 on SIGTERM at teardown."""
-    agents: list[Agent] = []
-
-    def start(node: NginxNode, peers: Sequence[str], *extra: str,
-              access_log: bool = True) -> Agent:
-        agent = Agent(node.access_log if access_log else None, LOG_FORMAT, node.url, peers,
-                      extra=["--log-level", "debug", *extra],
-                      stderr=tmp_path / f"logwarden-{node.address}.log")
-        agents.append(agent.start())
-        return agent
-
-    yield start
-    codes = [agent.stop() for agent in agents]
-    assert codes == [0] * len(agents), f"logwarden exit codes: {codes}"
-
-
-def urls(cluster: Cluster) -> list[str]:
-    return [node.url for node in cluster.nodes]
-
-
-def refreshes_seen(node: NginxNode, target: str) -> list[object]:
-    """Lines on ``node`` caused by a logwarden refresh of ``target``."""
-    return [line for line in node.log_lines()
-            if line.target == target and line.user_agent.startswith("logwarden/")]
-
-
-def body_version(node: NginxNode, target: str, host: str) -> tuple[str | None, int]:
-    response = node.get(target, host=host)
-    return response.headers.get("X-Cache-Status"), int(response.headers["X-Version"])
-
 
 CASES = [
     pytest.param("/e2e/page?ma=60", "www.example.com", id="plain"),
