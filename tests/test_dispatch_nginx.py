@@ -1,0 +1,327 @@
+"""The dispatcher against real NGINX on loopback: purge mode end to end without a loop, exact
+targets in the peer's access log, https peers (SNI, a CA made in the test), the shared secret
+of examples/nginx.conf, and a flood held to the token bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lab import EXAMPLE_CONFIG, OUTSIDER_ADDRESS, Cluster, NginxNode, Origin, free_port, wait_until
+from lab.agent import Agent
+from lab.cluster import CLIENT_ADDRESS, LAB_SECRET, current_user
+from logwarden.dispatcher import Dispatcher, DispatchSettings
+from logwarden.metrics import Metrics
+from logwarden.triggers import Refresh
+from tests.agents import StartAgent, body_version, refreshes_seen, urls
+
+pytestmark = pytest.mark.nginx
+
+HOST = "www.example.com"
+
+
+def lines_seen(agent: Agent, node: NginxNode, before: int) -> bool:
+    """The agent, started when the node's log had ``before`` lines, has read all lines since."""
+    return agent.value("logwarden_lines_total") >= len(node.log_lines()) - before
+
+
+# --- purge mode ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("then_refresh", [False, True], ids=["purge", "purge-then-refresh"])
+def test_purge_mode_spreads_a_change_without_a_loop(
+    cluster: Cluster, origin: Origin, start_agent: StartAgent, then_refresh: bool,
+) -> None:
+    a, b, c = cluster.nodes
+    target = f"/purge/{then_refresh}?ma=60"
+    path = target.split("?")[0]
+    for node in (b, c):
+        assert body_version(node, target, HOST) == ("MISS", 1)
+    extra = ["--mode", "purge", *(["--purge-then-refresh"] if then_refresh else [])]
+    agent_a, agent_b, agent_c = (start_agent(node, urls(cluster), *extra) for node in cluster)
+    logged = {node: len(node.log_lines()) for node in (b, c)}
+    origin.bump(path)
+    before = len(origin.requests_for(path))
+
+    assert a.get(target).headers["X-Version"] == "2"  # A logs MISS; its agent purges B and C
+    requests = 2 if then_refresh else 1
+    for node in (b, c):
+        wait_until(lambda node=node: len(refreshes_seen(node, target)) == requests, timeout=3,
+                   what=f"logwarden's requests on {node.address}")
+        seen = [(ln.method, ln.status, ln.cache_status) for ln in refreshes_seen(node, target)]
+        assert seen == [("PURGE", "200", "-"), ("HEAD", "200", "BYPASS")][:requests]
+        # Purged: the next client takes a MISS; purged and refreshed: a HIT. Both get v2.
+        assert body_version(node, target, HOST) == ("HIT" if then_refresh else "MISS", 2)
+
+    for agent, node in ((agent_b, b), (agent_c, c)):
+        wait_until(lambda agent=agent, node=node: lines_seen(agent, node, logged[node]),
+                   what=f"the agent of {node.address} to read its log")
+        refills = agent.value("logwarden_records_ignored_total", reason="refill")
+        assert refills == (0 if then_refresh else 1)
+        assert agent.total("logwarden_refreshes_total") == 0  # no loop: nothing fanned out
+        assert agent.value("logwarden_refresh_fanouts_total") == 0
+    assert not refreshes_seen(a, target)
+    for peer in (b.url, c.url):
+        assert agent_a.value("logwarden_refreshes_total", peer=peer, outcome="ok") == 1
+    assert len(origin.requests_for(path)) - before == 3  # A's MISS, then one fetch per peer
+
+
+# --- exact targets ------------------------------------------------------------------------------
+
+#: nginx-facts §3: five spellings, five cache entries; and percent-encoded CR LF, plain text.
+SPELLINGS = ("/basic/enc1?a=1&b=2", "/basic/enc1?b=2&a=1", "/basic/enc%31?a=1",
+             "/basic/./enc1?a=1", "/basic//enc1?a=1", "/x/%0d%0a?q=%22x%22")
+
+
+def test_exact_spellings_arrive_unchanged_in_the_peer_log(
+    cluster: Cluster, start_agent: StartAgent,
+) -> None:
+    a, b, _ = cluster.nodes
+    start_agent(a, [a.url, b.url])
+    for target in SPELLINGS:
+        assert a.get(target).headers["X-Cache-Status"] == "MISS"  # five different entries
+    lines = b.wait_log(lambda ln: ln.user_agent.startswith("logwarden/"), count=len(SPELLINGS))
+    assert sorted(ln.target for ln in lines) == sorted(SPELLINGS)
+    assert {(ln.method, ln.cache_status) for ln in lines} == {("HEAD", "BYPASS")}
+
+
+# --- https peers --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Certs:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """A throw-away CA and a certificate for the lab's two host names, signed by it."""
+    d = tmp_path_factory.mktemp("certs")
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", "-x509", *ec, "-keyout", d / "ca.key", "-out", d / "ca.pem", "-days", "1",
+             "-subj", "/CN=logwarden test CA")
+    _openssl("req", *ec, "-keyout", d / "node.key", "-out", d / "node.csr",
+             "-subj", f"/CN={HOST}")
+    (d / "san.ext").write_text(f"subjectAltName=DNS:{HOST},DNS:static.example.com\n")
+    _openssl("x509", "-req", "-in", d / "node.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
+             "-CAcreateserial", "-days", "1", "-extfile", d / "san.ext", "-out", d / "node.pem")
+    return Certs(d / "ca.pem", d / "node.pem", d / "node.key")
+
+
+class TlsNode(NginxNode):
+    """A minimal NGINX with a plain and a TLS listener that logs the SNI it was given."""
+
+    def __init__(self, workdir: Path, certs: Certs) -> None:
+        super().__init__("tls", "127.0.0.21", EXAMPLE_CONFIG, "http://127.0.0.1:9", (), workdir)
+        self.certs = certs
+        self.tls_port = free_port(self.address)
+        self.tls_url = f"https://{self.address}:{self.tls_port}"
+
+    def render(self) -> str:
+        p = self.prefix
+        temp = "".join(f"{kind}_temp_path {p}/tmp/{kind};\n"
+                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        return f"""
+user {current_user()};
+worker_processes 1;
+pid {p}/nginx.pid;
+error_log {p}/logs/error.log;
+events {{ worker_connections 64; }}
+http {{
+    {temp}
+    log_format tls '$scheme $ssl_server_name $host $request_uri $http_user_agent';
+    access_log {p}/logs/access.log tls;
+    server {{
+        listen {self.address}:{self.port};
+        listen {self.address}:{self.tls_port} ssl;
+        server_name {HOST} static.example.com;
+        ssl_certificate {self.certs.cert};
+        ssl_certificate_key {self.certs.key};
+        return 204;
+    }}
+}}
+"""
+
+    def tls_log(self) -> list[tuple[str, ...]]:
+        return [tuple(ln.split()[:4]) for ln in self.access_log.read_text().splitlines()]
+
+
+@pytest.fixture
+def tls_node(tmp_path: Path, certs: Certs) -> Iterator[TlsNode]:
+    with TlsNode(tmp_path, certs) as node:
+        yield node
+
+
+def dispatch(peers: Sequence[str], refreshes: Sequence[Refresh], **settings: object) -> Metrics:
+    """Send ``refreshes`` to ``peers`` with a fresh dispatcher; its metrics once all are done."""
+    async def go() -> Metrics:
+        m = Metrics()
+        d = Dispatcher(tuple(peers), DispatchSettings(retries=0, **settings), m)  # type: ignore[arg-type]
+        d.start()
+        for refresh in refreshes:
+            d.submit(refresh)
+        assert await d.close(5) == 0
+        return m
+
+    return asyncio.run(go())
+
+
+def outcomes(m: Metrics, peer: str) -> dict[str, float]:
+    return {s.labels["outcome"]: s.value for family in m.registry.collect()
+            if family.name == "logwarden_refreshes" for s in family.samples
+            if s.labels.get("peer") == peer and s.value and s.name.endswith("_total")}
+
+
+def test_https_peer_gets_the_original_host_as_sni_and_is_verified(
+    tls_node: TlsNode, certs: Certs,
+) -> None:
+    """The URL's scheme picks the listener; each host gets its own verified TLS connection."""
+    node = tls_node
+    refreshes = [Refresh("https", HOST, b"/s?a=1", "MISS"),
+                 Refresh("https", "static.example.com", b"/t", "MISS"),
+                 Refresh("http", HOST, b"/plain", "MISS")]
+    m = dispatch((node.url, node.tls_url), refreshes, peer_ca=str(certs.ca))
+    assert outcomes(m, node.tls_url) == {"ok": 2} and outcomes(m, node.url) == {"ok": 1}
+    assert sorted(node.tls_log()) == sorted([
+        ("https", HOST, HOST, "/s?a=1"),
+        ("https", "static.example.com", "static.example.com", "/t"),
+        ("http", "-", HOST, "/plain")])
+
+    unknown_ca = dispatch((node.tls_url,), refreshes[:1])  # the system CAs do not know ours
+    assert outcomes(unknown_ca, node.tls_url) == {"tls_error": 1}
+    insecure = dispatch((node.tls_url,), refreshes[:1], insecure_tls=True)
+    assert outcomes(insecure, node.tls_url) == {"ok": 1}
+    assert len(node.tls_log()) == 4
+
+
+# --- the shared secret --------------------------------------------------------------------------
+
+SECRET = "7f3c9a-very-long-shared-secret"
+
+
+class SecretNode(NginxNode):
+    """A node from examples/nginx.conf with its own secret instead of the lab's ``1``."""
+
+    def render(self) -> str:
+        return super().render().replace(f'"1:{LAB_SECRET}"', f'"1:{SECRET}"')
+
+
+@pytest.fixture
+def secret_nodes(origin: Origin, tmp_path: Path) -> Iterator[tuple[SecretNode, SecretNode]]:
+    peers = (CLIENT_ADDRESS, "127.0.0.31", "127.0.0.32")
+    a = SecretNode("a", "127.0.0.31", EXAMPLE_CONFIG, origin.url, peers, tmp_path)
+    b = SecretNode("b", "127.0.0.32", EXAMPLE_CONFIG, origin.url, peers, tmp_path)
+    with a, b:
+        yield a, b
+
+
+def test_example_bypasses_and_purges_only_with_the_exact_secret(
+    secret_nodes: tuple[SecretNode, SecretNode], origin: Origin,
+) -> None:
+    node = secret_nodes[0]
+    target = "/secret/page?ma=60"
+    assert body_version(node, target, HOST) == ("MISS", 1)
+    origin.bump("/secret/page")
+    for value in ("1", SECRET[:-1], SECRET + "x", "", "0"):  # not the secret: a normal lookup
+        assert node.get(target, headers={"X-Refresh": value}).headers["X-Cache-Status"] == "HIT"
+    outsider = node.get(target, headers={"X-Refresh": SECRET}, source=OUTSIDER_ADDRESS)
+    assert outsider.headers["X-Cache-Status"] == "HIT"
+    refreshed = node.get(target, headers={"X-Refresh": SECRET})
+    assert (refreshed.headers["X-Cache-Status"], refreshed.headers["X-Version"]) == ("BYPASS", "2")
+
+    assert node.get(target, method="PURGE", headers={"X-Refresh": "1"}).status == 403
+    assert node.get(target, method="PURGE", headers={"X-Refresh": SECRET},
+                    source=OUTSIDER_ADDRESS).status == 403
+    assert node.get(target, method="PURGE", headers={"X-Refresh": SECRET}).status == 200
+    assert node.get(target, method="PURGE", headers={"X-Refresh": SECRET}).status == 404
+    assert body_version(node, target, HOST) == ("MISS", 2)
+
+
+def test_secret_from_a_file_refreshes_and_is_never_printed(
+    secret_nodes: tuple[SecretNode, SecretNode], start_agent: StartAgent, tmp_path: Path,
+) -> None:
+    a, b = secret_nodes
+    header_file = tmp_path / "refresh-header"
+    header_file.write_text(f"X-Refresh: {SECRET}\n")
+    args = ("--refresh-header-file", str(header_file))
+    agent = start_agent(a, [a.url, b.url], *args)  # --log-level debug
+    target = "/secret/file?ma=60"
+    a.get(target)
+    [line] = b.wait_log(lambda ln: ln.target == target and ln.user_agent.startswith("logw"))
+    assert (line.cache_status, line.refresh) == ("BYPASS", SECRET)
+    check = subprocess.run([*agent.args[:3], "check", *agent.args[4:]],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    assert str(header_file) in check.stdout
+    assert agent.stop() == 0
+    assert agent.stderr_path is not None
+    for text in (check.stdout, check.stderr, agent.stderr_path.read_text()):
+        assert SECRET not in text
+
+
+# --- storm control ------------------------------------------------------------------------------
+
+FLOOD_LINES = 20_000
+RATE = 100
+BURST = 100
+RSS_GROWTH_BOUND = 32 << 20  # measured: about 6 MiB (dedup window, metrics, buffers)
+
+
+def _flood_line(i: int, now: float) -> bytes:
+    fields = (f"{now:.3f}", "http", HOST, "80", "GET", f"/flood/{i}?ma=60", "200", "MISS", "200",
+              "0.001", "-", "curl/8.0")
+    return "\t".join(fields).encode() + b"\n"
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_flood_of_distinct_misses_is_held_to_the_token_bucket(
+    cluster: Cluster, start_agent: StartAgent,
+) -> None:
+    a, b, c = cluster.nodes
+    started = time.monotonic()  # before the agent's bucket exists: the bound only grows
+    agent = start_agent(a, urls(cluster), "--max-refresh-rate", str(RATE),
+                        "--max-refresh-burst", str(BURST), "--log-level", "info")
+    assert agent.proc is not None
+    rss_before = _rss(agent.proc.pid)
+    with a.access_log.open("ab") as log:
+        for chunk in range(4):  # 20,000 lines over about 1.5 s
+            log.write(b"".join(_flood_line(i, time.time())
+                               for i in range(chunk * 5000, (chunk + 1) * 5000)))
+            log.flush()
+            time.sleep(0.5)
+    wait_until(lambda: agent.value("logwarden_lines_total") >= FLOOD_LINES, timeout=20,
+               what="the agent to read the flood")
+    elapsed = time.monotonic() - started
+    rss_growth = _rss(agent.proc.pid) - rss_before
+
+    fanouts = agent.value("logwarden_refresh_fanouts_total")
+    dropped = agent.value("logwarden_storm_dropped_total", reason="rate")
+    assert fanouts + dropped == FLOOD_LINES  # every line accounted for
+    assert BURST <= fanouts <= RATE * elapsed + BURST, (fanouts, elapsed)
+    for node in (b, c):
+        wait_until(lambda node=node: agent.value(
+            "logwarden_refreshes_total", peer=node.url, outcome="ok") == fanouts, timeout=20,
+            what=f"the admitted refreshes to reach {node.address}")
+        received = [ln for ln in node.log_lines() if ln.user_agent.startswith("logwarden/")]
+        assert len(received) == fanouts
+    assert rss_growth < RSS_GROWTH_BOUND, rss_growth
+    print(f"flood: {fanouts:.0f} fan-outs in {elapsed:.2f} s (bound "
+          f"{RATE * elapsed + BURST:.0f}), {dropped:.0f} dropped, RSS +{rss_growth >> 10} KiB")
