@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from logwarden.discovery import check_peer_url, is_self, read_peers_file
 from logwarden.logformat import ESCAPES, LogFormat, LogFormatError
 from logwarden.positions import default_path as default_positions_path
 from logwarden.sources.syslog import parse_url as parse_syslog_url
@@ -77,6 +77,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("self", str, None, "This node's own peer URL; it is left out of the fan-out."),
     Setting("peer", str, (), "Peer URL http(s)://ADDRESS[:PORT] (repeatable; same list on every "
             "node).", multiple=True),
+    Setting("peers_file", str, None, "File of peer URLs, one per line; read again when it "
+            "changes and on SIGHUP."),
+    Setting("peers_dns", str, (), "http(s)://NAME:PORT: one peer per A/AAAA record of NAME, "
+            "this node's own addresses left out (repeatable).", multiple=True),
+    Setting("dns_refresh", float, 30.0, "Seconds between lookups of the --peers-dns names."),
     Setting("statuses", str, ("MISS", "EXPIRED", "UPDATING", "STALE"),
             "$upstream_cache_status values that trigger a refresh (repeatable or comma-separated).",
             multiple=True),
@@ -151,6 +156,9 @@ class Config:
     from_start: bool
     self: str | None
     peer: tuple[str, ...]
+    peers_file: str | None
+    peers_dns: tuple[str, ...]
+    dns_refresh: float
     statuses: tuple[str, ...]
     dedup_window: float
     refresh_method: str
@@ -192,12 +200,9 @@ class Config:
 
     @property
     def targets(self) -> tuple[str, ...]:
-        """The peers a refresh goes to: every peer but this node itself (``--self``, and its
-        listener of the other scheme on the same address)."""
-        if not self.self:
-            return self.peer
-        scheme, host, port = _peer_identity(self.self)
-        return tuple(p for p in self.peer if not _is_self(_peer_identity(p), scheme, host, port))
+        """The static peers a refresh goes to: every ``--peer`` but this node itself
+        (``--self``, and its listener of the other scheme on the same address)."""
+        return tuple(p for p in self.peer if not is_self(p, self.self))
 
     @property
     def positions_path(self) -> Path | None:
@@ -327,8 +332,9 @@ def _validate(v: dict[str, Any]) -> Config:
     if v["refresh_header_file"]:
         v["refresh_header"] = _read_header_file("refresh_header_file", v["refresh_header_file"])
     config = Config(**v)
-    if not config.targets:
-        raise ConfigError("peer", ",".join(v["peer"]), "names no peer other than self")
+    if not (config.targets or config.peers_file or config.peers_dns):
+        raise ConfigError("peer", ",".join(v["peer"]), "names no peer other than self "
+                          "(and there is no --peers-file or --peers-dns)")
     return config
 
 
@@ -350,15 +356,21 @@ def _normalise_statuses(raw: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _check_peer_url(key: str, url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(key, url, "is not an http(s)://HOST[:PORT] URL")
     try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ConfigError(key, url, "has a bad port") from None
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ConfigError(key, url, "must not carry a path, query or credentials")
+        check_peer_url(url)
+    except ValueError as exc:
+        raise ConfigError(key, url, str(exc)) from None
+
+
+def _check_peers_file(key: str, path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        read_peers_file(path)
+    except OSError as exc:
+        raise ConfigError(key, path, f"cannot be read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(key, path, str(exc)) from None
 
 
 def _check_access_logs(key: str, paths: tuple[str, ...]) -> None:
@@ -389,8 +401,6 @@ def _check_syslog_tag(key: str, tag: str) -> None:
 
 
 def _check_peers(key: str, urls: tuple[str, ...]) -> None:
-    if not urls:
-        raise ConfigError(key, "", "is required: the peer URLs of the cluster")
     for url in urls:
         _check_peer_url(key, url)
 
@@ -482,6 +492,9 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "syslog_rcvbuf": _positive,
     "syslog_allow": _check_networks,
     "peer": _check_peers,
+    "peers_file": _check_peers_file,
+    "peers_dns": _check_peers,
+    "dns_refresh": _positive,
     "self": _check_self,
     "refresh_header": _check_header,
     "purge_method": _check_token,
@@ -509,16 +522,6 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "dedup_window": _not_negative,
     "shutdown_timeout": _not_negative,
 }
-
-
-def _is_self(peer: tuple[str, str, int], scheme: str, host: str, port: int) -> bool:
-    return peer[1] == host and (peer[2] == port or peer[0] != scheme)
-
-
-def _peer_identity(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, (parts.hostname or "").lower(), port
 
 
 def _toml_value(value: Any) -> str:

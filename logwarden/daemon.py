@@ -17,6 +17,7 @@ import signal
 import time
 
 from logwarden.config import Config, parse_listen
+from logwarden.discovery import PeerSource
 from logwarden.dispatcher import Dispatcher, DispatchSettings
 from logwarden.logformat import LogFormat
 from logwarden.metrics import Metrics, MetricsServer
@@ -47,11 +48,15 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.metrics_address: tuple[str, int] | None = None
         self.sources: list[Source] = []
+        self.peer_source = PeerSource(config.peer, self_url=config.self,
+                                      peers_file=config.peers_file, dns=config.peers_dns)
+        self.dispatcher: Dispatcher | None = None
+        self.reload = asyncio.Event()
         self._started = time.time()
 
     async def run(self) -> int:
         cfg = self.config
-        dispatcher = self._dispatcher()
+        self.dispatcher = dispatcher = await self._dispatcher()
         self.sources = sources = self._sources()
         server = MetricsServer(self.metrics, self.health)
         if cfg.metrics_listen != "off":
@@ -65,17 +70,19 @@ class Daemon:
         processor = asyncio.create_task(self._process(dispatcher), name="process")
         source_tasks = [asyncio.create_task(s.run(), name=f"source {s.name}") for s in sources]
         saver = asyncio.create_task(self.positions.run(cfg.positions_interval), name="positions")
+        follower = asyncio.create_task(self._follow_peers(dispatcher), name="peers")
         log.info("logwarden running: %d source(s), refreshing %s%s", len(sources),
-                 ", ".join(cfg.targets), " (dry run: nothing is sent)" if cfg.dry_run else "")
+                 ", ".join(dispatcher.urls), " (dry run: nothing is sent)" if cfg.dry_run else "")
         code = await self._wait(source_tasks, processor)
         for s in sources:
             s.stop()
         await asyncio.gather(*source_tasks, return_exceptions=True)
         await self.lines.put(None)
         await processor
-        saver.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await saver
+        for task in (saver, follower):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self.positions.save()
         await dispatcher.close(cfg.shutdown_timeout)
         await server.close()
@@ -96,7 +103,7 @@ class Daemon:
             for url in cfg.syslog]
         return files + listeners
 
-    def _dispatcher(self) -> Dispatcher:
+    async def _dispatcher(self) -> Dispatcher:
         cfg = self.config
         settings = DispatchSettings(
             method=cfg.refresh_method, header=cfg.refresh_header_pair,
@@ -108,7 +115,34 @@ class Daemon:
             queue_size=cfg.queue_size, peer_ca=cfg.peer_ca, insecure_tls=cfg.insecure_peer_tls)
         storm = StormControl(rate=cfg.max_refresh_rate, burst=cfg.max_refresh_burst,
                              max_target_bytes=cfg.max_target_bytes, only=cfg.only, skip=cfg.skip)
-        return Dispatcher(() if cfg.dry_run else cfg.targets, settings, self.metrics, storm)
+        self.peer_source.reload_file()
+        await self.peer_source.resolve()
+        peers = () if cfg.dry_run else self.peer_source.current()
+        return Dispatcher(peers, settings, self.metrics, storm,
+                          propagation="msec" in self.parser.variables)
+
+    async def _follow_peers(self, dispatcher: Dispatcher) -> None:
+        """Re-read the peers file when it changes, look the DNS names up every --dns-refresh
+        seconds, both at once on SIGHUP; hand a changed peer list to the dispatcher."""
+        source, cfg = self.peer_source, self.config
+        if not source.dynamic or cfg.dry_run:
+            return
+        next_lookup = time.monotonic() + cfg.dns_refresh
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(cfg.poll_interval):
+                    await self.reload.wait()
+            forced = self.reload.is_set()
+            self.reload.clear()
+            if forced or source.file_changed():
+                source.reload_file()
+            if source.dns and (forced or time.monotonic() >= next_lookup):
+                next_lookup = time.monotonic() + cfg.dns_refresh
+                await source.resolve()
+            peers = source.current()
+            if peers != dispatcher.urls:
+                log.info("peers now: %s", ", ".join(peers) or "none")
+                dispatcher.set_peers(peers)
 
     async def _wait(self, tasks: list[asyncio.Task[None]], processor: asyncio.Task[None]) -> int:
         """Wait for a stop request; a stage that dies on its own is a bug: fail loudly."""
@@ -167,13 +201,19 @@ class Daemon:
             "status": status,
             "uptime_seconds": round(time.time() - self._started, 3),
             "sources": sources,
-            "peers": list(self.config.targets),
+            "peers": list(self.dispatcher.urls if self.dispatcher else ()),
         }
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+
+    def _on_hangup(self) -> None:
+        if not self.peer_source.dynamic:
+            log.info("SIGHUP: no --peers-file or --peers-dns to reload")
+        self.reload.set()
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.stopping.is_set():

@@ -9,6 +9,8 @@ row its breaker opens: refreshes for it are skipped and counted without a reques
 single probe, after ``breaker_cooldown`` seconds, succeeds.
 
 One refresh per (peer, URL) is queued or in flight at a time; a repeat is coalesced into it.
+The peer list can change while running (:meth:`Dispatcher.set_peers`): peers that stay keep
+their queues; removed ones are cut off at once.
 
 Stopping: :meth:`Dispatcher.close` lets the workers finish what is queued until the deadline,
 then cancels them and counts what was cut off as ``dropped``.
@@ -22,9 +24,11 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from prometheus_client import Histogram
 
 from logwarden.metrics import Metrics
 from logwarden.peerhttp import ConnectError, PeerClient, PeerError, TLSError
@@ -126,6 +130,26 @@ class Breaker:
         return self.is_open != was_open
 
 
+class FanOut:
+    """The peers of one fan-out still to answer; the last answer observes the propagation time
+    (from the triggering line's own time)."""
+
+    __slots__ = ("histogram", "left", "logged_at")
+
+    def __init__(self, left: int, logged_at: float, histogram: Histogram) -> None:
+        self.left = left
+        self.logged_at = logged_at
+        self.histogram = histogram
+
+    def done(self) -> None:
+        self.left -= 1
+        if not self.left:
+            self.histogram.observe(max(0.0, time.time() - self.logged_at))
+
+
+_Item = tuple[Refresh, FanOut | None]
+
+
 def _outcome(status: int, purge: bool) -> str:
     if not purge:
         return "ok" if status < 400 else "http_error"
@@ -145,7 +169,7 @@ class Peer:
         self.settings = settings
         self.metrics = metrics
         self.slots = slots
-        self.queue: asyncio.Queue[Refresh] = asyncio.Queue(settings.queue_size)
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(settings.queue_size)
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
         self.client = PeerClient(
             parts.hostname or "", parts.port or (443 if self.scheme == "https" else 80),
@@ -165,18 +189,22 @@ class Peer:
         self.workers = [asyncio.create_task(self._work(lane), name=f"peer {name} #{lane}")
                         for lane in range(self.settings.peer_concurrency)]
 
-    def offer(self, refresh: Refresh) -> None:
+    def offer(self, refresh: Refresh, fanout: FanOut | None = None) -> None:
         if self.breaker.waiting():
-            self.count("skipped")
+            outcome = "skipped"
         elif refresh.key in self._pending:
-            self.count("coalesced")
+            outcome = "coalesced"
         else:
             try:
-                self.queue.put_nowait(refresh)
+                self.queue.put_nowait((refresh, fanout))
             except asyncio.QueueFull:
-                self.count("dropped")
+                outcome = "dropped"
             else:
                 self._pending.add(refresh.key)
+                return
+        self.count(outcome)
+        if fanout:
+            fanout.done()
 
     def count(self, outcome: str, n: int = 1) -> None:
         self.metrics.refreshes.labels(self.url, outcome).inc(n)
@@ -186,13 +214,15 @@ class Peer:
         while True:
             if lane:
                 await self._healthy.wait()
-            refresh = await self.queue.get()
+            refresh, fanout = await self.queue.get()
             self._busy += 1
             try:
                 outcome = await self.deliver(refresh, slot) if self.breaker.allow() \
                     else "skipped"
                 self.count(outcome)
                 self._note(outcome)
+                if fanout:
+                    fanout.done()
             finally:
                 self._busy -= 1
                 self._pending.discard(refresh.key)
@@ -309,20 +339,55 @@ class Dispatcher:
     the ``http://`` URLs: NGINX keeps separate cache entries per scheme.
     """
 
-    def __init__(self, peers: tuple[str, ...], settings: DispatchSettings, metrics: Metrics,
-                 storm: StormControl | None = None) -> None:
+    def __init__(self, peers: Sequence[str], settings: DispatchSettings, metrics: Metrics,
+                 storm: StormControl | None = None, *, propagation: bool = False) -> None:
+        """``propagation``: observe ``logwarden_propagation_seconds`` (the line times are
+        precise: the format has ``$msec``)."""
+        self.settings = settings
         self.metrics = metrics
         self.storm = storm
-        slots = asyncio.Semaphore(settings.concurrency)
-        # One context for all peers: each load costs ~30-150 ms.
-        tls = tls_context(settings.peer_ca, settings.insecure_tls) \
-            if any(url.startswith("https:") for url in peers) else None
-        self.peers = [Peer(url, settings, metrics, slots, tls) for url in peers]
+        self.propagation = propagation
+        self.peers: list[Peer] = []
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._tls: ssl.SSLContext | None = None
         self._by_scheme: dict[str, list[Peer]] = {}
+        self._started = False
+        self._retired: set[asyncio.Task[int]] = set()
+        self.set_peers(peers)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(peer.url for peer in self.peers)
+
+    def set_peers(self, urls: Sequence[str]) -> None:
+        """Follow a new peer list. Peers that stay keep their queue, breaker and connections;
+        new ones start; removed ones are cut off at once (queued refreshes counted as
+        ``dropped``) and never contacted again. Repeated URLs count once."""
+        current = {peer.url: peer for peer in self.peers}
+        self.peers = [current.pop(url) if url in current else self._new_peer(url)
+                      for url in dict.fromkeys(urls)]
+        self._by_scheme = {}
         for peer in self.peers:
             self._by_scheme.setdefault(peer.scheme, []).append(peer)
+        for peer in current.values():
+            self.metrics.peer_up.remove(peer.url)
+            task = asyncio.create_task(peer.close(_now()), name=f"retire {peer.url}")
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    def _new_peer(self, url: str) -> Peer:
+        tls = None
+        if url.startswith("https:"):
+            if self._tls is None:  # one context for all peers: each load costs ~30-150 ms
+                self._tls = tls_context(self.settings.peer_ca, self.settings.insecure_tls)
+            tls = self._tls
+        peer = Peer(url, self.settings, self.metrics, self._slots, tls)
+        if self._started:
+            peer.start()
+        return peer
 
     def start(self) -> None:
+        self._started = True
         for peer in self.peers:
             peer.start()
 
@@ -338,8 +403,11 @@ class Dispatcher:
             self.metrics.storm_dropped.labels(reason).inc()
             return False
         self.metrics.fanouts.inc()
+        fanout = None
+        if self.propagation and refresh.logged_at:
+            fanout = FanOut(len(peers), refresh.logged_at, self.metrics.propagation)
         for peer in peers:
-            peer.offer(refresh)
+            peer.offer(refresh, fanout)
         return True
 
     def depth(self) -> int:
@@ -348,6 +416,7 @@ class Dispatcher:
     async def close(self, timeout: float) -> int:
         """Drain every peer within ``timeout`` seconds; returns how many refreshes were cut off."""
         deadline = _now() + timeout
+        await asyncio.gather(*self._retired)
         cut = sum(await asyncio.gather(*(peer.close(deadline) for peer in self.peers)))
         if cut:
             log.warning("shutdown deadline reached: %d refresh requests cut off", cut)

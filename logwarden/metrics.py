@@ -57,6 +57,10 @@ class Metrics:
             "logwarden_refresh_duration_seconds", "Time a refresh request took, per peer.",
             ["peer"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.propagation = Histogram(
+            "logwarden_propagation_seconds", "From a triggering line's own time ($msec) to the "
+            "last peer's answer of its fan-out.", registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.refresh_retries = Counter(
             "logwarden_refresh_retries", "Refresh attempts repeated after a connect error, a "
             "timeout or a 502/503/504.", ["peer"], registry=r)

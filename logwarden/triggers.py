@@ -35,6 +35,8 @@ class Refresh:
     target: bytes
     cache_status: str
     """The status that triggered it, for metrics and logs."""
+    logged_at: float | None = None
+    """Unix time of the triggering line, when the format has one."""
 
     @property
     def key(self) -> tuple[str, str, bytes]:
@@ -112,7 +114,8 @@ class Triggers:
         """The refresh a triggering record asks for (call after :meth:`skip_reason`)."""
         host = record.host or self.default_host
         assert host is not None
-        return Refresh(record.scheme or "http", host, record.target, record.cache_status)
+        return Refresh(record.scheme or "http", host, record.target, record.cache_status,
+                       record.time)
 
     def first_in_window(self, refresh: Refresh) -> bool:
         """True unless the same URL already fanned out within the dedup window."""

@@ -5,11 +5,14 @@ of examples/nginx.conf, and a flood held to the token bucket."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.request import urlopen
 
 import pytest
 
@@ -70,6 +73,38 @@ def test_purge_mode_spreads_a_change_without_a_loop(
     for peer in (b.url, c.url):
         assert agent_a.value("logwarden_refreshes_total", peer=peer, outcome="ok") == 1
     assert len(origin.requests_for(path)) - before == 3  # A's MISS, then one fetch per peer
+
+
+# --- peers file and SIGHUP ----------------------------------------------------------------------
+
+
+def health_peers(agent: Agent) -> list[str]:
+    with urlopen(agent.base + "/healthz", timeout=5) as resp:
+        peers: list[str] = json.load(resp)["peers"]
+        return peers
+
+
+def test_sighup_reloads_the_peers_file(
+    cluster: Cluster, start_agent: StartAgent, tmp_path: Path,
+) -> None:
+    """--poll-interval 60: the change is noticed because of SIGHUP, not by polling."""
+    a, b, c = cluster.nodes
+    peers_file = tmp_path / "peers"
+    peers_file.write_text(f"{a.url}\n{b.url}\n")
+    agent = start_agent(a, [a.url], "--peers-file", str(peers_file), "--poll-interval", "60")
+    assert health_peers(agent) == [b.url]
+    a.get("/hup/1?ma=60")
+    wait_until(lambda: bool(refreshes_seen(b, "/hup/1?ma=60")), what="B to be refreshed")
+
+    peers_file.write_text(f"# B is gone, C is new\n{a.url}\n{c.url}\n{c.url}\n")
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: health_peers(agent) == [c.url], what="the new peer list")
+    a.get("/hup/2?ma=60")
+    wait_until(lambda: bool(refreshes_seen(c, "/hup/2?ma=60")), what="C to be refreshed")
+    assert not refreshes_seen(b, "/hup/2?ma=60")
+    assert agent.value("logwarden_refreshes_total", peer=c.url, outcome="ok") == 1
+    assert agent.value("logwarden_refreshes_total", peer=b.url, outcome="ok") == 1
 
 
 # --- exact targets ------------------------------------------------------------------------------

@@ -418,3 +418,50 @@ def test_cr_lf_after_unescaping_is_refused_but_escaped_text_is_sent() -> None:
         return peer
 
     assert asyncio.run(go()).request_lines() == [b"HEAD /a%0d%0aX-Evil:%201 HTTP/1.1"]
+
+
+def test_set_peers_keeps_queued_work_starts_new_peers_and_cuts_removed_ones() -> None:
+    async def go() -> None:
+        stays = await RecordingPeer(delay=0.05).start()
+        leaves = await RecordingPeer(delay=30).start()
+        joins = await RecordingPeer().start()
+        m = Metrics()
+        d = Dispatcher((stays.url, leaves.url), DispatchSettings(peer_concurrency=1), m)
+        d.start()
+        for i in range(4):
+            d.submit(refresh(b"/before/%d" % i))
+        await asyncio.sleep(0.02)  # one request in flight to each
+        d.set_peers((stays.url, joins.url, joins.url, stays.url))
+        assert d.urls == (stays.url, joins.url)
+        d.submit(refresh(b"/after"))
+        await settle(d, m, 6)
+        await asyncio.sleep(0.05)  # the removed peer's cut-off is counted by its own task
+        assert count(m, stays.url, "ok") == 5  # its queued work survived the change
+        assert count(m, joins.url, "ok") == 1 and joins.request_lines() == [
+            b"HEAD /after HTTP/1.1"]
+        assert count(m, leaves.url, "dropped") == 4 and len(leaves.heads) == 1
+        assert value(m, "logwarden_peer_up", peer=leaves.url) == 0  # the series is gone
+        await d.close(1)
+        for peer in (stays, leaves, joins):
+            await peer.close()
+
+    asyncio.run(go())
+
+
+def test_propagation_is_observed_when_the_last_peer_answers() -> None:
+    async def go() -> None:
+        fast = await RecordingPeer().start()
+        slow = await RecordingPeer(delay=0.2).start()
+        m = Metrics()
+        d = Dispatcher((fast.url, slow.url), DispatchSettings(), m, propagation=True)
+        d.start()
+        d.submit(Refresh("http", "www.example.com", b"/p", "MISS", time.time() - 0.5))
+        d.submit(Refresh("http", "www.example.com", b"/no-time", "MISS"))
+        await settle(d, m, 4)
+        await d.close(1)
+        await fast.close()
+        await slow.close()
+        assert value(m, "logwarden_propagation_seconds_count") == 1
+        assert 0.7 <= value(m, "logwarden_propagation_seconds_sum") < 5
+
+    asyncio.run(go())
