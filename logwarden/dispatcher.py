@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import Histogram
 
-from logwarden.metrics import Metrics
+from logwarden.metrics import REFRESH_OUTCOMES, STORM_REASONS, Metrics
 from logwarden.peerhttp import ConnectError, PeerClient, PeerError, TLSError
 from logwarden.storm import StormControl
 from logwarden.triggers import USER_AGENT, Refresh
@@ -183,6 +183,9 @@ class Peer:
         self._own_slot = asyncio.Semaphore(1)
         self._told_forbidden = False
         metrics.init_peer(url)
+        # Looked up once: a labels() call costs more than deciding a log line.
+        self._outcomes = {o: metrics.refreshes.labels(url, o) for o in REFRESH_OUTCOMES}
+        self._duration = metrics.refresh_duration.labels(url)
 
     def start(self) -> None:
         name = urlsplit(self.url).netloc
@@ -207,7 +210,7 @@ class Peer:
             fanout.done()
 
     def count(self, outcome: str, n: int = 1) -> None:
-        self.metrics.refreshes.labels(self.url, outcome).inc(n)
+        self._outcomes[outcome].inc(n)
 
     async def _work(self, lane: int) -> None:
         slot = self._own_slot if lane == 0 else self.slots
@@ -275,7 +278,7 @@ class Peer:
                 outcome = "http_error"
             else:
                 outcome = _outcome(status, purge)
-            self.metrics.refresh_duration.labels(self.url).observe(time.perf_counter() - started)
+            self._duration.observe(time.perf_counter() - started)
         log.debug("%s %s%s host=%s -> %s %s", method, self.url, refresh.target.decode("latin-1"),
                   refresh.host, status or "-", outcome)
         self._record(outcome, status, method)
@@ -347,6 +350,7 @@ class Dispatcher:
         self.metrics = metrics
         self.storm = storm
         self.propagation = propagation
+        self._dropped = {r: metrics.storm_dropped.labels(r) for r in STORM_REASONS}
         self.peers: list[Peer] = []
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tls: ssl.SSLContext | None = None
@@ -400,7 +404,7 @@ class Dispatcher:
             return False
         reason = "no_listener" if not peers else self.storm and self.storm.refusal(refresh)
         if reason:
-            self.metrics.storm_dropped.labels(reason).inc()
+            self._dropped[reason].inc()
             return False
         self.metrics.fanouts.inc()
         fanout = None
