@@ -296,8 +296,9 @@ class Peer:
             self._breaker_changed(outcome)
         if status == 403 and method == self.settings.purge_method and not self._told_forbidden:
             self._told_forbidden = True
-            log.error("peer %s refuses %s (403): allow this node's address in the peer's purge "
-                      "location (examples/nginx.conf: geo $logwarden_peer)", self.url, method)
+            log.error("peer %s refuses %s (403): list this node's address in the peer's "
+                      "geo $logwarden_peer and give both the same refresh secret "
+                      "(examples/nginx.conf, location @purge)", self.url, method)
 
     def _breaker_changed(self, outcome: str) -> None:
         up = not self.breaker.is_open
@@ -311,7 +312,7 @@ class Peer:
 
     def _note(self, outcome: str) -> None:
         """Log when the peer starts and stops failing, not every failed request."""
-        failing = outcome not in ("ok", "not_cached", "skipped")
+        failing = outcome not in ("ok", "not_cached")
         if outcome != "skipped" and failing != self.failing:
             self.failing = failing
             if failing:
