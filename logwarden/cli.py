@@ -67,4 +67,6 @@ def check(config_file: str | None, **flags: Any) -> None:
     """Validate the configuration and print the effective settings as TOML; start nothing."""
     config = _load(config_file, flags)
     click.echo(config.to_toml(), nl=False)
-    click.echo(f"# refreshes go to: {', '.join(config.targets)}", err=True)
+    static = ", ".join(config.targets) or "no static peer"
+    dynamic = " + --peers-file/--peers-dns" if config.peers_file or config.peers_dns else ""
+    click.echo(f"# refreshes go to: {static}{dynamic}", err=True)
