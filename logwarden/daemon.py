@@ -70,16 +70,18 @@ class Daemon:
         processor = asyncio.create_task(self._process(dispatcher), name="process")
         source_tasks = [asyncio.create_task(s.run(), name=f"source {s.name}") for s in sources]
         saver = asyncio.create_task(self.positions.run(cfg.positions_interval), name="positions")
-        follower = asyncio.create_task(self._follow_peers(dispatcher), name="peers")
+        follower: list[asyncio.Task[None]] = []  # a task only when there is one to follow
+        if self.peer_source.dynamic and not cfg.dry_run:
+            follower.append(asyncio.create_task(self._follow_peers(dispatcher), name="peers"))
         log.info("logwarden running: %d source(s), refreshing %s%s", len(sources),
                  ", ".join(dispatcher.urls), " (dry run: nothing is sent)" if cfg.dry_run else "")
-        code = await self._wait(source_tasks, processor)
+        code = await self._wait([*source_tasks, *follower], processor)
         for s in sources:
             s.stop()
         await asyncio.gather(*source_tasks, return_exceptions=True)
         await self.lines.put(None)
         await processor
-        for task in (saver, follower):
+        for task in (saver, *follower):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -125,8 +127,6 @@ class Daemon:
         """Re-read the peers file when it changes, look the DNS names up every --dns-refresh
         seconds, both at once on SIGHUP; hand a changed peer list to the dispatcher."""
         source, cfg = self.peer_source, self.config
-        if not source.dynamic or cfg.dry_run:
-            return
         next_lookup = time.monotonic() + cfg.dns_refresh
         while True:
             with contextlib.suppress(TimeoutError):
