@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ from logwarden.dispatcher import Dispatcher, DispatchSettings
 from logwarden.metrics import Metrics
 from logwarden.triggers import Refresh
 from tests.agents import StartAgent, body_version, refreshes_seen, urls
+from tests.peers import dead_url
 
 pytestmark = pytest.mark.nginx
 
@@ -73,6 +75,37 @@ def test_purge_mode_spreads_a_change_without_a_loop(
     for peer in (b.url, c.url):
         assert agent_a.value("logwarden_refreshes_total", peer=peer, outcome="ok") == 1
     assert len(origin.requests_for(path)) - before == 3  # A's MISS, then one fetch per peer
+
+
+# --- retries and the breaker, as operators see them ---------------------------------------------
+
+
+def test_agent_retries_then_skips_dead_and_silent_peers(
+    cluster: Cluster, start_agent: StartAgent,
+) -> None:
+    a, b, _ = cluster.nodes
+    dead = dead_url()
+    with socket.socket() as silent:  # accepts connections (kernel backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        agent = start_agent(a, [a.url, dead, silent_url, b.url], "--timeout", "0.5",
+                            "--retries", "1", "--retry-backoff", "0.05",
+                            "--breaker-failures", "3", "--breaker-cooldown", "60")
+        targets = [f"/breaker/{i}?ma=60" for i in range(4)]
+        for target in targets:
+            a.get(target)
+        wait_until(lambda: all(refreshes_seen(b, t) for t in targets), what="B refreshed")
+        # refresh 1: two failed attempts; refresh 2: the third opens the breaker; 3, 4: skipped
+        for peer, failure in ((dead, "connect_error"), (silent_url, "timeout")):
+            wait_until(lambda peer=peer: agent.value(
+                "logwarden_refreshes_total", peer=peer, outcome="skipped") == 2, timeout=5,
+                what=f"{peer} to be skipped")
+            assert agent.value("logwarden_refreshes_total", peer=peer, outcome=failure) == 2
+            assert agent.value("logwarden_refresh_retries_total", peer=peer) == 1
+            assert agent.value("logwarden_peer_up", peer=peer) == 0
+        assert agent.value("logwarden_refreshes_total", peer=b.url, outcome="ok") == 4
+        assert agent.value("logwarden_peer_up", peer=b.url) == 1
 
 
 # --- peers file and SIGHUP ----------------------------------------------------------------------
