@@ -414,8 +414,8 @@ def _check_header(key: str, header: str) -> None:
     name, sep, value = header.partition(":")
     if not sep or not _TOKEN.match(name.strip()) or not value.strip():
         raise ConfigError(key, header, "must look like 'Name: value' with a non-empty value")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in header):
-        raise ConfigError(key, header, "must not contain control characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in header) or not header.isascii():
+        raise ConfigError(key, header, "must be ASCII without control characters")
 
 
 def _read_header_file(key: str, path: str) -> str:
@@ -427,8 +427,8 @@ def _read_header_file(key: str, path: str) -> str:
     try:
         _check_header(key, header)
     except ConfigError:
-        raise ConfigError(key, path, "must hold one line 'Name: value' with a non-empty value "
-                          "and no control characters") from None
+        raise ConfigError(key, path, "must hold one line 'Name: value', printable ASCII with a "
+                          "non-empty value") from None
     return header
 
 

@@ -75,7 +75,9 @@ def request_target_ok(target: bytes) -> bool:
 
 
 def host_ok(host: str) -> bool:
-    return bool(host) and not any(ord(c) <= 0x20 or ord(c) == 0x7F or c in "/\\" for c in host)
+    """Printable ASCII without spaces or slashes: the Host header and SNI allow no more."""
+    return bool(host) and host.isascii() and host.isprintable() \
+        and not any(c in " /\\" for c in host)
 
 
 def tls_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
@@ -275,6 +277,10 @@ class Peer:
             except ConnectError:
                 outcome = "connect_error"
             except PeerError:
+                outcome = "http_error"
+            except Exception:  # a bug must cost one request, not a worker: say it loudly
+                log.exception("%s %s%s host=%s failed unexpectedly", method, self.url,
+                              refresh.target.decode("latin-1"), refresh.host)
                 outcome = "http_error"
             else:
                 outcome = _outcome(status, purge)

@@ -132,6 +132,10 @@ class PeerClient:
 
     async def _connect(self, key: str) -> _Connection:
         try:
+            key.encode("idna")  # as ssl does, but before a socket exists (3.11 leaks it)
+        except UnicodeError as exc:
+            raise TLSError(f"{key!r} is not a TLS server name: {exc}") from None
+        try:
             reader, writer = await asyncio.open_connection(
                 self.host, self.port, ssl=self.tls, server_hostname=key or None)
         except ssl.SSLError as exc:

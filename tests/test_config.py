@@ -130,6 +130,7 @@ def test_refresh_header_file_keeps_the_secret_out_of_output(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(("content", "message"), [
     ("s3cr3t-without-a-name\n", "must hold one line 'Name: value'"),
+    ("X-Refresh: s3cr3t-caf\u00e9\n", "printable ASCII"),
     (None, "cannot be read"),
 ])
 def test_refresh_header_file_errors_name_the_file_never_the_secret(

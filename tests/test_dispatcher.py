@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import statistics
 import time
 
@@ -93,9 +94,10 @@ def test_injection_is_refused_and_counted() -> None:
         assert not d.submit(refresh(b"/a", host="evil\r\nx: y"))
         assert not d.submit(refresh(b"/a\x00"))
         assert not d.submit(refresh(b"/caf\xc3\xa9"))
+        assert not d.submit(refresh(b"/a", host="caf\u00e9.example"))  # no Host, no SNI
         await d.close(1)
         await peer.close()
-        assert count(m, peer.url, "refused") == 5
+        assert count(m, peer.url, "refused") == 6
         assert peer.heads == []
 
     asyncio.run(go())
@@ -465,5 +467,24 @@ def test_propagation_is_observed_when_the_last_peer_answers() -> None:
         await slow.close()
         assert value(m, "logwarden_propagation_seconds_count") == 1
         assert 0.7 <= value(m, "logwarden_propagation_seconds_sum") < 5
+
+    asyncio.run(go())
+
+
+def test_a_host_that_is_no_tls_server_name_costs_one_request_not_a_worker() -> None:
+    async def go() -> None:
+        with socket.socket() as silent:  # TCP connects; the TLS handshake never completes
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(4)
+            url = f"https://127.0.0.1:{silent.getsockname()[1]}"
+            m = Metrics()
+            d = Dispatcher((url,), DispatchSettings(retries=0, timeout=0.2,
+                                                    peer_concurrency=1), m)
+            d.start()
+            d.submit(Refresh("https", "a..b", b"/1", "MISS"))  # the idna codec refuses it
+            d.submit(Refresh("https", "www.example.com", b"/2", "MISS"))
+            await settle(d, m, 2)
+            await d.close(1)
+            assert (count(m, url, "tls_error"), count(m, url, "timeout")) == (1, 1)
 
     asyncio.run(go())
