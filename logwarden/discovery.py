@@ -27,6 +27,8 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 """``(name, port)`` → the addresses of every A/AAAA record of ``name``."""
 
 _SIOCGIFADDR = 0x8915
+LOOKUP_TIMEOUT = 5.0
+"""Seconds one lookup may take: a dead DNS server must not hold up the start or a reload."""
 
 
 def check_peer_url(url: str) -> None:
@@ -157,8 +159,9 @@ class PeerSource:
         for url in self.dns:
             scheme, name, port = _identity(url)
             try:
-                addresses = await self.resolver(name, port)
-            except OSError as exc:
+                async with asyncio.timeout(LOOKUP_TIMEOUT):
+                    addresses = await self.resolver(name, port)
+            except OSError as exc:  # TimeoutError is one
                 log.warning("cannot resolve %s, keeping its last answer: %s", name, exc)
                 continue
             self._dns_peers[url] = tuple(_url(scheme, a, port) for a in addresses

@@ -8,30 +8,37 @@ from pathlib import Path
 
 import pytest
 
+from logwarden import discovery
 from logwarden.discovery import PeerSource, interface_addresses, read_peers_file
 
 
 class Answers:
-    """A resolver that answers from a list the test changes, or fails when it is None."""
+    """A resolver that answers from a list the test changes, fails when it is None, and
+    hangs when it is ``"hang"``."""
 
     def __init__(self) -> None:
-        self.addresses: list[str] | None = []
+        self.addresses: list[str] | str | None = []
         self.asked: list[tuple[str, int]] = []
 
     async def __call__(self, name: str, port: int) -> list[str]:
         self.asked.append((name, port))
         if self.addresses is None:
             raise OSError("Temporary failure in name resolution")
+        if self.addresses == "hang":
+            await asyncio.sleep(3600)
         return list(self.addresses)
 
 
-def test_dns_peers_follow_the_answers_without_this_node() -> None:
+def test_dns_peers_follow_the_answers_without_this_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(discovery, "LOOKUP_TIMEOUT", 0.05)
     answers = Answers()
     source = PeerSource(("http://127.0.0.50:8080",), self_url="http://127.0.0.11:8080",
                         dns=("http://cache.example:8080",), resolver=answers,
                         own_addresses=lambda: {"127.0.0.1", "::1"})
 
-    async def after(addresses: list[str] | None) -> tuple[str, ...]:
+    async def after(addresses: list[str] | str | None) -> tuple[str, ...]:
         answers.addresses = addresses
         await source.resolve()
         return source.current()
@@ -43,6 +50,7 @@ def test_dns_peers_follow_the_answers_without_this_node() -> None:
         assert grown == ("http://127.0.0.50:8080", "http://127.0.0.12:8080",
                          "http://127.0.0.13:8080", "http://[::2]:8080")
         assert await after(None) == grown  # a failed lookup keeps the last answer
+        assert await after("hang") == grown  # so does one that takes too long
         assert await after(["127.0.0.50"]) == ("http://127.0.0.50:8080",)  # listed once
 
     asyncio.run(go())
