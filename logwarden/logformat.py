@@ -62,7 +62,7 @@ class LogFormatError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class _Slots:
-    """Group numbers of the fields a Record needs (0: the format lacks it)."""
+    """Group indexes (0-based) of the fields a Record needs (-1: the format lacks it)."""
 
     request: int
     method: int
@@ -90,8 +90,9 @@ class LogFormat:
         self.pattern = pattern
         self._groups = groups
         self._unescape: Callable[[bytes], bytes | None] = _UNESCAPERS[escape]
-        index = {name: i + 1 for i, name in enumerate(groups)}
-        self._slots = _Slots(*(index.get(v, 0) for v in (
+        self._values = _VALUES[escape]
+        index = {name: i for i, name in enumerate(groups)}
+        self._slots = _Slots(*(index.get(v, -1) for v in (
             "request", "request_method", "request_uri", "upstream_cache_status", "host",
             "http_host", "scheme", "status", "upstream_status", "http_user_agent", "msec",
             "time_iso8601", "time_local")))
@@ -115,35 +116,24 @@ class LogFormat:
                 for name, value in zip(self._groups, match.groups(), strict=True)}
 
     def parse(self, line: bytes) -> Record | None:
+        """Straight-line on purpose: this runs for every candidate line (bench/README.md)."""
         match = self.pattern.fullmatch(_strip_newline(line))
         if match is None:
             return None
-        s, get, unescape = self._slots, match.group, self._unescape
-
-        def field(slot: int) -> bytes | None:
-            return unescape(get(slot)) if slot else None
-
-        if s.method and s.uri:
-            method = (field(s.method) or b"").decode("latin-1")
-            target = _origin_form(field(s.uri) or b"")
+        s, v = self._slots, self._values(match.groups(), line)  # v[-1]: a field not in format
+        if s.method >= 0 and s.uri >= 0:
+            method = (v[s.method] or b"").decode("latin-1")
+            target = _origin_form(v[s.uri] or b"")
         else:
-            method, target = _split_request(field(s.request) or b"")
-        status = field(s.status)
-        upstream = field(s.upstream_status)
-        return Record(
-            method=method,
-            target=target,
-            cache_status=(field(s.cache_status) or b"").decode("latin-1"),
-            host=_host(field(s.host), field(s.http_host)),
-            scheme=_text(field(s.scheme)),
-            status=int(status) if status and status.isdigit() else None,
-            upstream_status=None if upstream is None else upstream.decode("latin-1"),
-            user_agent=field(s.user_agent),
-            time=self._time(get),
-        )
+            method, target = _split_request(v[s.request] or b"")
+        status = v[s.status]
+        return Record(method, target, (v[s.cache_status] or b"").decode("latin-1"),
+                      _host(v[s.host], v[s.http_host]), _text(v[s.scheme]),
+                      int(status) if status and status.isdigit() else None,
+                      _text(v[s.upstream_status]), v[s.user_agent], self._time(v))
 
     def skipper(self, statuses: Iterable[str],
-                keep: bytes | None = None) -> Callable[[bytes], bool]:
+                keep_agent: bytes | None = None) -> Callable[[bytes], bool]:
         """A cheap test, True for a line that cannot trigger, so its full parse can be skipped.
 
         A line is skipped when it shows a cache-status value between the literals that surround
@@ -153,40 +143,72 @@ class LogFormat:
         A skipped line is not checked any further: a line showing ``HIT`` but broken elsewhere
         counts as ignored, not malformed (it could not trigger either way). A line showing no
         cache-status value at all is parsed, so a garbage line is still counted as malformed.
-        Lines containing ``keep`` (logwarden's own user agent: the triggers remember its
-        purges) are always parsed. A format with no literal between the field and its
-        neighbours skips nothing.
+        Lines whose ``$http_user_agent`` starts with ``keep_agent`` (logwarden's own requests:
+        the triggers remember its purges) are always parsed. A format with no literal between
+        the field and its neighbours skips nothing.
         """
-        around = _around(_tokens(_unquote(self.format)), "upstream_cache_status")
-        if around is None:
+        tests = self._tests(statuses, keep_agent)
+        if tests is None:
             return _parse_all
-        before, after = around
-        wanted = b"|".join(re.escape(s.encode()) for s in sorted(set(statuses))) or b"(?!)"
-        shape = rb"[A-Z]*" if self.escape == "json" else rb"[A-Z]+|-"  # what NGINX writes
-        triggering = re.compile(before + b"(?:" + wanted + b")" + after).search
-        showing = re.compile(before + b"(?:" + shape + b")" + after).search
-        mark = keep or b""
+        wanted, showing = tests
 
         def skip(line: bytes) -> bool:
-            return triggering(line) is None and showing(line) is not None
+            return wanted(line) is None and showing(line) is not None
 
-        def skip_but_keep(line: bytes) -> bool:
-            return triggering(line) is None and mark not in line and showing(line) is not None
+        return skip
 
-        return skip_but_keep if mark else skip
+    def sifter(self, statuses: Iterable[str],
+               keep_agent: bytes | None = None) -> Callable[[list[bytes]], list[bytes]]:
+        """:meth:`skipper` for a whole batch: the lines it would not skip, in order.
 
-    def _time(self, get: Callable[[int], bytes]) -> float | None:
+        Two scans run in C over the batch (does every line show a status? which lines hold a
+        triggering one or the kept agent?) instead of a Python call per line, which costs
+        more than the test itself; a batch with a line showing no status goes line by line."""
+        tests = self._tests(statuses, keep_agent)
+        if tests is None:
+            return list
+        wanted, showing = tests
+        skip = self.skipper(statuses, keep_agent)
+
+        def sift(batch: list[bytes]) -> list[bytes]:
+            if None in map(showing, batch):
+                return [line for line in batch if not skip(line)]
+            return list(filter(wanted, batch))
+
+        return sift
+
+    def _tests(self, statuses: Iterable[str], keep_agent: bytes | None) -> tuple[
+            Callable[[bytes], re.Match[bytes] | None],
+            Callable[[bytes], re.Match[bytes] | None]] | None:
+        """Searches for "must be parsed" and "shows a cache status"; None: cannot tell."""
+        tokens = _tokens(_unquote(self.format))
+        around = _around(tokens, "upstream_cache_status")
+        if around is None or _TOUCHING in around:
+            return None
+        before, after = around
+        assert not isinstance(before, str)
+        statuses_ = b"|".join(re.escape(s.encode()) for s in sorted(set(statuses))) or b"(?!)"
+        wanted = [(before, b"(?:" + statuses_ + b")" + _edge(after, start=False))]
+        if keep_agent:
+            ua = _around(tokens, "http_user_agent")[0] if "http_user_agent" in self.variables \
+                else _TOUCHING
+            wanted.append((b"" if isinstance(ua, str) else ua, re.escape(keep_agent)))
+        shape = rb"[A-Z]*" if self.escape == "json" else rb"[A-Z]+|-"  # what NGINX writes
+        showing = _edge(before, start=True) + b"(?:" + shape + b")" + _edge(after, start=False)
+        return re.compile(_alternatives(wanted)).search, re.compile(showing).search
+
+    def _time(self, values: list[bytes | None]) -> float | None:
         s = self._slots
+        slot, fmt = ((s.msec, "") if s.msec >= 0 else
+                     (s.time_iso8601, "%Y-%m-%dT%H:%M:%S%z") if s.time_iso8601 >= 0 else
+                     (s.time_local, "%d/%b/%Y:%H:%M:%S %z"))
+        value = values[slot]
+        if not value:
+            return None  # "-" or no time in the format: no age check
         try:
-            if s.msec:
-                return float(get(s.msec))
-            if s.time_iso8601:
-                return _parse_time(get(s.time_iso8601), "%Y-%m-%dT%H:%M:%S%z")
-            if s.time_local:
-                return _parse_time(get(s.time_local), "%d/%b/%Y:%H:%M:%S %z")
+            return _parse_time(value, fmt) if fmt else float(value)
         except ValueError:
-            pass  # "-" or a value NGINX would not write: no time, no age check
-        return None
+            return None  # a value NGINX would not write
 
 
 @functools.lru_cache(maxsize=256)
@@ -258,19 +280,44 @@ def _tokens(fmt: str) -> list[tuple[str, str]]:
     return tokens
 
 
-def _around(tokens: list[tuple[str, str]], name: str) -> tuple[bytes, bytes] | None:
-    """Patterns for the literal text right before and after the first ``$name`` (the line's
-    start or end where it has none); None when another variable touches it."""
+_TOUCHING = "touching"
+"""A variable with another variable right beside it: no literal to search for."""
+
+
+def _around(tokens: list[tuple[str, str]],
+            name: str) -> tuple[bytes | str | None, bytes | str | None]:
+    """The literal text right before and after the first ``$name``: None at the line's start
+    or end, ``_TOUCHING`` where another variable is beside it."""
     i = tokens.index(("var", name))
-    edges = []
-    for j, edge in ((i - 1, rb"\A"), (i + 1, rb"(?:\r?\n)?\Z")):
+    edges: list[bytes | str | None] = []
+    for j in (i - 1, i + 1):
         if not 0 <= j < len(tokens):
-            edges.append(edge)
-        elif tokens[j][0] == "lit":
-            edges.append(re.escape(tokens[j][1].encode()))
+            edges.append(None)
         else:
-            return None
+            edges.append(tokens[j][1].encode() if tokens[j][0] == "lit" else _TOUCHING)
     return edges[0], edges[1]
+
+
+def _edge(literal: bytes | str | None, start: bool) -> bytes:
+    """The pattern of a literal found by :func:`_around` (never ``_TOUCHING`` here)."""
+    if literal is None:
+        return rb"\A" if start else rb"(?:\r?\n)?\Z"
+    assert isinstance(literal, bytes)
+    return re.escape(literal)
+
+
+def _alternatives(choices: list[tuple[bytes | None, bytes]]) -> bytes:
+    """``(literal, pattern)`` choices as one pattern, their common leading bytes factored out:
+    ``re`` then scans for that prefix in C; a bare alternation is ~3x slower (bench/README)."""
+    literals = [lit for lit, _ in choices if lit is not None]
+    if len(literals) < len(choices):
+        return b"|".join(_edge(lit, start=True) + pattern for lit, pattern in choices)
+    n = 0
+    while n < min(map(len, literals)) and len({lit[n] for lit in literals}) == 1:
+        n += 1
+    rests = [re.escape(lit[n:]) + pattern for lit, (_, pattern) in zip(literals, choices,
+                                                                        strict=True)]
+    return re.escape(literals[0][:n]) + b"(?:" + b"|".join(rests) + b")"
 
 
 def _parse_all(line: bytes) -> bool:
@@ -354,6 +401,30 @@ def _unescape_none(value: bytes) -> bytes | None:
     return value or None
 
 
+def _values_default(groups: tuple[bytes, ...], line: bytes) -> list[bytes | None]:
+    """Every group unescaped, and a None at the end; most lines have no escape at all."""
+    if b"\\x" in line:
+        values = [_unescape_default(g) for g in groups]
+    else:
+        values = [None if g == b"-" else g for g in groups]
+    values.append(None)
+    return values
+
+
+def _values_json(groups: tuple[bytes, ...], line: bytes) -> list[bytes | None]:
+    values = [_unescape_json(g) for g in groups] if b"\\" in line else [g or None for g in groups]
+    values.append(None)
+    return values
+
+
+def _values_none(groups: tuple[bytes, ...], line: bytes) -> list[bytes | None]:
+    values: list[bytes | None] = [g or None for g in groups]
+    values.append(None)
+    return values
+
+
+_VALUES: dict[str, Callable[[tuple[bytes, ...], bytes], list[bytes | None]]] = {
+    "default": _values_default, "json": _values_json, "none": _values_none}
 _UNESCAPERS: dict[str, Callable[[bytes], bytes | None]] = {
     "default": _unescape_default, "json": _unescape_json, "none": _unescape_none}
 

@@ -42,7 +42,7 @@ def fast_decisions(fmt: LogFormat, lines: Iterable[bytes],
                    statuses: tuple[str, ...] = STATUSES) -> list[object]:
     """The same, skipping the lines the prefilter rules out (own triggers: the memory differs)."""
     triggers = _triggers(statuses)
-    skip = fmt.skipper(triggers.statuses, keep=OWN_AGENT_MARK)
+    skip = fmt.skipper(triggers.statuses, keep_agent=OWN_AGENT_MARK)
     return ["cache_status" if skip(line) else _decide(fmt, triggers, line) for line in lines]
 
 
@@ -97,8 +97,16 @@ def test_status_in_another_field_does_not_hide_the_real_one() -> None:
 def test_own_requests_reach_the_triggers() -> None:
     fmt = LogFormat.compile(gen.FORMAT)
     own = b"1.0\thttp\th\t80\tHEAD\t/a\t200\tBYPASS\t200\t0.001\t1\tlogwarden/0.1.0"
-    assert not fmt.skipper(STATUSES, keep=OWN_AGENT_MARK)(own)
+    assert not fmt.skipper(STATUSES, keep_agent=OWN_AGENT_MARK)(own)
     assert fmt.skipper(STATUSES)(own)
+
+
+def test_sifter_keeps_what_the_skipper_keeps() -> None:
+    fmt, lines = LogFormat.compile(gen.FORMAT), list(gen.lines(5000, seed=5))
+    skip, sift = (f(STATUSES, keep_agent=OWN_AGENT_MARK) for f in (fmt.skipper, fmt.sifter))
+    assert sift(lines) == [line for line in lines if not skip(line)]
+    with_garbage = [*lines[:100], b"garbage", *lines[100:200]]  # goes line by line
+    assert sift(with_garbage) == [line for line in with_garbage if not skip(line)]
 
 
 def test_no_literal_next_to_the_field_skips_nothing() -> None:
@@ -123,5 +131,8 @@ def _example_shaped() -> st.SearchStrategy[bytes]:
 @settings(max_examples=400, deadline=None)
 @given(lines=st.lists(st.one_of(_LINES, _example_shaped()), max_size=5))
 def test_any_lines_decide_the_same(format_: str, lines: list[bytes]) -> None:
-    escape = "json" if format_ == JSON_FMT else "default"
-    assert agree(LogFormat.compile(format_, escape), lines)
+    fmt = LogFormat.compile(format_, "json" if format_ == JSON_FMT else "default")
+    assert agree(fmt, lines)
+    skip = fmt.skipper(STATUSES, keep_agent=OWN_AGENT_MARK)
+    assert fmt.sifter(STATUSES, keep_agent=OWN_AGENT_MARK)(lines) == [
+        line for line in lines if not skip(line)]
