@@ -151,12 +151,16 @@ def test_exact_spellings_arrive_unchanged_in_the_peer_log(
     cluster: Cluster, start_agent: StartAgent,
 ) -> None:
     a, b, _ = cluster.nodes
-    start_agent(a, [a.url, b.url])
+    agent = start_agent(a, [a.url, b.url])
     for target in SPELLINGS:
         assert a.get(target).headers["X-Cache-Status"] == "MISS"  # five different entries
     lines = b.wait_log(lambda ln: ln.user_agent.startswith("logwarden/"), count=len(SPELLINGS))
     assert sorted(ln.target for ln in lines) == sorted(SPELLINGS)
     assert {(ln.method, ln.cache_status) for ln in lines} == {("HEAD", "BYPASS")}
+    # The format has $msec: each fan-out's time from A's line to B's answer is observed.
+    wait_until(lambda: agent.value("logwarden_propagation_seconds_count") == len(SPELLINGS),
+               what="propagation times")
+    assert agent.value("logwarden_propagation_seconds_sum") < len(SPELLINGS) * 2.0
 
 
 # --- https peers --------------------------------------------------------------------------------
