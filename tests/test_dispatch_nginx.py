@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -24,7 +23,7 @@ from logwarden.dispatcher import Dispatcher, DispatchSettings
 from logwarden.metrics import Metrics
 from logwarden.triggers import Refresh
 from tests.agents import StartAgent, body_version, refreshes_seen, urls
-from tests.peers import dead_url
+from tests.peers import dead_url, silent_url
 
 pytestmark = pytest.mark.nginx
 
@@ -85,11 +84,8 @@ def test_agent_retries_then_skips_dead_and_silent_peers(
 ) -> None:
     a, b, _ = cluster.nodes
     dead = dead_url()
-    with socket.socket() as silent:  # accepts connections (kernel backlog), never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        agent = start_agent(a, [a.url, dead, silent_url, b.url], "--timeout", "0.5",
+    with silent_url() as silent:
+        agent = start_agent(a, [a.url, dead, silent, b.url], "--timeout", "0.5",
                             "--retries", "1", "--retry-backoff", "0.05",
                             "--breaker-failures", "3", "--breaker-cooldown", "60")
         targets = [f"/breaker/{i}?ma=60" for i in range(4)]
@@ -97,7 +93,7 @@ def test_agent_retries_then_skips_dead_and_silent_peers(
             a.get(target)
         wait_until(lambda: all(refreshes_seen(b, t) for t in targets), what="B refreshed")
         # refresh 1: two failed attempts; refresh 2: the third opens the breaker; 3, 4: skipped
-        for peer, failure in ((dead, "connect_error"), (silent_url, "timeout")):
+        for peer, failure in ((dead, "connect_error"), (silent, "timeout")):
             wait_until(lambda peer=peer: agent.value(
                 "logwarden_refreshes_total", peer=peer, outcome="skipped") == 2, timeout=5,
                 what=f"{peer} to be skipped")

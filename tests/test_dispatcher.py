@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import statistics
 import time
 
@@ -16,7 +15,7 @@ from logwarden.logformat import LogFormat
 from logwarden.metrics import Metrics
 from logwarden.storm import StormControl
 from logwarden.triggers import USER_AGENT, Refresh
-from tests.peers import RecordingPeer, dead_url
+from tests.peers import RecordingPeer, dead_url, silent_url
 
 DONE = ("ok", "not_cached", "http_error", "timeout", "connect_error", "tls_error", "skipped")
 
@@ -473,10 +472,7 @@ def test_propagation_is_observed_when_the_last_peer_answers() -> None:
 
 def test_a_host_that_is_no_tls_server_name_costs_one_request_not_a_worker() -> None:
     async def go() -> None:
-        with socket.socket() as silent:  # TCP connects; the TLS handshake never completes
-            silent.bind(("127.0.0.1", 0))
-            silent.listen(4)
-            url = f"https://127.0.0.1:{silent.getsockname()[1]}"
+        with silent_url("https") as url:  # TCP connects; the TLS handshake never completes
             m = Metrics()
             d = Dispatcher((url,), DispatchSettings(retries=0, timeout=0.2,
                                                     peer_concurrency=1), m)

@@ -20,7 +20,7 @@ from lab import (
     wait_until,
 )
 from tests.agents import StartAgent, body_version, refreshes_seen, urls
-from tests.peers import dead_url
+from tests.peers import dead_url, silent_url
 
 pytestmark = pytest.mark.nginx
 
@@ -94,18 +94,15 @@ def test_dead_and_silent_peers_are_isolated(
 ) -> None:
     a, b, _ = cluster.nodes
     dead = dead_url()
-    with socket.socket() as silent:  # accepts connections (kernel backlog), never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        agent = start_agent(a, [a.url, dead, silent_url, b.url], "--timeout", "1",
+    with silent_url() as silent:
+        agent = start_agent(a, [a.url, dead, silent, b.url], "--timeout", "1",
                             "--retries", "0")  # retries and the breaker: test_dispatcher.py
         for i in range(2):
             target = f"/e2e/iso{i}?ma=60"
             a.get(target)
             wait_until(lambda target=target: bool(refreshes_seen(b, target)), timeout=2,
                        what=f"the live peer to be refreshed for {target}")
-        wait_until(lambda: agent.value("logwarden_refreshes_total", peer=silent_url,
+        wait_until(lambda: agent.value("logwarden_refreshes_total", peer=silent,
                                        outcome="timeout") == 2, timeout=5, what="2 timeouts")
         assert agent.value("logwarden_refreshes_total", peer=dead, outcome="connect_error") == 2
         assert agent.value("logwarden_refreshes_total", peer=b.url, outcome="ok") == 2
