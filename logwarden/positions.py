@@ -1,7 +1,10 @@
 """Checkpoints: where in each tailed file the last fully processed line ends.
 
 A file is known by its device and inode, not its name: after a rotation the same name is
-another file. The offsets recorded here only move when the processor has handled a batch
+another file. Inodes are reused as soon as a file is deleted, so an entry also keeps a
+fingerprint of the file's first bytes; a file whose head differs is a new file, not ours.
+
+The offsets recorded here only move when the processor has handled a batch
 (not when the tailer read it), so a crash repeats at most the lines read since the last save
 and never skips one. Writes are atomic: temp file, fsync, rename.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -20,6 +24,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 VERSION = 1
+HEAD_BYTES = 256
+"""How much of a file's start its fingerprint covers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +36,7 @@ class Checkpoint:
     dev: int
     ino: int
     offset: int
+    head: str = ""
     final: bool = False
 
 
@@ -39,6 +46,18 @@ class Entry:
     dev: int
     ino: int
     offset: int
+    head: str = ""
+
+    def is_file(self, fd: int) -> bool:
+        """Whether the open file ``fd`` (same inode) is still the file this entry was saved for."""
+        size = int(self.head.partition(":")[0] or 0)
+        return fingerprint(fd, size) == self.head if self.head else True
+
+
+def fingerprint(fd: int, upto: int) -> str:
+    """``"n:hash"`` of the first ``min(upto, HEAD_BYTES)`` bytes; "" for an empty head."""
+    data = os.pread(fd, min(upto, HEAD_BYTES), 0)
+    return f"{len(data)}:{hashlib.blake2b(data, digest_size=8).hexdigest()}" if data else ""
 
 
 class Positions:
@@ -64,8 +83,8 @@ class Positions:
             self._dirty |= self._entries.pop(key, None) is not None
             return
         old = self._entries.get(key)
-        if old is None or old.offset != cp.offset or old.path != cp.path:
-            self._entries[key] = Entry(cp.path, cp.dev, cp.ino, cp.offset)
+        if old is None or (old.offset, old.path, old.head) != (cp.offset, cp.path, cp.head):
+            self._entries[key] = Entry(cp.path, cp.dev, cp.ino, cp.offset, cp.head)
             self._dirty = True
 
     def save(self) -> None:
@@ -102,7 +121,7 @@ def _load(path: Path) -> list[Entry]:
     for item in doc.get("files", []):
         try:
             entries.append(Entry(str(item["path"]), int(item["dev"]), int(item["ino"]),
-                                 int(item["offset"])))
+                                 int(item["offset"]), str(item.get("head", ""))))
         except (KeyError, TypeError, ValueError):
             log.error("ignoring a malformed entry in %s: %r", path, item)
     return entries

@@ -35,7 +35,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from logwarden.metrics import Metrics
-from logwarden.positions import Checkpoint, Entry, Positions
+from logwarden.positions import HEAD_BYTES, Checkpoint, Entry, Positions, fingerprint
 from logwarden.sources import Batch, LineQueue
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,18 @@ class _OpenFile:
     skipping: bool = False
     """True while discarding the rest of a line that exceeded ``max_line_bytes``."""
     quiet_since: float = 0.0
+    head: str = ""
+    """Fingerprint of the file's start (positions), final once it covers ``HEAD_BYTES``."""
+    head_final: bool = False
+    cut: bool = False
+    """Truncated since the last batch: the next batch moves the saved position back."""
 
     @classmethod
-    def open(cls, path: str, offset: int | None) -> _OpenFile:
-        """Open ``path`` at ``offset`` (None: at its end)."""
+    def open(cls, path: str) -> _OpenFile:
+        """Open ``path``, positioned at its end."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         st = os.fstat(fd)
-        return cls(path, fd, st.st_dev, st.st_ino, st.st_size if offset is None else offset)
+        return cls(path, fd, st.st_dev, st.st_ino, st.st_size)
 
     @property
     def done_offset(self) -> int:
@@ -74,7 +79,16 @@ class _OpenFile:
         return (st.st_dev, st.st_ino) == (self.dev, self.ino)
 
     def checkpoint(self, final: bool = False) -> Checkpoint:
-        return Checkpoint(self.path, self.dev, self.ino, self.done_offset, final)
+        done = self.done_offset
+        if not self.head_final and not final:
+            self.head = fingerprint(self.fd, done)
+            self.head_final = done >= HEAD_BYTES
+        return Checkpoint(self.path, self.dev, self.ino, done, self.head, final)
+
+    def restart(self) -> None:
+        """Read again from the start: the file was cut."""
+        self.offset, self.partial, self.skipping = 0, b"", False
+        self.head, self.head_final, self.cut = "", False, True
 
     def close(self) -> None:
         os.close(self.fd)
@@ -118,6 +132,7 @@ class FileSource:
         self.out = out
         self.metrics = metrics
         self.positions = positions or Positions(None)
+        self._saved_paths = {e.path for e in self.positions.entries()}
         self.from_start = from_start
         self.poll_interval = poll_interval
         self.rotate_wait = rotate_wait
@@ -150,9 +165,14 @@ class FileSource:
             if observer.is_alive():
                 observer.stop()
                 await asyncio.to_thread(observer.join)
-            for f in [*self.draining, *self.current.values()]:
-                f.close()
-            self.metrics.open_files.dec(len(self.draining) + len(self.current))
+            self.close()
+
+    def close(self) -> None:
+        """Close every file; unread lines stay for the next start (positions)."""
+        for f in [*self.draining, *self.current.values()]:
+            f.close()
+        self.metrics.open_files.dec(len(self.draining) + len(self.current))
+        self.draining, self.current = [], {}
 
     async def poll(self) -> None:
         """One pass: notice new, rotated and truncated files, then read everything available."""
@@ -200,17 +220,22 @@ class FileSource:
         cur = self.current.get(path)
         if cur is None:
             if not self._is_open(st):
-                self._open(path, self._start_offset(path, st))
+                self._open(path)
         elif not cur.same_file(st):
             log.info("%s was rotated; draining the old file, reading the new one", path)
             self._retire(cur, rotated=True)
-            self._open(path, 0)
-        elif st.st_size < cur.offset:
-            log.info("%s was truncated (%d < %d); reading from the start", path, st.st_size,
-                     cur.offset)
-            self.metrics.file_truncations.inc()
-            cur.offset, cur.partial, cur.skipping = 0, b"", False
+            self._open(path, fresh=True)
+        else:
+            self._notice_truncation(cur, st.st_size)
         self.metrics.file_lag_bytes.labels(path).set(max(0, st.st_size - self._offset(path)))
+
+    def _notice_truncation(self, f: _OpenFile, size: int) -> None:
+        """A file shorter than what we read was cut (copytruncate): read it again from 0."""
+        if size < f.offset:
+            log.info("%s was truncated (%d < %d); reading from the start", f.path, size,
+                     f.offset)
+            self.metrics.file_truncations.inc()
+            f.restart()
 
     def _offset(self, path: str) -> int:
         cur = self.current.get(path)
@@ -231,39 +256,43 @@ class FileSource:
         self.draining.append(f)
         self.current.pop(f.path, None)
 
-    def _start_offset(self, path: str, st: os.stat_result) -> int | None:
-        """Where to start reading the file now at ``path``; see the module docstring."""
-        saved = self.positions.for_path(path)
+    def _start_offset(self, f: _OpenFile) -> int:
+        """Where to start reading the file just opened at its path; see the module docstring."""
+        saved = self.positions.for_path(f.path)
         for entry in saved:
-            if (entry.dev, entry.ino) == (st.st_dev, st.st_ino):
-                if entry.offset > st.st_size:
-                    log.info("%s shrank while we were away; reading from the start", path)
+            if (entry.dev, entry.ino) == (f.dev, f.ino):
+                if entry.offset > f.offset or not entry.is_file(f.fd):
+                    log.info("%s was cut or replaced while we were away; reading from the start",
+                             f.path)
                     self.metrics.file_truncations.inc()
                     return 0
                 return entry.offset
-        if saved or not self._first_scan or self.from_start:
+        if f.path in self._saved_paths or not self._first_scan or self.from_start:
             return 0  # a new file since we last read this path
-        return None
+        return f.offset
 
     def _resume_saved(self) -> None:
         """Finish files that were rotated away while logwarden was not running (found by inode)."""
         for entry in self.positions.entries():
             if not self._matches(entry.path) or self._at_path(entry):
                 continue
-            found = _find_inode(os.path.dirname(os.path.abspath(entry.path)), entry.dev,
-                                entry.ino)
+            found = _find_rotated(entry)
             try:
-                f = _OpenFile.open(found, entry.offset) if found else None
+                f = _OpenFile.open(found) if found else None
             except OSError:
+                f = None
+            if f is not None and not entry.is_file(f.fd):  # the inode was reused
+                f.close()
                 f = None
             if f is None:
                 log.warning("a file rotated away from %s (inode %d) is gone; lines it had "
                             "after offset %d are lost", entry.path, entry.ino, entry.offset)
-                self.positions.commit(Checkpoint(entry.path, entry.dev, entry.ino, 0, True))
+                self.positions.commit(Checkpoint(entry.path, entry.dev, entry.ino, 0,
+                                                 final=True))
                 continue
             log.info("finishing %s, rotated away from %s while logwarden was stopped", found,
                      entry.path)
-            f.path = entry.path  # keep its history under the name it was read as
+            f.path, f.offset = entry.path, entry.offset  # its history is under that name
             self.metrics.open_files.inc()
             self._retire(f)
 
@@ -272,19 +301,25 @@ class FileSource:
 
     @staticmethod
     def _at_path(entry: Entry) -> bool:
+        """Whether the saved file is still at its path (the same inode with the same head)."""
         try:
-            st = os.stat(entry.path)
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return False
-        return (st.st_dev, st.st_ino) == (entry.dev, entry.ino)
+        try:
+            st = os.fstat(fd)
+            return (st.st_dev, st.st_ino) == (entry.dev, entry.ino) and entry.is_file(fd)
+        finally:
+            os.close(fd)
 
     def _is_open(self, st: os.stat_result) -> bool:
         """A file we already read under another name (a glob matching rotated names)."""
         return any(f.same_file(st) for f in [*self.draining, *self.current.values()])
 
-    def _open(self, path: str, offset: int | None) -> None:
+    def _open(self, path: str, fresh: bool = False) -> None:
+        """Start reading the file at ``path``: from 0 when ``fresh``, else where it is due."""
         try:
-            f = _OpenFile.open(path, offset)
+            f = _OpenFile.open(path)
         except FileNotFoundError:
             return  # raced with a rename or delete; the next poll sees what is there
         except OSError as exc:
@@ -293,7 +328,10 @@ class FileSource:
             return
         if self._failing.pop(path, None):
             log.info("%s can be read now", path)
+        f.offset = 0 if fresh else self._start_offset(f)
         self.current[path] = f
+        # Known from now on, so a rotation while logwarden is down finds it by inode.
+        self.positions.commit(f.checkpoint())
         self.metrics.open_files.inc()
         log.info("tailing %s from offset %d", path, f.offset)
 
@@ -306,11 +344,14 @@ class FileSource:
     # -- reading --------------------------------------------------------------------------------
 
     async def _read_all(self) -> None:
+        # Stopping does not finish draining files: their positions stay, and after a restart
+        # they are found by inode and read on (NGINX may still be writing into them).
         now = asyncio.get_running_loop().time()
         for old in list(self.draining):
+            self._notice_truncation(old, os.fstat(old.fd).st_size)
             if await self._read(old):
                 old.quiet_since = now
-            elif now - old.quiet_since >= self.rotate_wait or self._stopping:
+            elif now - old.quiet_since >= self.rotate_wait and not self._stopping:
                 await self._finish(old)
         for f in list(self.current.values()):
             await self._read(f)
@@ -329,6 +370,9 @@ class FileSource:
     async def _read(self, f: _OpenFile) -> bool:
         """Read ``f`` to its current end; True if anything was read."""
         got = False
+        if f.cut:
+            f.cut = False
+            await self._emit(f, [])
         while chunk := os.pread(f.fd, READ_SIZE, f.offset):
             got = True
             f.offset += len(chunk)
@@ -363,14 +407,22 @@ class FileSource:
         await self.out.put(batch)
 
 
-def _find_inode(directory: str, dev: int, ino: int) -> str | None:
+def _find_rotated(saved: Entry) -> str | None:
+    """The file ``saved`` was rotated to, found by inode in its directory.
+
+    Without a fingerprint (nothing was read from it) a reused inode cannot be told apart, so
+    only names that rotation gives (``access.log.1``, ``access.log-20261123``) are accepted.
+    """
+    directory, name = os.path.split(os.path.abspath(saved.path))
     try:
         entries = list(os.scandir(directory))
     except OSError:
         return None
     for entry in entries:
+        if not saved.head and not entry.name.startswith(name):
+            continue
         try:
-            if entry.inode() == ino and entry.stat(follow_symlinks=False).st_dev == dev:
+            if entry.inode() == saved.ino and entry.stat(follow_symlinks=False).st_dev == saved.dev:
                 return entry.path
         except OSError:
             continue
