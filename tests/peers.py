@@ -16,6 +16,8 @@ class RecordingPeer:
     status: int = 200
     statuses: list[int] = field(default_factory=list)
     delay: float = 0.0
+    host: str = "127.0.0.1"
+    port: int = 0
     heads: list[bytes] = field(default_factory=list)
     server: asyncio.Server | None = None
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -23,8 +25,8 @@ class RecordingPeer:
     url: str = ""
 
     async def start(self) -> RecordingPeer:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        self.server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.url = f"http://{self.host}:{self.server.sockets[0].getsockname()[1]}"
         return self
 
     async def close(self) -> None:

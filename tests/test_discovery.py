@@ -4,12 +4,19 @@ this node's own addresses left out."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from lab import free_port
 from logwarden import discovery
+from logwarden.config import load_config
+from logwarden.daemon import Daemon
 from logwarden.discovery import PeerSource, interface_addresses, read_peers_file
+from tests.peers import RecordingPeer
+
+FMT = '$host "$request" $status $upstream_cache_status "$http_user_agent"'
 
 
 class Answers:
@@ -93,3 +100,53 @@ def test_peers_file_errors_name_the_line(tmp_path: Path) -> None:
     path.write_text("http://127.0.0.12\nhttp://127.0.0.13/path\n")
     with pytest.raises(ValueError, match=r"line 2: 'http://127\.0\.0\.13/path' must not"):
         read_peers_file(str(path))
+
+
+def test_daemon_follows_dns_answers_across_lookups(tmp_path: Path) -> None:
+    """Two peers on one port at two loopback addresses, found through an injected resolver;
+    the answers also name 127.0.0.1, an interface address of this host: never a peer."""
+    log = tmp_path / "access.log"
+    log.write_bytes(b"")
+    port = free_port("127.0.0.41")
+    answers = Answers()
+    answers.addresses = ["127.0.0.41", "127.0.0.1"]
+
+    def miss(target: str) -> bytes:
+        return f'www.example.com "GET {target} HTTP/1.1" 200 MISS "curl/8"\n'.encode()
+
+    async def go() -> tuple[RecordingPeer, RecordingPeer]:
+        first = await RecordingPeer(host="127.0.0.41", port=port).start()
+        second = await RecordingPeer(host="127.0.0.42", port=port).start()
+        config = load_config({
+            "access_log": (str(log),), "log_format": FMT, "self": "http://127.0.0.11:80",
+            "peers_dns": (f"http://cache.test:{port}",), "dns_refresh": 0.1,
+            "poll_interval": 0.05, "metrics_listen": "off", "positions": "off",
+        }, None, {})
+        daemon = Daemon(config)
+        daemon.peer_source.resolver = answers
+        task = asyncio.create_task(daemon.run())
+        await until(lambda: daemon.health()["status"] == "ok")
+        assert daemon.health()["peers"] == [first.url]
+        with open(log, "ab") as fh:
+            fh.write(miss("/one"))
+        await until(lambda: len(first.heads) == 1)
+        answers.addresses = ["127.0.0.42", "127.0.0.1", "127.0.0.42"]
+        await until(lambda: daemon.health()["peers"] == [second.url])
+        with open(log, "ab") as fh:
+            fh.write(miss("/two"))
+        await until(lambda: len(second.heads) == 1)
+        daemon.stopping.set()
+        assert await task == 0
+        await first.close()
+        await second.close()
+        return first, second
+
+    first, second = asyncio.run(go())
+    assert first.request_lines() == [b"HEAD /one HTTP/1.1"]
+    assert second.request_lines() == [b"HEAD /two HTTP/1.1"]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
