@@ -31,8 +31,11 @@ from logwarden.triggers import OWN_AGENT_MARK, Triggers
 
 log = logging.getLogger(__name__)
 
-LINES_QUEUE_BATCHES = 64
-"""Batches (of up to ~1 MiB of lines each) between the sources and the parser."""
+LINES_QUEUE_BATCHES = 8
+"""Batches (of up to ~1 MiB of lines, or 1024 datagrams) between the sources and the parser.
+
+Enough to keep the parser busy; the file is the real buffer. Each queued MiB costs ~1.5 MiB
+of RSS, so 64 had a file backlog peak at 141 MiB (bench/README.md, benchmark 5)."""
 
 
 class Daemon:
@@ -167,6 +170,7 @@ class Daemon:
         depth = m.queue_depth.labels("lines")
         while (batch := await self.lines.get()) is not None:
             depth.set(self.lines.qsize())
+            debug = log.isEnabledFor(logging.DEBUG)
             candidates = sift(batch)
             tally = _Tally(skipped=len(batch) - len(candidates))
             for line in candidates:
@@ -183,6 +187,9 @@ class Daemon:
                 if not triggers.first_in_window(refresh):
                     tally.deduplicated += 1
                     continue
+                if debug:  # every decision, so an operator can see why a URL was refreshed
+                    log.debug("%s %s://%s%s", refresh.cache_status, refresh.scheme, refresh.host,
+                              refresh.target.decode("latin-1"))
                 dispatcher.submit(refresh)
             tally.add_to(m)
             if isinstance(batch, Batch) and batch.checkpoint is not None:

@@ -50,14 +50,18 @@ class Entry:
 
     def is_file(self, fd: int) -> bool:
         """Whether the open file ``fd`` (same inode) is still the file this entry was saved for."""
-        size = int(self.head.partition(":")[0] or 0)
-        return fingerprint(fd, size) == self.head if self.head else True
+        return same_head(fd, self.head)
 
 
 def fingerprint(fd: int, upto: int) -> str:
     """``"n:hash"`` of the first ``min(upto, HEAD_BYTES)`` bytes; "" for an empty head."""
     data = os.pread(fd, min(upto, HEAD_BYTES), 0)
     return f"{len(data)}:{hashlib.blake2b(data, digest_size=8).hexdigest()}" if data else ""
+
+
+def same_head(fd: int, head: str) -> bool:
+    """Whether ``fd`` still starts with the bytes ``head`` was taken from ("" matches all)."""
+    return not head or fingerprint(fd, int(head.partition(":")[0])) == head
 
 
 class Positions:

@@ -44,9 +44,12 @@ def test_pipeline_counts_every_line(tmp_path: Path) -> None:
             fh.write(line("/a?x=1") + line("/a?x=1", "EXPIRED")  # second one: deduplicated
                      + line("/hit", "HIT") + b"garbage\n"
                      + line("/own", "BYPASS", ua="logwarden/0.1.0")
-                     + line("/err", "EXPIRED", code=502) + line("/b%31", "STALE"))
+                     + line("/err", "EXPIRED", code=502) + line("/b%31", "STALE")
+                     + b"x" * (1 << 20) + b"\n"  # over --max-line-bytes: skipped, counted
+                     + line("/u").replace(b"curl/8", b"curl/\xff\xfe")  # not UTF-8: fine
+                     + b"\xff\x80\xc3(\n")  # not UTF-8 and not the format: malformed
         async with asyncio.timeout(5):
-            while len(peer.heads) < 2:
+            while len(peer.heads) < 3:
                 await asyncio.sleep(0.01)
         assert daemon.metrics_address is not None
         health = await asyncio.to_thread(_get_json, daemon.metrics_address, "/healthz")
@@ -56,17 +59,19 @@ def test_pipeline_counts_every_line(tmp_path: Path) -> None:
         return daemon, peer, health
 
     daemon, peer, health = asyncio.run(go())
-    assert sorted(peer.request_lines()) == [b"HEAD /a?x=1 HTTP/1.1", b"HEAD /b%31 HTTP/1.1"]
+    assert sorted(peer.request_lines()) == [
+        b"HEAD /a?x=1 HTTP/1.1", b"HEAD /b%31 HTTP/1.1", b"HEAD /u HTTP/1.1"]
     value = daemon.metrics.registry.get_sample_value
-    assert value("logwarden_lines_total") == 7
-    assert value("logwarden_lines_malformed_total") == 1
-    assert value("logwarden_triggers_total", {"cache_status": "MISS"}) == 1
+    assert value("logwarden_lines_total") == 9
+    assert value("logwarden_lines_too_long_total") == 1
+    assert value("logwarden_lines_malformed_total") == 2
+    assert value("logwarden_triggers_total", {"cache_status": "MISS"}) == 2
     assert value("logwarden_triggers_total", {"cache_status": "EXPIRED"}) == 1
     assert value("logwarden_triggers_deduplicated_total") == 1
-    assert value("logwarden_refresh_fanouts_total") == 2
+    assert value("logwarden_refresh_fanouts_total") == 3
     assert value("logwarden_records_ignored_total", {"reason": "cache_status"}) == 2  # HIT, BYPASS
     assert value("logwarden_records_ignored_total", {"reason": "status"}) == 1
-    assert value("logwarden_refreshes_total", {"peer": peer.url, "outcome": "ok"}) == 2
+    assert value("logwarden_refreshes_total", {"peer": peer.url, "outcome": "ok"}) == 3
     assert health["status"] == "ok"
     assert health["sources"] == {str(log): "tailing"}
     [saved] = json.loads((tmp_path / "positions.json").read_text())["files"]

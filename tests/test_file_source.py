@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import pytest
 
 from logwarden.metrics import Metrics
 from logwarden.sources import LineQueue
@@ -120,16 +123,86 @@ def test_truncation_restarts_from_zero(tmp_path: Path) -> None:
     assert metrics.registry.get_sample_value("logwarden_file_truncations_total") == 1
 
 
-def test_waits_for_a_missing_file(tmp_path: Path) -> None:
+def test_waits_for_a_file_that_appears_3_s_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
     log = tmp_path / "access.log"
 
     async def scenario(path: Path, wait_for: Callable[[int], Awaitable[list[bytes]]]) -> None:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(3)
         path.write_bytes(b"first\n")
         await wait_for(1)
 
-    got, _ = run_scenario(log, scenario)
-    assert got == [b"first"]
+    with caplog.at_level(logging.INFO, "logwarden.sources.file"):
+        got, metrics = run_scenario(log, scenario)
+    assert got == [b"first"]  # read from its start: it is new
+    said = [r.getMessage() for r in caplog.records if "does not exist yet" in r.getMessage()]
+    assert said == [f"{log} does not exist yet; waiting for it"]  # once, not every poll
+    assert metrics.registry.get_sample_value("logwarden_open_files") == 0  # closed at stop
+
+
+def test_delete_and_recreate(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b"")
+
+    async def scenario(path: Path, wait_for: Callable[[int], Awaitable[list[bytes]]]) -> None:
+        append(path, b"old 1\n")
+        await wait_for(1)
+        with open(path, "ab") as writer:  # a writer still holding the deleted file
+            path.unlink()
+            writer.write(b"old 2\n")
+            writer.flush()
+            await wait_for(2)
+            path.write_bytes(b"new 1\n")
+            await wait_for(3)
+            writer.write(b"old 3\n")
+        await wait_for(4)
+        await asyncio.sleep(0.5)  # past rotate_wait: the deleted file is closed
+
+    got, metrics = run_scenario(log, scenario)
+    assert got == [b"old 1", b"old 2", b"new 1", b"old 3"]
+    value = metrics.registry.get_sample_value
+    assert value("logwarden_file_rotations_total") == 1
+    assert value("logwarden_open_files") == 0
+
+
+def test_glob_picks_up_new_files(tmp_path: Path) -> None:
+    (tmp_path / "a.access.log").write_bytes(b"a old\n")
+    (tmp_path / "other.log").write_bytes(b"")
+
+    async def scenario(path: Path, wait_for: Callable[[int], Awaitable[list[bytes]]]) -> None:
+        append(tmp_path / "a.access.log", b"a 1\n")
+        await wait_for(1)
+        (tmp_path / "b.access.log").write_bytes(b"b 1\n")  # new: read from its start
+        append(tmp_path / "other.log", b"not ours\n")
+        await wait_for(2)
+
+    got, metrics = run_scenario(tmp_path / "*.access.log", scenario)
+    assert got == [b"a 1", b"b 1"]
+    assert metrics.registry.get_sample_value("logwarden_open_files") == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_permission_denied_is_reported_once_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b"")
+    log.chmod(0)
+
+    async def scenario(path: Path, wait_for: Callable[[int], Awaitable[list[bytes]]]) -> None:
+        await asyncio.sleep(0.3)
+        path.chmod(0o644)
+        append(path, b"readable\n")
+        await wait_for(1)
+
+    with caplog.at_level(logging.INFO, "logwarden.sources.file"):
+        got, metrics = run_scenario(log, scenario, from_start=True)
+    assert got == [b"readable"]
+    assert [r.getMessage() for r in caplog.records if "cannot open" in r.getMessage()] == [
+        f"cannot open {log}: Permission denied; retrying"]
+    assert metrics.registry.get_sample_value(
+        "logwarden_file_errors_total", {"error": "PermissionError"}) >= 1
 
 
 def test_over_long_lines_are_skipped_and_counted(tmp_path: Path) -> None:

@@ -35,7 +35,14 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from logwarden.metrics import Metrics
-from logwarden.positions import HEAD_BYTES, Checkpoint, Entry, Positions, fingerprint
+from logwarden.positions import (
+    HEAD_BYTES,
+    Checkpoint,
+    Entry,
+    Positions,
+    fingerprint,
+    same_head,
+)
 from logwarden.sources import Batch, LineQueue
 
 log = logging.getLogger(__name__)
@@ -227,6 +234,7 @@ class FileSource:
             self._open(path, fresh=True)
         else:
             self._notice_truncation(cur, st.st_size)
+            self._notice_new_head(cur)
         self.metrics.file_lag_bytes.labels(path).set(max(0, st.st_size - self._offset(path)))
 
     def _notice_truncation(self, f: _OpenFile, size: int) -> None:
@@ -234,6 +242,13 @@ class FileSource:
         if size < f.offset:
             log.info("%s was truncated (%d < %d); reading from the start", f.path, size,
                      f.offset)
+            self.metrics.file_truncations.inc()
+            f.restart()
+
+    def _notice_new_head(self, f: _OpenFile) -> None:
+        """A file cut and written again past our offset before we looked: its start differs."""
+        if not same_head(f.fd, f.head):
+            log.info("%s was truncated and rewritten; reading from the start", f.path)
             self.metrics.file_truncations.inc()
             f.restart()
 
