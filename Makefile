@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps test lint demo bench clean
+.PHONY: help install system-deps test lint demo bench bench-quick bench-deps clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,14 +25,24 @@ test: system-deps install ## Run the test suite (real NGINX on loopback)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install ## ruff and mypy
-	$(VENV)/bin/ruff check logwarden tests lab
+	$(VENV)/bin/ruff check logwarden tests lab bench
 	$(VENV)/bin/mypy logwarden lab
 
 demo: system-deps install ## Start an origin and three NGINX nodes with logwarden beside each; Ctrl-C stops
 	$(PY) -m lab.demo
 
-bench: install ## Benchmarks (see bench/README.md)
-	@echo "no benchmarks yet"
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	@touch $@
+
+bench-deps: system-deps $(VENV)/.bench-installed
+	@bash scripts/bench-deps.sh
+
+bench: bench-deps ## Every benchmark beside its reference (mtail, aiohttp, wrk), one table
+	$(PY) -m bench
+
+bench-quick: bench-deps ## The same at reduced sizes, under 2 minutes
+	$(PY) -m bench --quick
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

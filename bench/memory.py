@@ -1,0 +1,48 @@
+"""Benchmark 5: resident memory after many lines that all trigger, over many distinct URLs.
+
+Worst case for the bounded structures: every line is a MISS of one of ``distinct`` URLs, the
+storm limit is off (``--max-refresh-rate 0``) so every fan-out reaches the peer queue, and the
+peer is a real NGINX answering 204. Reported: RSS once every line is accounted for, and the
+peak (VmHWM). The reference is the target itself.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from bench import gen
+from bench.common import LOGWARDEN, ROOT, Row, core, free_port, process, rss_mib, scrape, total
+from bench.refresh import nginx
+from bench.throughput import LINES_DONE, _healthy
+
+TARGET_MIB = 80.0
+
+
+def run(lines: int, distinct: int = 1_000_000) -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="logwarden-bench-") as tmp, \
+            nginx(Path(tmp)) as peer:
+        rss, peak = _measure(Path(tmp), peer, lines, distinct)
+    return [Row(f"5. RSS after {lines / 1e6:g} M triggering lines, {distinct / 1e6:g} M URLs",
+                f"{rss:.0f} MiB (peak {peak:.0f})", f"{TARGET_MIB:.0f} MiB",
+                f"{peak / TARGET_MIB:.2f}x", "peak <= 80 MiB", peak <= TARGET_MIB)]
+
+
+def _measure(tmp: Path, peer: str, lines: int, distinct: int) -> tuple[float, float]:
+    log, port = tmp / "memory.log", free_port()
+    log.touch()
+    args = [*core(), *LOGWARDEN, "run", "--access-log", str(log), "--log-format", gen.FORMAT,
+            "--peer", peer, "--max-refresh-rate", "0", "--positions", "off",
+            "--metrics-listen", f"127.0.0.1:{port}", "--log-level", "warning"]
+    with process(args, cwd=ROOT) as proc:
+        deadline = time.monotonic() + 30
+        while not _healthy(port):
+            if time.monotonic() > deadline:
+                raise TimeoutError("logwarden did not become healthy")
+            time.sleep(0.05)
+        gen.write(str(log), gen.triggering_lines(lines, distinct=distinct, start=time.time()))
+        while total(scrape(port), *LINES_DONE) < lines:
+            time.sleep(0.5)
+        return rss_mib(proc.pid), rss_mib(proc.pid, "VmHWM")
+
