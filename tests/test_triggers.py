@@ -106,3 +106,13 @@ def test_zero_window_never_dedups() -> None:
     t = Triggers(DEFAULT, dedup_window=0)
     a = t.refresh_for(rec())
     assert t.first_in_window(a) and t.first_in_window(a)
+
+
+@pytest.mark.parametrize(("age", "reason"), [(301.0, "too_old"), (299.0, None), (None, None)])
+def test_a_backlog_older_than_max_age_does_not_trigger(age: float | None,
+                                                       reason: str | None) -> None:
+    """Lines read late (catching up after downtime) are stale news; a format without a time
+    cannot tell, so its lines always count."""
+    t = Triggers(DEFAULT, dedup_window=1, max_age=300, wall_clock=lambda: 10_000.0)
+    r = rec(time=None if age is None else 10_000.0 - age)
+    assert t.skip_reason(r) == reason
