@@ -96,6 +96,10 @@ class LogFormat:
             "request", "request_method", "request_uri", "upstream_cache_status", "host",
             "http_host", "scheme", "status", "upstream_status", "http_user_agent", "msec",
             "time_iso8601", "time_local")))
+        s = self._slots
+        self._time_field = ((s.msec, "") if s.msec >= 0 else
+                            (s.time_iso8601, "%Y-%m-%dT%H:%M:%S%z") if s.time_iso8601 >= 0 else
+                            (s.time_local, "%d/%b/%Y:%H:%M:%S %z"))
 
     @classmethod
     def compile(cls, fmt: str, escape: str = "default") -> LogFormat:
@@ -198,10 +202,7 @@ class LogFormat:
         return re.compile(_alternatives(wanted)).search, re.compile(showing).search
 
     def _time(self, values: list[bytes | None]) -> float | None:
-        s = self._slots
-        slot, fmt = ((s.msec, "") if s.msec >= 0 else
-                     (s.time_iso8601, "%Y-%m-%dT%H:%M:%S%z") if s.time_iso8601 >= 0 else
-                     (s.time_local, "%d/%b/%Y:%H:%M:%S %z"))
+        slot, fmt = self._time_field
         value = values[slot]
         if not value:
             return None  # "-" or no time in the format: no age check
@@ -401,26 +402,26 @@ def _unescape_none(value: bytes) -> bytes | None:
     return value or None
 
 
+_DASH_IS_NONE: dict[bytes, bytes | None] = {b"-": None}
+_EMPTY_IS_NONE: dict[bytes, bytes | None] = {b"": None}
+
+
 def _values_default(groups: tuple[bytes, ...], line: bytes) -> list[bytes | None]:
-    """Every group unescaped, and a None at the end; most lines have no escape at all."""
+    """Every group unescaped, and a None at the end; most lines have no escape at all, and
+    ``map(dict.get)`` runs in C: half the time of a comprehension."""
     if b"\\x" in line:
-        values = [_unescape_default(g) for g in groups]
-    else:
-        values = [None if g == b"-" else g for g in groups]
-    values.append(None)
-    return values
+        return [*map(_unescape_default, groups), None]
+    return [*map(_DASH_IS_NONE.get, groups, groups), None]
 
 
 def _values_json(groups: tuple[bytes, ...], line: bytes) -> list[bytes | None]:
-    values = [_unescape_json(g) for g in groups] if b"\\" in line else [g or None for g in groups]
-    values.append(None)
-    return values
+    if b"\\" in line:
+        return [*map(_unescape_json, groups), None]
+    return [*map(_EMPTY_IS_NONE.get, groups, groups), None]
 
 
 def _values_none(groups: tuple[bytes, ...], line: bytes) -> list[bytes | None]:
-    values: list[bytes | None] = [g or None for g in groups]
-    values.append(None)
-    return values
+    return [*map(_EMPTY_IS_NONE.get, groups, groups), None]
 
 
 _VALUES: dict[str, Callable[[tuple[bytes, ...], bytes], list[bytes | None]]] = {
