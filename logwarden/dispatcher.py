@@ -405,7 +405,9 @@ class Dispatcher:
     def submit(self, refresh: Refresh) -> bool:
         """Queue the refresh for every peer of its scheme; False if it was not admitted."""
         peers = self._by_scheme.get(refresh.scheme, [])
-        if not (request_target_ok(refresh.target) and host_ok(refresh.host)):
+        if peers and not (request_target_ok(refresh.target) and host_ok(refresh.host)):
+            # A fan-out whose every request is refused: the accounting stays per peer.
+            self.metrics.fanouts.inc()
             for peer in peers:
                 peer.count("refused")
             return False
