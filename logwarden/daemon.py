@@ -92,7 +92,7 @@ class Daemon:
         self.positions.save()
         await dispatcher.close(cfg.shutdown_timeout)
         await server.close()
-        log.info("logwarden stopped")
+        log.info("logwarden stopped: %s", self.metrics.summary())
         return code
 
     def _sources(self) -> list[Source]:

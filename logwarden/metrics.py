@@ -109,6 +109,18 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def summary(self) -> str:
+        """One line for the log at exit: what this run did, when there is no scrape left."""
+        totals: dict[str, int] = {}
+        for s in (s for family in self.refreshes.collect() for s in family.samples):
+            if s.name == "logwarden_refreshes_total" and s.value:
+                totals[s.labels["outcome"]] = totals.get(s.labels["outcome"], 0) + int(s.value)
+        value = self.registry.get_sample_value
+        head = [f"{name}={int(value(f'logwarden_{metric}_total') or 0)}" for name, metric in (
+            ("lines", "lines"), ("malformed", "lines_malformed"),
+            ("fan-outs", "refresh_fanouts"))]
+        return " ".join([*head, "refreshes:", *(f"{o}={n}" for o, n in sorted(totals.items()))])
+
 
 class MetricsServer:
     """Serves ``/metrics`` and ``/healthz`` over HTTP/1.1, one short request per connection."""
