@@ -31,9 +31,9 @@ def _settings_options(func: F) -> F:
                         help="TOML file with settings (keys as the flags, '-' as '_').")(func)
 
 
-def _load(config_file: str | None, flags: dict[str, Any]) -> Config:
+def _load(config_file: str | None, flags: dict[str, Any], *, offline: bool = False) -> Config:
     try:
-        return load_config(flags, config_file)
+        return load_config(flags, config_file, offline=offline, stdin=sys.stdin.read)
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -66,6 +66,8 @@ def run(config_file: str | None, **flags: Any) -> None:
 def check(config_file: str | None, **flags: Any) -> None:
     """Validate the configuration and print the effective settings as TOML; start nothing."""
     config = _load(config_file, flags)
+    for found in config.nginx_access_logs:
+        click.echo(f"# {config.nginx_conf}: {found.describe()}", err=True)
     click.echo(config.to_toml(), nl=False)
     static = ", ".join(config.targets) or "no static peer"
     dynamic = " + --peers-file/--peers-dns" if config.peers_file or config.peers_dns else ""

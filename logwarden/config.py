@@ -21,6 +21,9 @@ from typing import Any
 
 from logwarden.discovery import check_peer_url, is_self, read_peers_file
 from logwarden.logformat import ESCAPES, LogFormat, LogFormatError
+from logwarden.nginxconf import AccessLog, NginxConfError
+from logwarden.nginxconf import choose as choose_access_logs
+from logwarden.nginxconf import read as read_nginx_conf
 from logwarden.positions import default_path as default_positions_path
 from logwarden.sources.syslog import parse_url as parse_syslog_url
 
@@ -72,6 +75,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_format", str, None, "The NGINX log_format string, exactly as in nginx.conf."),
     Setting("log_format_escape", str, "default", "The log_format's escape= parameter.",
             choices=ESCAPES),
+    Setting("nginx_conf", str, None, "nginx.conf (includes followed), or '-' for `nginx -T` "
+            "output on stdin: the access logs and their log_format are read from it."),
     Setting("default_host", str, None, "Host header to send when the format has no $host."),
     Setting("from_start", bool, False, "Read what the file holds instead of starting at its end."),
     Setting("self", str, None, "This node's own peer URL; it is left out of the fan-out."),
@@ -152,6 +157,7 @@ class Config:
     syslog_allow: tuple[str, ...]
     log_format: str
     log_format_escape: str
+    nginx_conf: str | None
     default_host: str | None
     from_start: bool
     self: str | None
@@ -192,6 +198,8 @@ class Config:
     poll_interval: float
     log_level: str
     dry_run: bool
+    nginx_access_logs: tuple[AccessLog, ...] = field(default=(), repr=False, compare=False)
+    """Every access log --nginx-conf found (``check`` prints them)."""
 
     @property
     def refresh_header_pair(self) -> tuple[str, str]:
@@ -220,6 +228,8 @@ class Config:
             value = getattr(self, f.name)
             if f.name == "refresh_header" and self.refresh_header_file:
                 continue  # the secret stays in its file
+            if f.name in ("nginx_conf", "nginx_access_logs"):
+                continue  # what it stood for is printed instead: stdin cannot be read twice
             if value is not None:
                 lines.append(f"{f.name} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
@@ -229,15 +239,41 @@ def load_config(
     flags: Mapping[str, Any],
     config_file: str | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    offline: bool = False,
+    stdin: Callable[[], str] | None = None,
 ) -> Config:
-    """Merge the layers (defaults < file < env < flags) and validate the result."""
+    """Merge the layers (defaults < file < env < flags) and validate the result.
+
+    ``offline`` (``replay``): no source and no peer are needed. ``stdin`` gives the text of
+    ``--nginx-conf -``."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
     if config_file:
         values.update(_read_toml(config_file))
     values.update(_read_env(environ))
     values.update({k: v for k, v in flags.items() if v is not None and v != ()})
-    return _validate(values)
+    if values["nginx_conf"]:
+        values.update(_from_nginx_conf(values, stdin))
+    return _validate(values, offline)
+
+
+def _from_nginx_conf(v: dict[str, Any], stdin: Callable[[], str] | None) -> dict[str, Any]:
+    """The access logs, format and escaping the NGINX config gives; ``--access-log`` and
+    ``--syslog`` pick among them."""
+    source = v["nginx_conf"]
+    if v["log_format"]:
+        raise ConfigError("log_format", v["log_format"], "and nginx_conf both give the format: "
+                          "drop --log-format, the one in the NGINX config is used")
+    try:
+        found = read_nginx_conf(source, stdin)
+        chosen = choose_access_logs(found, source, access_log=v["access_log"],
+                                    syslog=v["syslog"])
+    except NginxConfError as exc:
+        raise ConfigError("nginx_conf", source, str(exc)) from None
+    return {"access_log": chosen.access_log, "syslog": chosen.syslog,
+            "syslog_tag": chosen.syslog_tag or v["syslog_tag"], "log_format": chosen.log_format,
+            "log_format_escape": chosen.escape, "nginx_access_logs": found}
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -303,14 +339,14 @@ def _coerce_bool(key: str, raw: Any, text: bool) -> bool:
     raise ConfigError(key, raw, "must be true or false")
 
 
-def _validate(v: dict[str, Any]) -> Config:
+def _validate(v: dict[str, Any], offline: bool = False) -> Config:
     for name, check in _CHECKS.items():
         check(name, v[name])
     for s in SETTINGS:
         if s.choices and v[s.name] not in s.choices:
             raise ConfigError(s.name, v[s.name], f"must be one of {', '.join(s.choices)}")
     v["statuses"] = _normalise_statuses(v["statuses"])
-    if not v["access_log"] and not v["syslog"]:
+    if not v["access_log"] and not v["syslog"] and not offline:
         raise ConfigError("access_log", "",
                           "is required: the access log file to tail (or a syslog listener)")
     if not v["log_format"]:
@@ -332,7 +368,7 @@ def _validate(v: dict[str, Any]) -> Config:
     if v["refresh_header_file"]:
         v["refresh_header"] = _read_header_file("refresh_header_file", v["refresh_header_file"])
     config = Config(**v)
-    if not (config.targets or config.peers_file or config.peers_dns):
+    if not offline and not (config.targets or config.peers_file or config.peers_dns):
         raise ConfigError("peer", ",".join(v["peer"]), "names no peer other than self "
                           "(and there is no --peers-file or --peers-dns)")
     return config
