@@ -92,6 +92,8 @@ SETTINGS: tuple[Setting, ...] = (
             multiple=True),
     Setting("dedup_window", float, 1.0, "Seconds within which repeated triggers for one URL "
             "produce one fan-out."),
+    Setting("dedup_max_urls", int, 100_000, "URLs the dedup window remembers at most (the "
+            "oldest are forgotten first): bounds its memory."),
     Setting("refresh_method", str, "HEAD", "Method of refresh requests.", choices=("HEAD", "GET")),
     Setting("refresh_header", str, "X-Refresh: 1", "Header 'Name: value' the peers map to "
             "proxy_cache_bypass."),
@@ -167,6 +169,7 @@ class Config:
     dns_refresh: float
     statuses: tuple[str, ...]
     dedup_window: float
+    dedup_max_urls: int
     refresh_method: str
     refresh_header: str = field(repr=False)
     refresh_header_file: str | None
@@ -556,6 +559,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "max_line_age": _not_negative,
     "rotate_wait": _not_negative,
     "dedup_window": _not_negative,
+    "dedup_max_urls": _positive,
     "shutdown_timeout": _not_negative,
 }
 

@@ -46,6 +46,7 @@ class Daemon:
         self.metrics = Metrics()
         self.parser: LogFormat = config.log_format_parser()
         self.triggers = Triggers(config.statuses, dedup_window=config.dedup_window,
+                                 max_keys=config.dedup_max_urls,
                                  default_host=config.default_host, max_age=config.max_line_age)
         self.positions = Positions(config.positions_path)
         self.lines: LineQueue = asyncio.Queue(LINES_QUEUE_BATCHES)

@@ -121,6 +121,11 @@ class Triggers:
         """True unless the same URL already fanned out within the dedup window."""
         return self._dedup.admit(refresh.key)
 
+    @property
+    def remembered(self) -> int:
+        """URLs the dedup window holds now (at most ``max_keys``)."""
+        return len(self._dedup)
+
 
 def _own(record: Record) -> bool:
     return record.user_agent is not None and record.user_agent.startswith(_OWN_AGENT)
@@ -142,6 +147,9 @@ class _Window:
         self.max_keys = max_keys
         self.clock = clock
         self._seen: OrderedDict[object, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
     def admit(self, key: object) -> bool:
         now = self.clock()

@@ -1,0 +1,72 @@
+"""Resource bounds: what a flood of distinct URLs or a busy peer can make logwarden hold."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from logwarden.dispatcher import Dispatcher, DispatchSettings
+from logwarden.metrics import Metrics
+from logwarden.triggers import Refresh, Triggers
+from tests.peers import RecordingPeer
+
+
+def test_dedup_memory_is_bounded_by_its_size() -> None:
+    triggers = Triggers(("MISS",), dedup_window=3600, max_keys=10_000)
+    for i in range(1_000_000):
+        assert triggers.first_in_window(Refresh("http", "h", b"/u/%d" % i, "MISS"))
+    assert triggers.remembered == 10_000
+    # The newest are the ones kept: a repeat of the last URL is still folded.
+    assert not triggers.first_in_window(Refresh("http", "h", b"/u/999999", "MISS"))
+    assert triggers.first_in_window(Refresh("http", "h", b"/u/0", "MISS"))
+
+
+class CountingPeer(RecordingPeer):
+    """Also tracks how many connections were open at once."""
+
+    most_open: int = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.most_open = max(self.most_open, len(self.writers) + 1)
+        await super()._handle(reader, writer)
+
+
+def _open_sockets() -> int:
+    return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+               for fd in os.listdir("/proc/self/fd") if _exists(fd))
+
+
+def _exists(fd: str) -> bool:
+    try:
+        os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return False
+    return True
+
+
+def test_connections_to_a_peer_are_bounded_by_its_pool() -> None:
+    pool = 4
+
+    async def go() -> tuple[int, int, int]:
+        peer = await CountingPeer(delay=0.005).start()
+        metrics = Metrics()
+        dispatcher = Dispatcher([peer.url], DispatchSettings(
+            method="HEAD", header=("X-Refresh", "1"), peer_concurrency=pool), metrics)
+        dispatcher.start()
+        before = _open_sockets()
+        for i in range(500):
+            dispatcher.submit(Refresh("http", "www.example.com", b"/p/%d" % i, "MISS"))
+        most = 0
+        async with asyncio.timeout(10):
+            while len(peer.heads) < 500:
+                most = max(most, _open_sockets() - before)
+                await asyncio.sleep(0.002)
+        await dispatcher.close(1)
+        await peer.close()
+        return peer.most_open, most, _open_sockets() - before
+
+    peer_side, client_side, left = asyncio.run(go())
+    # Each client socket shows twice here (client end and the peer's end): 2 per connection.
+    assert peer_side <= pool, peer_side
+    assert client_side <= 2 * pool, client_side
+    assert left <= 0, left
