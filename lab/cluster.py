@@ -55,6 +55,8 @@ _PROD_SECRET = '"1:CHANGE-ME-SECRET"'
 #: The refresh header's secret in lab nodes: logwarden's default header is ``X-Refresh: 1``.
 LAB_SECRET = "1"
 _PROD_PEERS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
+#: The origin-offload map's entries: ``"1:ADDRESS:PORT" ADDRESS:PORT;``, one per node.
+_SOURCE_ENTRY = re.compile(r'^[ \t]*"1:(?P<src>[0-9.]+:\d+)"[ \t]+(?P=src);[^\n]*\n', re.MULTILINE)
 _PROD_LISTEN = re.compile(r"\blisten\s+80\b")
 _TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 _LAB_WORKERS = 2  # "auto" would start one per CPU, per node
@@ -152,18 +154,20 @@ def _code(text: str) -> str:
 
 def render_config(
     template: str, *, listen: str, port: int, prefix: Path, origin: str,
-    peers: Sequence[str], user: str, syslog: str | None = None,
+    peers: Sequence[str], user: str, syslog: str | None = None, sources: Sequence[str] = (),
 ) -> str:
     """Turn ``examples/nginx.conf`` into a config that runs under ``prefix`` on loopback.
 
     ``listen`` is the node's address, ``origin`` the upstream ``host:port``, ``peers`` the
-    addresses allowed to force a refresh. ``syslog`` (``127.0.0.1:PORT`` or ``unix:/PATH``)
+    addresses allowed to force a refresh, ``sources`` the nodes' ``ADDRESS:PORT`` that an
+    offloaded refresh may fetch from. ``syslog`` (``127.0.0.1:PORT`` or ``unix:/PATH``)
     also sends the access log there, tagged ``nginx``. Run the result with ``-g 'daemon off;'``.
     """
     prefix = Path(prefix).resolve()
     if re.search(r"[\s;#\"'{}$]", str(prefix)):
         raise ValueError(f"prefix must be a plain path, got {prefix!r}")
-    for addr in (listen, origin.rsplit(":", 1)[0], *peers):
+    for addr in (listen, origin.rsplit(":", 1)[0], *peers,
+                 *(s.rsplit(":", 1)[0] for s in sources)):
         if not ipaddress.ip_address(addr).is_loopback:
             raise ValueError(f"lab addresses must be loopback, got {addr!r}")
 
@@ -193,6 +197,7 @@ def render_config(
     for m in reversed(prod):
         text = text[: m.start()] + (lab_entries if m is prod[0] else "") + text[m.end():]
 
+    text = _render_sources(text, sources)
     text, listens = _PROD_LISTEN.subn(f"listen {listen}:{port}", text)
     if listens == 0:
         raise ValueError("template: no 'listen 80' found")
@@ -222,6 +227,19 @@ def render_config(
     return text
 
 
+def _render_sources(text: str, sources: Sequence[str]) -> str:
+    """The offload map lists the lab's nodes where the production ones were."""
+    prod = list(_SOURCE_ENTRY.finditer(text))
+    if sorted(m.group("src") for m in prod) != sorted(f"{p}:80" for p in _PROD_PEERS):
+        raise ValueError('template: offload map entries "1:<addr>:80" <addr>:80; not found')
+    indent = re.match(r"[ \t]*", prod[0].group(0))
+    pad = indent.group(0) if indent else ""
+    lab = "".join(f'{pad}"1:{s}" {s};\n' for s in sources)
+    for m in reversed(prod):
+        text = text[: m.start()] + (lab if m is prod[0] else "") + text[m.end():]
+    return text
+
+
 # ---------------------------------------------------------------------------------------------
 # one node
 
@@ -239,8 +257,10 @@ class NginxNode:
     def __init__(
         self, name: str, address: str, template_path: Path, origin_url: str,
         peers: Sequence[str], workdir: Path, *, port: int | None = None,
-        nginx: str | None = None, syslog: str | None = None,
+        nginx: str | None = None, syslog: str | None = None, sources: Sequence[str] = (),
     ) -> None:
+        """``sources``: the ``ADDRESS:PORT`` of the nodes this one may fetch an offloaded
+        refresh from (the origin-offload map)."""
         self.name = name
         self.address = address
         self.port = port if port is not None else free_port(address)
@@ -250,6 +270,7 @@ class NginxNode:
         self.origin = f"{origin.hostname}:{origin.port}"
         self.peers = tuple(peers)
         self.syslog = syslog
+        self.sources = tuple(sources)
         self.prefix = Path(workdir).resolve() / name
         self.conf_path = self.prefix / "nginx.conf"
         self.access_log = self.prefix / "logs" / "access.log"
@@ -273,7 +294,7 @@ class NginxNode:
         return render_config(
             self.template_path.read_text(), listen=self.address, port=self.port,
             prefix=self.prefix, origin=self.origin, peers=self.peers, user=current_user(),
-            syslog=self.syslog)
+            syslog=self.syslog, sources=self.sources)
 
     def start(self, timeout: float = 10.0) -> NginxNode:
         if self._proc is not None:
@@ -466,10 +487,12 @@ class Cluster:
         try:
             if self._own_origin:
                 self.origin.start()
+            ports = [free_port(address) for address in self.addresses]
+            sources = [f"{a}:{p}" for a, p in zip(self.addresses, ports, strict=True)]
             for i, address in enumerate(self.addresses):
                 node = NginxNode(
                     chr(ord("a") + i), address, self.template_path, self.origin.url,
-                    self.peers, self.workdir)
+                    self.peers, self.workdir, port=ports[i], sources=sources)
                 self.nodes.append(node)
                 node.start()
         except BaseException:

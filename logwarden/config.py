@@ -18,7 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from logwarden.bus import parse_bus_url
 from logwarden.discovery import check_peer_url, is_self, read_peers_file
 from logwarden.logformat import ESCAPES, LogFormat, LogFormatError
 from logwarden.nginxconf import AccessLog, NginxConfError
@@ -87,6 +89,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("peers_dns", str, (), "http(s)://NAME:PORT: one peer per A/AAAA record of NAME, "
             "this node's own addresses left out (repeatable).", multiple=True),
     Setting("dns_refresh", float, 30.0, "Seconds between lookups of the --peers-dns names."),
+    Setting("refresh_from_self", bool, False, "Origin offload: refreshes name the node that "
+            "holds the new copy (--self) in X-Logwarden-Source, for the peers to fetch it "
+            "from there instead of the origin."),
+    Setting("bus", str, None, "redis://HOST:PORT/DB: publish each trigger there and refresh "
+            "the --local NGINX on the other nodes' messages, instead of a fan-out to peers."),
+    Setting("bus_channel", str, "logwarden", "Redis pub/sub channel of the bus."),
+    Setting("local", str, "http://127.0.0.1:80", "This node's NGINX, which bus messages "
+            "refresh."),
     Setting("statuses", str, ("MISS", "EXPIRED", "UPDATING", "STALE"),
             "$upstream_cache_status values that trigger a refresh (repeatable or comma-separated).",
             multiple=True),
@@ -167,6 +177,10 @@ class Config:
     peers_file: str | None
     peers_dns: tuple[str, ...]
     dns_refresh: float
+    refresh_from_self: bool
+    bus: str | None
+    bus_channel: str
+    local: str
     statuses: tuple[str, ...]
     dedup_window: float
     dedup_max_urls: int
@@ -214,6 +228,16 @@ class Config:
         """The static peers a refresh goes to: every ``--peer`` but this node itself
         (``--self``, and its listener of the other scheme on the same address)."""
         return tuple(p for p in self.peer if not is_self(p, self.self))
+
+    @property
+    def source(self) -> tuple[str, str] | None:
+        """(scheme, ``ADDRESS:PORT``) of this node as refreshes name it for origin offload
+        (``--refresh-from-self``; the port spelled out, as the peers' nginx.conf map lists it)."""
+        if not (self.refresh_from_self and self.self):
+            return None
+        parts = urlsplit(self.self)
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        return parts.scheme, f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
     @property
     def positions_path(self) -> Path | None:
@@ -370,10 +394,12 @@ def _validate(v: dict[str, Any], offline: bool = False) -> Config:
                           "PURGE is told apart by them, else nodes purge each other in a loop")
     if v["refresh_header_file"]:
         v["refresh_header"] = _read_header_file("refresh_header_file", v["refresh_header_file"])
+    if v["refresh_from_self"] and not v["self"]:
+        raise ConfigError("refresh_from_self", True, "needs self: the address peers fetch from")
     config = Config(**v)
-    if not offline and not (config.targets or config.peers_file or config.peers_dns):
+    if not offline and not (config.targets or config.peers_file or config.peers_dns or config.bus):
         raise ConfigError("peer", ",".join(v["peer"]), "names no peer other than self "
-                          "(and there is no --peers-file or --peers-dns)")
+                          "(and there is no --peers-file, --peers-dns or --bus)")
     return config
 
 
@@ -447,6 +473,20 @@ def _check_peers(key: str, urls: tuple[str, ...]) -> None:
 def _check_self(key: str, url: str | None) -> None:
     if url is not None:
         _check_peer_url(key, url)
+
+
+def _check_bus(key: str, url: str | None) -> None:
+    if url is None:
+        return
+    try:
+        parse_bus_url(url)
+    except ValueError as exc:
+        raise ConfigError(key, url, str(exc)) from None
+
+
+def _check_channel(key: str, channel: str) -> None:
+    if not channel or not channel.isascii() or not channel.isprintable() or " " in channel:
+        raise ConfigError(key, channel, "is not a channel name (printable ASCII, no space)")
 
 
 def _check_header(key: str, header: str) -> None:
@@ -535,6 +575,9 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "peers_dns": _check_peers,
     "dns_refresh": _positive,
     "self": _check_self,
+    "local": _check_peer_url,
+    "bus": _check_bus,
+    "bus_channel": _check_channel,
     "refresh_header": _check_header,
     "purge_method": _check_token,
     "only": _check_regexes,

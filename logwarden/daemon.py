@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import time
 from collections import Counter
 
+from logwarden.bus import Bus
 from logwarden.config import Config, parse_listen
 from logwarden.discovery import PeerSource
 from logwarden.dispatcher import Dispatcher, DispatchSettings
@@ -27,7 +29,7 @@ from logwarden.sources import Batch, LineQueue, Source
 from logwarden.sources.file import FileSource
 from logwarden.sources.syslog import SyslogSource
 from logwarden.storm import StormControl
-from logwarden.triggers import OWN_AGENT_MARK, Triggers
+from logwarden.triggers import OWN_AGENT_MARK, Refresh, Triggers
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,11 @@ class Daemon:
         self.peer_source = PeerSource(config.peer, self_url=config.self,
                                       peers_file=config.peers_file, dns=config.peers_dns)
         self.dispatcher: Dispatcher | None = None
+        self.bus: Bus | None = None
+        self.local: Dispatcher | None = None
+        """Bus mode: refreshes this node's own NGINX on the other nodes' messages."""
+        self.storm: StormControl | None = None
+        self._source = config.source
         self.reload = asyncio.Event()
         self._started = time.time()
 
@@ -72,6 +79,7 @@ class Daemon:
                 return 1
         self._install_signals()
         dispatcher.start()
+        bus_task = self._start_bus(dispatcher)
         processor = asyncio.create_task(self._process(dispatcher), name="process")
         source_tasks = [asyncio.create_task(s.run(), name=f"source {s.name}") for s in sources]
         saver = asyncio.create_task(self.positions.run(cfg.positions_interval), name="positions")
@@ -80,18 +88,20 @@ class Daemon:
             follower.append(asyncio.create_task(self._follow_peers(dispatcher), name="peers"))
         log.info("logwarden running: %d source(s), refreshing %s%s", len(sources),
                  ", ".join(dispatcher.urls), " (dry run: nothing is sent)" if cfg.dry_run else "")
-        code = await self._wait([*source_tasks, *follower], processor)
+        code = await self._wait([*source_tasks, *follower, *bus_task], processor)
         for s in sources:
             s.stop()
         await asyncio.gather(*source_tasks, return_exceptions=True)
         await self.lines.put(None)
         await processor
-        for task in (saver, *follower):
+        for task in (saver, *follower, *bus_task):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.positions.save()
         await dispatcher.close(cfg.shutdown_timeout)
+        if self.local is not None:
+            await self.local.close(cfg.shutdown_timeout)
         await server.close()
         log.info("logwarden stopped: %s", self.metrics.summary())
         return code
@@ -120,13 +130,52 @@ class Daemon:
             breaker_failures=cfg.breaker_failures, breaker_cooldown=cfg.breaker_cooldown,
             concurrency=cfg.concurrency, peer_concurrency=cfg.peer_concurrency,
             queue_size=cfg.queue_size, peer_ca=cfg.peer_ca, insecure_tls=cfg.insecure_peer_tls)
-        storm = StormControl(rate=cfg.max_refresh_rate, burst=cfg.max_refresh_burst,
-                             max_target_bytes=cfg.max_target_bytes, only=cfg.only, skip=cfg.skip)
+        self.storm = storm = StormControl(
+            rate=cfg.max_refresh_rate, burst=cfg.max_refresh_burst,
+            max_target_bytes=cfg.max_target_bytes, only=cfg.only, skip=cfg.skip)
+        self._settings = settings
         self.peer_source.reload_file()
         await self.peer_source.resolve()
         peers = () if cfg.dry_run else self.peer_source.current()
-        return Dispatcher(peers, settings, self.metrics, storm,
+        # Bus mode passes storm control before publishing; the peers are only the fallback.
+        return Dispatcher(peers, settings, self.metrics, None if cfg.bus else storm,
                           propagation="msec" in self.parser.variables)
+
+    def _start_bus(self, dispatcher: Dispatcher) -> list[asyncio.Task[None]]:
+        """Bus mode: the local dispatcher and the bus task (none without --bus, or dry run)."""
+        cfg = self.config
+        if not cfg.bus or cfg.dry_run:
+            return []
+        self.local = Dispatcher([cfg.local], self._settings, self.metrics, propagation=True)
+        self.local.start()
+
+        def fallback(refresh: Refresh) -> None:
+            if dispatcher.peers:
+                dispatcher.submit(refresh)
+
+        self.bus = Bus(cfg.bus, cfg.bus_channel, self.metrics, method=cfg.refresh_method,
+                       receive=self.local.submit, fallback=fallback,
+                       accept_source=cfg.refresh_from_self)
+        log.info("bus mode: triggers go to %s channel %r; the other nodes' refresh %s%s",
+                 cfg.bus, cfg.bus_channel, cfg.local,
+                 " (peers are the fallback)" if dispatcher.peers else "")
+        return [asyncio.create_task(self.bus.run(), name="bus")]
+
+    def _fan_out(self, dispatcher: Dispatcher, refresh: Refresh) -> None:
+        """To the peers, or on the bus (after storm control); naming this node as the source
+        of the new copy with --refresh-from-self (only for URLs of --self's scheme)."""
+        source = self._source
+        if source is not None and source[0] == refresh.scheme:
+            refresh = dataclasses.replace(refresh, source=source[1])
+        if self.bus is None:
+            dispatcher.submit(refresh)
+            return
+        assert self.storm is not None
+        reason = self.storm.refusal(refresh)
+        if reason:
+            self.metrics.storm_dropped.labels(reason).inc()
+            return
+        self.bus.publish(refresh)
 
     async def _follow_peers(self, dispatcher: Dispatcher) -> None:
         """Re-read the peers file when it changes, look the DNS names up every --dns-refresh
@@ -191,7 +240,7 @@ class Daemon:
                 if debug:  # every decision, so an operator can see why a URL was refreshed
                     log.debug("%s %s://%s%s", refresh.cache_status, refresh.scheme, refresh.host,
                               refresh.target.decode("latin-1"))
-                dispatcher.submit(refresh)
+                self._fan_out(dispatcher, refresh)
             tally.add_to(m)
             if isinstance(batch, Batch) and batch.checkpoint is not None:
                 self.positions.commit(batch.checkpoint)

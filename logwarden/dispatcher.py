@@ -41,6 +41,9 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 _PURGED = frozenset({200, 204})
 _NOT_CACHED = frozenset({404, 412})  # ngx_cache_purge 2.3 answers 404, later forks 412
 _TRANSPORT_FAILURES = frozenset({"connect_error", "timeout"})
+SOURCE_HEADER = "X-Logwarden-Source"
+"""Names the node holding the new copy (origin offload); examples/nginx.conf maps it to a
+known node, never to the address as sent."""
 
 
 @dataclass(frozen=True)
@@ -253,14 +256,22 @@ class Peer:
                 self.metrics.refresh_retries.labels(self.url).inc()
                 delay = self.settings.retry_backoff * 2 ** (attempt - 1)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            outcome, status = await self._attempt(method, refresh, slot, purge)
+            headers = self._headers(refresh, first=not attempt and not purge)
+            outcome, status = await self._attempt(method, refresh, slot, purge, headers)
             retry = outcome in _TRANSPORT_FAILURES or status in RETRY_STATUSES
             if not retry or self.breaker.is_open:
                 break
         return outcome
 
+    def _headers(self, refresh: Refresh, *, first: bool) -> list[tuple[str, str]]:
+        """Only a refresh's first attempt names the source node: a retry after a 502/504
+        (the source did not answer) or a timeout fetches from the origin instead."""
+        if first and refresh.source:
+            return [*self.headers, (SOURCE_HEADER, refresh.source)]
+        return self.headers
+
     async def _attempt(self, method: str, refresh: Refresh, slot: asyncio.Semaphore,
-                       purge: bool) -> tuple[str, int | None]:
+                       purge: bool, headers: list[tuple[str, str]]) -> tuple[str, int | None]:
         """One request; returns (outcome, status). Never raises for I/O errors."""
         status = None
         async with slot:
@@ -268,7 +279,7 @@ class Peer:
             try:
                 async with asyncio.timeout(self.settings.timeout):
                     status = await self.client.request(
-                        method, refresh.target, refresh.host, self.headers)
+                        method, refresh.target, refresh.host, headers)
             except TimeoutError:
                 outcome = "timeout"
             except TLSError as exc:

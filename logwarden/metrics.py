@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 REFRESH_OUTCOMES = ("ok", "not_cached", "http_error", "timeout", "connect_error", "tls_error",
                     "skipped", "coalesced", "dropped", "refused")
 STORM_REASONS = ("rate", "filtered", "too_long", "no_listener")
+BUS_PUBLISH_OUTCOMES = ("ok", "bus_unavailable", "dropped")
+BUS_RECEIVE_OUTCOMES = ("ok", "own", "refused", "unknown_version", "malformed")
 
 
 class Metrics:
@@ -69,6 +71,16 @@ class Metrics:
             ["peer"], registry=r)
         self.queue_depth = Gauge(
             "logwarden_queue_depth", "Items waiting in a pipeline queue.", ["queue"], registry=r)
+        self.bus_published = Counter(
+            "logwarden_bus_published", "Triggers for the bus, by outcome: ok (published), "
+            "bus_unavailable (the bus was down: direct fan-out if peers are configured), "
+            "dropped (publish queue full).", ["outcome"], registry=r)
+        self.bus_received = Counter(
+            "logwarden_bus_received", "Bus messages received, by outcome: ok (local refresh "
+            "queued), own (this node's), refused (not replayable here), unknown_version, "
+            "malformed.", ["outcome"], registry=r)
+        self.bus_connected = Gauge(
+            "logwarden_bus_connected", "1 while subscribed to the bus, else 0.", registry=r)
         self.file_rotations = Counter(
             "logwarden_file_rotations", "Tailed files that left their path (renamed or deleted).",
             registry=r)
