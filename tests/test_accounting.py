@@ -10,6 +10,7 @@ from pathlib import Path
 from lab.accounting import equations, samples_of, violations
 from logwarden.config import load_config
 from logwarden.daemon import Daemon
+from tests.agents import start_daemon
 from tests.peers import RecordingPeer, silent_url
 
 FMT = '$msec $host "$request" $status $upstream_cache_status "$http_user_agent"'
@@ -47,11 +48,7 @@ def test_accounting_equations_hold_on_a_mix(tmp_path: Path) -> None:
                 "timeout": 0.2, "retries": 0, "breaker_failures": 2, "queue_size": 3,
                 "shutdown_timeout": 0.5,
             }, None, {})
-            daemon = Daemon(config)
-            task = asyncio.create_task(daemon.run())
-            async with asyncio.timeout(5):
-                while daemon.health()["status"] != "ok":
-                    await asyncio.sleep(0.01)
+            daemon, task = await start_daemon(config)
             with open(log, "ab") as fh:
                 fh.write(MIX)
             value = daemon.metrics.registry.get_sample_value

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from logwarden.config import load_config
 from logwarden.daemon import Daemon
+from tests.agents import start_daemon
 from tests.peers import RecordingPeer
 
 FMT = '$host "$request" $status $upstream_cache_status "$http_user_agent"'
@@ -35,11 +36,7 @@ def test_pipeline_counts_every_line(tmp_path: Path) -> None:
             "peer": ("http://127.0.0.1:1", peer.url), "metrics_listen": "127.0.0.1:0",
             "poll_interval": 0.05, "positions": str(tmp_path / "positions.json"),
         }, None, {})
-        daemon = Daemon(config)
-        task = asyncio.create_task(daemon.run())
-        async with asyncio.timeout(5):
-            while daemon.health()["status"] != "ok":
-                await asyncio.sleep(0.01)
+        daemon, task = await start_daemon(config)
         with open(log, "ab") as fh:
             fh.write(line("/a?x=1") + line("/a?x=1", "EXPIRED")  # second one: deduplicated
                      + line("/hit", "HIT") + b"garbage\n"
