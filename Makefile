@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
+SOAK_SECONDS ?= 600
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps test lint demo bench bench-quick bench-deps clean
+.PHONY: help install system-deps test lint demo bench bench-quick bench-deps soak soak-quick clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +44,12 @@ bench: bench-deps ## Every benchmark beside its reference (mtail, aiohttp, wrk),
 
 bench-quick: bench-deps ## The same at reduced sizes, under 2 minutes
 	$(PY) -m bench --quick
+
+soak: system-deps install ## 3 NGINX nodes + agents under load and faults for SOAK_SECONDS (600); one-screen report
+	$(PY) -m lab.soak --seconds $(SOAK_SECONDS)
+
+soak-quick: system-deps install ## The soak's checks in ~90 s, intervals scaled down
+	$(PY) -m lab.soak --quick
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
