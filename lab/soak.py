@@ -188,6 +188,7 @@ class AgentSeries:
     rss: list[tuple[float, float]] = field(default_factory=list)  # MiB
     fds: list[tuple[float, int]] = field(default_factory=list)
     rate_dropped: list[tuple[float, float]] = field(default_factory=list)  # wall time
+    queued: list[tuple[float, float]] = field(default_factory=list)  # refreshes waiting
     died_at: float | None = None
     scrape_errors: int = 0
 
@@ -392,8 +393,11 @@ class Soak:
             s.rss.append((now, rss))
             s.fds.append((now, fds))
             try:
-                s.rate_dropped.append((time.time(), agent.value(
-                    "logwarden_storm_dropped_total", reason="rate")))
+                scrape = agent.samples()
+                s.rate_dropped.append((time.time(), scrape.get(
+                    ("logwarden_storm_dropped_total", (("reason", "rate"),)), 0.0)))
+                s.queued.append((now, scrape.get(
+                    ("logwarden_queue_depth", (("queue", "refreshes"),)), 0.0)))
             except OSError:
                 s.scrape_errors += 1
 
@@ -646,7 +650,7 @@ def report(soak: Soak, totals: list[Totals], codes: list[int | None],
                 checks.append((False, f"{name}: {metric} = {got:.0f}, {want} injected"))
     out.append("")
     out.append(f"{'agent':5} {'RSS MiB: Q1':>11} {'Q2':>6} {'Q4':>6} {'max':>6} "
-               f"{'slope 2nd half':>15}   {'fds: max Q1-Q3':>14} {'max Q4':>6}")
+               f"{'slope 2nd half':>15}   {'fds: max Q1-Q3':>14} {'max Q4':>6} {'queue max':>9}")
     for name in soak.names:
         sr = soak.series[name]
         rss = sr.rss
@@ -656,7 +660,7 @@ def report(soak: Soak, totals: list[Totals], codes: list[int | None],
         fd2 = max((v for t, v in sr.fds if t >= q4[0]), default=0)
         out.append(f"{name:5} {m1:11.1f} {m2:6.1f} {m4:6.1f} "
                    f"{max((v for _, v in rss), default=0):6.1f} {slope:+11.2f}/min   "
-                   f"{fd1:14d} {fd2:6d}")
+                   f"{fd1:14d} {fd2:6d} {max((v for _, v in sr.queued), default=0):9.0f}")
         checks.append((m4 <= m2 * RSS_FACTOR + RSS_SLACK_MIB,
                        f"{name}: RSS stable: last-quarter mean {m4:.1f} ≤ second-quarter mean "
                        f"{m2:.1f} x {RSS_FACTOR} + {RSS_SLACK_MIB:.0f} MiB"))
