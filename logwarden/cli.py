@@ -72,3 +72,21 @@ def check(config_file: str | None, **flags: Any) -> None:
     static = ", ".join(config.targets) or "no static peer"
     dynamic = " + --peers-file/--peers-dns" if config.peers_file or config.peers_dns else ""
     click.echo(f"# refreshes go to: {static}{dynamic}", err=True)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line: each refresh, then {\"summary\": …}.")
+@_settings_options
+def replay(file: str, as_json: bool, config_file: str | None, **flags: Any) -> None:
+    """Read FILE once and print the refresh each triggering line would send, then a summary
+    (lines, malformed, triggers by status, refreshes after dedup). Sends nothing; no peer or
+    --access-log needed (with --nginx-conf, --access-log picks the format)."""
+    config = _load(config_file, flags, offline=True)
+    from logwarden.replay import replay_file
+
+    try:
+        replay_file(config, file, click.echo, as_json=as_json)
+    except OSError as exc:
+        _fail(f"{file}: cannot be read: {exc.strerror}")

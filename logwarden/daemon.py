@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import time
-from collections import Counter
 
 from logwarden.bus import Bus
 from logwarden.config import Config, parse_listen
@@ -25,11 +24,12 @@ from logwarden.dispatcher import Dispatcher, DispatchSettings
 from logwarden.logformat import LogFormat
 from logwarden.metrics import Metrics, MetricsServer
 from logwarden.positions import Positions
+from logwarden.process import Processor, triggers_for
 from logwarden.sources import Batch, LineQueue, Source
 from logwarden.sources.file import FileSource
 from logwarden.sources.syslog import SyslogSource
 from logwarden.storm import StormControl
-from logwarden.triggers import OWN_AGENT_MARK, Refresh, Triggers
+from logwarden.triggers import Refresh
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,7 @@ class Daemon:
         self.config = config
         self.metrics = Metrics()
         self.parser: LogFormat = config.log_format_parser()
-        self.triggers = Triggers(config.statuses, dedup_window=config.dedup_window,
-                                 max_keys=config.dedup_max_urls,
-                                 default_host=config.default_host, max_age=config.max_line_age)
+        self.triggers = triggers_for(config)
         self.positions = Positions(config.positions_path)
         self.lines: LineQueue = asyncio.Queue(LINES_QUEUE_BATCHES)
         self.stopping = asyncio.Event()
@@ -211,32 +209,15 @@ class Daemon:
         return 0
 
     async def _process(self, dispatcher: Dispatcher) -> None:
-        """Parse, decide and dedup each line: pure steps, done inline on the batch.
-
-        Lines a cheap cache-status test rules out (mostly HITs) skip the full parse and count
-        as ignored (LogFormat.skipper says what that means for malformed lines)."""
-        parse, triggers, m = self.parser.parse, self.triggers, self.metrics
-        sift = self.parser.sifter(triggers.statuses, keep_agent=OWN_AGENT_MARK)
+        """Parse, decide and dedup each batch inline (logwarden.process, shared with
+        ``replay``), then hand the refreshes on."""
+        processor, m = Processor(self.parser, self.triggers), self.metrics
         depth = m.queue_depth.labels("lines")
         while (batch := await self.lines.get()) is not None:
             depth.set(self.lines.qsize())
             debug = log.isEnabledFor(logging.DEBUG)
-            candidates = sift(batch)
-            tally = _Tally(skipped=len(batch) - len(candidates))
-            for line in candidates:
-                record = parse(line)
-                if record is None:
-                    tally.malformed += 1
-                    continue
-                reason = triggers.after_purges(record, triggers.skip_reason(record))
-                if reason is not None:
-                    tally.ignored[reason] += 1
-                    continue
-                refresh = triggers.refresh_for(record)
-                tally.triggers[refresh.cache_status] += 1
-                if not triggers.first_in_window(refresh):
-                    tally.deduplicated += 1
-                    continue
+            refreshes, tally = processor.batch(batch)
+            for refresh in refreshes:
                 if debug:  # every decision, so an operator can see why a URL was refreshed
                     log.debug("%s %s://%s%s", refresh.cache_status, refresh.scheme, refresh.host,
                               refresh.target.decode("latin-1"))
@@ -276,28 +257,6 @@ class Daemon:
         log.info("%s received: finishing queued refreshes (up to %ss)", sig.name,
                  self.config.shutdown_timeout)
         self.stopping.set()
-
-
-class _Tally:
-    """One batch's outcomes, added to the metrics once per batch: a labelled inc() costs
-    more than deciding a line (bench/README.md)."""
-
-    def __init__(self, skipped: int) -> None:
-        self.skipped = skipped
-        self.malformed = self.deduplicated = 0
-        self.ignored: Counter[str] = Counter()
-        self.triggers: Counter[str] = Counter()
-
-    def add_to(self, m: Metrics) -> None:
-        self.ignored["cache_status"] += self.skipped
-        for reason, n in self.ignored.items():
-            m.records_ignored.labels(reason).inc(n)
-        for status, n in self.triggers.items():
-            m.triggers.labels(status).inc(n)
-        if self.malformed:
-            m.lines_malformed.inc(self.malformed)
-        if self.deduplicated:
-            m.triggers_deduplicated.inc(self.deduplicated)
 
 
 def run(config: Config) -> int:

@@ -1,0 +1,146 @@
+"""``logwarden replay FILE``: read an access log once and show what the agent would send.
+
+No network: this is how an operator tries a format, the statuses and the filters on a real
+log before turning logwarden on. Lines are decided by the daemon's own path
+(:class:`logwarden.process.Processor`); what the dispatcher would still turn away (a target
+or host that cannot be replayed exactly, storm control) is applied in the same order as
+``Dispatcher.submit``. Time is the log's own (``$msec``, ``$time_local``…): the dedup window
+and the token bucket span it, and ``--max-line-age`` is off, since every line is history.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from logwarden.config import Config
+from logwarden.dispatcher import host_ok, request_target_ok
+from logwarden.process import LineClock, Processor, Tally, triggers_for
+from logwarden.storm import StormControl
+from logwarden.triggers import Refresh
+
+BATCH_LINES = 4096
+"""Lines decided at once: the batch size the daemon sees under load, bounded memory."""
+
+
+class Replay:
+    """Decides the lines of one log like the agent would; ``summary()`` when done."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.clock = LineClock()
+        self.parser = config.log_format_parser()
+        self.processor = Processor(self.parser, triggers_for(config, self.clock), self.clock)
+        self.storm = StormControl(rate=config.max_refresh_rate, burst=config.max_refresh_burst,
+                                  max_target_bytes=config.max_target_bytes, only=config.only,
+                                  skip=config.skip, clock=self.clock)
+        self.tally = Tally(skipped=0)
+        self.lines = self.too_long = self.refreshes = 0
+        self.not_sent: Counter[str] = Counter()
+
+    def run(self, lines: Iterable[bytes]) -> Iterator[Refresh]:
+        """The refreshes that would be sent, in log order."""
+        for batch in _batches(lines, BATCH_LINES):
+            self.lines += len(batch)
+            kept = [line for line in batch if len(line) <= self.config.max_line_bytes]
+            self.too_long += len(batch) - len(kept)
+            refreshes, tally = self.processor.batch(kept)
+            self.tally.add(tally)
+            for refresh in refreshes:
+                reason = self._refusal(refresh)
+                if reason:
+                    self.not_sent[reason] += 1
+                    continue
+                self.refreshes += 1
+                yield refresh
+
+    def _refusal(self, refresh: Refresh) -> str | None:
+        static_only = not (self.config.peers_file or self.config.peers_dns)
+        if self.config.targets and static_only and not self._peers(refresh):
+            return "no_listener"
+        if not (request_target_ok(refresh.target) and host_ok(refresh.host)):
+            return "refused"
+        if refresh.logged_at is not None:  # the batch is decided: the clock is at its end
+            self.clock.now = refresh.logged_at
+        return self.storm.refusal(refresh)
+
+    def describe(self, refresh: Refresh) -> dict[str, Any]:
+        cfg = self.config
+        methods = [cfg.refresh_method]
+        if cfg.mode == "purge":
+            methods = [cfg.purge_method] + ([cfg.refresh_method] if cfg.purge_then_refresh
+                                            else [])
+        target = refresh.target.decode("latin-1")
+        return {
+            "cache_status": refresh.cache_status, "methods": methods,
+            "url": f"{refresh.scheme}://{refresh.host}{target}", "host": refresh.host,
+            "target": target, "time": refresh.logged_at,
+            "peers": self._peers(refresh),
+        }
+
+    def _peers(self, refresh: Refresh) -> list[str]:
+        return [p for p in self.config.targets if p.startswith(refresh.scheme + "://")]
+
+    def summary(self) -> dict[str, Any]:
+        t = self.tally
+        ignored = Counter(t.ignored)
+        ignored["cache_status"] += t.skipped
+        return {
+            "lines": self.lines, "too_long": self.too_long, "malformed": t.malformed,
+            "ignored": dict(ignored), "triggers": dict(t.triggers),
+            "deduplicated": t.deduplicated, "not_sent": dict(self.not_sent),
+            "refreshes": self.refreshes, "line_time": self._has_time(),
+        }
+
+    def _has_time(self) -> bool:
+        return bool({"msec", "time_local", "time_iso8601"} & set(self.parser.variables))
+
+
+def replay_file(config: Config, path: str, emit: Callable[[str], None], *,
+                as_json: bool = False) -> dict[str, Any]:
+    """Print each refresh of ``path``, then the summary; returns the summary."""
+    replay = Replay(config)
+    with open(path, "rb") as fh:
+        for refresh in replay.run(fh):
+            shown = replay.describe(refresh)
+            emit(json.dumps(shown) if as_json else _text(shown))
+    summary = replay.summary()
+    emit(json.dumps({"summary": summary}) if as_json else _summary_text(summary))
+    return summary
+
+
+def _batches(lines: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _text(shown: dict[str, Any]) -> str:
+    peers = ", ".join(shown["peers"]) or "the peers"
+    return (f"{shown['cache_status']:<8} {'+'.join(shown['methods'])} {shown['url']} "
+            f"-> {peers}")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+def _summary_text(s: dict[str, Any]) -> str:
+    lines = [
+        f"lines {s['lines']} (malformed {s['malformed']}, too long {s['too_long']})",
+        f"ignored: {_counts(s['ignored'])}",
+        f"triggers {sum(s['triggers'].values())}: {_counts(s['triggers'])}",
+        f"refreshes after dedup {s['refreshes']} (deduplicated {s['deduplicated']}; "
+        f"not sent: {_counts(s['not_sent'])})",
+    ]
+    if not s["line_time"]:
+        lines.append("note: the format has no $msec/$time_local/$time_iso8601: the dedup "
+                     "window and the rate limit took the whole file as one instant")
+    return "\n".join(lines)

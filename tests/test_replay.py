@@ -1,0 +1,129 @@
+"""``logwarden replay``: what it prints is what the live agent decides on the same lines."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lab import wait_until
+from lab.agent import Agent
+from logwarden.config import load_config
+from logwarden.replay import Replay
+from tests.agents import LOG_FORMAT
+
+# The agent logs each decision before storm control; the token bucket is tested below. Its
+# dedup window runs on arrival time, replay's on the lines' time (equal for lines read live,
+# not for a file read at once): a window longer than both makes them comparable here.
+NO_RATE = ["--max-refresh-rate", "0", "--dedup-window", "3600"]
+STATUSES = ["HIT"] * 6 + ["MISS", "EXPIRED", "STALE", "UPDATING", "BYPASS", "REVALIDATED", "-"]
+
+
+def generated_log(path: Path, lines: int, start: float, seed: int = 7) -> None:
+    """Lines of the example format: repeated URLs, every status, own refreshes, POSTs, origin
+    errors, https, garbage; one line per millisecond from ``start``."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(lines):
+        if rnd.random() < 0.02:
+            out.append(b"not a log line at all\n")
+            continue
+        status = rnd.choice(STATUSES)
+        method = rnd.choice(["GET"] * 8 + ["HEAD", "POST"])
+        upstream = rnd.choice(["200"] * 6 + ["-", "502", "304"])
+        agent = rnd.choice(["curl/7.88.1"] * 9 + ["logwarden/0.1"])
+        scheme, port = rnd.choice([("http", "80")] * 3 + [("https", "443")])
+        target = f"/p/{rnd.randrange(40)}?v={rnd.randrange(3)}"
+        out.append(("\t".join([f"{start + i / 1000:.3f}", scheme, "www.example.com", port,
+                               method, target, "200", status, upstream, "0.001", "-", agent])
+                    + "\n").encode())
+    path.write_bytes(b"".join(out))
+
+
+def test_replay_decides_like_the_live_agent(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    generated_log(log, 3000, start=time.time())
+    agent = Agent(log, LOG_FORMAT, "http://127.0.0.11:80", ["http://127.0.0.12:80"],
+                  extra=["--from-start", "--dry-run", "--log-level", "debug", *NO_RATE],
+                  stderr=tmp_path / "agent.log").start()
+    try:
+        wait_until(lambda: agent.value("logwarden_lines_total") == 3000, timeout=15,
+                   what="the agent to read every line")
+        live = {
+            "triggers": {lbl[0][1]: v for (name, lbl), v in agent.samples().items()
+                         if name == "logwarden_triggers_total"},
+            "deduplicated": agent.value("logwarden_triggers_deduplicated_total"),
+            "malformed": agent.value("logwarden_lines_malformed_total"),
+        }
+    finally:
+        assert agent.stop() == 0
+    decided = re.findall(r"DEBUG logwarden\.daemon: (\w+ \S+)$",
+                         (tmp_path / "agent.log").read_text(), re.M)
+
+    out = subprocess.run(
+        [sys.executable, "-m", "logwarden", "replay", str(log), "--json", "--log-format",
+         LOG_FORMAT, "--peer", "http://127.0.0.12:80", "--peer", "https://127.0.0.12:443",
+         *NO_RATE],
+        capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    *refreshes, last = [json.loads(line) for line in out.stdout.splitlines()]
+    summary = last["summary"]
+    assert [f"{r['cache_status']} {r['url']}" for r in refreshes] == decided
+    assert len(decided) > 100  # the log is a real test: many triggers, many repeats
+    assert summary["triggers"] == {k: v for k, v in live["triggers"].items() if v}
+    assert summary["deduplicated"] == live["deduplicated"] > 100
+    assert summary["malformed"] == live["malformed"] > 0
+    assert summary["lines"] == 3000 and summary["refreshes"] == len(refreshes)
+    assert {r["methods"][0] for r in refreshes} == {"HEAD"}
+    assert all(r["peers"] == [r["url"].split("/")[0] + "//127.0.0.12:"
+                              + ("80" if r["url"].startswith("http:") else "443")]
+               for r in refreshes)
+
+
+def test_dedup_and_rate_follow_the_logs_own_time(tmp_path: Path) -> None:
+    """An hour of log read in milliseconds: the window and the bucket span log time."""
+    log = tmp_path / "a.log"
+    lines = []
+    for i in range(10):  # one MISS of the same URL every 0.5 s: a 1 s window keeps every 2nd
+        lines.append(f"{1795334000 + i * 0.5:.3f}\thttp\th\t80\tGET\t/same\t200\tMISS\t200\t"
+                     "0.001\t-\tcurl\n")
+    log.write_text("".join(lines))
+    config = load_config({"log_format": LOG_FORMAT}, offline=True)
+    replay = Replay(config)
+    with log.open("rb") as fh:
+        assert len(list(replay.run(fh))) == 5
+    assert replay.summary()["deduplicated"] == 5
+    rated = load_config({"log_format": LOG_FORMAT, "dedup_window": 0.0, "max_refresh_rate": 1.0,
+                         "max_refresh_burst": 1}, offline=True)
+    replay = Replay(rated)
+    with log.open("rb") as fh:
+        assert len(list(replay.run(fh))) == 5  # one token per second of log
+    assert replay.summary()["not_sent"] == {"rate": 5}
+
+
+def test_replay_text_output_and_errors(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    log.write_text("1795334000.000\thttp\twww.example.com\t80\tGET\t/x\t200\tMISS\t200\t0.001\t-"
+                   "\tcurl\n1795334000.000\thttp\twww.example.com\t80\tGET\t/x\t200\tHIT\t-\t"
+                   "0.001\t-\tcurl\n")
+    run = [sys.executable, "-m", "logwarden", "replay"]
+    out = subprocess.run([*run, str(log), "--log-format", LOG_FORMAT, "--mode", "purge",
+                          "--purge-then-refresh"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "MISS     PURGE+HEAD http://www.example.com/x -> the peers",
+        "lines 2 (malformed 0, too long 0)",
+        "ignored: cache_status 1",
+        "triggers 1: MISS 1",
+        "refreshes after dedup 1 (deduplicated 0; not sent: none)"]
+    missing = subprocess.run([*run, str(tmp_path / "nope.log"), "--log-format", LOG_FORMAT],
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2
+    assert missing.stderr == "logwarden: error: " + str(tmp_path / "nope.log") \
+        + ": cannot be read: No such file or directory\n"
+    no_format = subprocess.run([*run, str(log)], capture_output=True, text=True, timeout=30)
+    assert no_format.returncode == 2 and "log_format" in no_format.stderr
