@@ -4,7 +4,8 @@
 
 KIND: ``logwarden`` (the real Dispatcher, storm control off: it measures sending capacity),
 ``aiohttp`` (a minimal loop, the reference), ``httpx`` (AsyncClient, what logwarden used before)
-and ``httpx-aiohttp`` (httpx's API over an aiohttp transport). Each sends the exactness probes
+``httpx-aiohttp`` (httpx's API over an aiohttp transport) and ``protocol-proto``
+(bench/transport_proto.py, a bare asyncio.Protocol prototype). Each sends the exactness probes
 (``PROBES``, under ``/PREFIX``) first, then COUNT distinct HEAD requests, and prints requests/s.
 """
 
@@ -76,6 +77,12 @@ async def via_httpx_aiohttp(url: str, targets: list[bytes], concurrency: int) ->
     await via_httpx(url, targets, concurrency, transport)
 
 
+async def via_protocol(url: str, targets: list[bytes], concurrency: int) -> None:
+    from bench.transport_proto import send_all
+
+    await send_all(url, targets, concurrency, HOST)
+
+
 async def _workers(send: Callable[[bytes], Awaitable[None]], targets: list[bytes],
                    concurrency: int) -> None:
     todo = iter(targets)
@@ -88,7 +95,8 @@ async def _workers(send: Callable[[bytes], Awaitable[None]], targets: list[bytes
 
 
 SENDERS: dict[str, Sender] = {"logwarden": via_logwarden, "aiohttp": via_aiohttp,
-                              "httpx": via_httpx, "httpx-aiohttp": via_httpx_aiohttp}
+                              "httpx": via_httpx, "httpx-aiohttp": via_httpx_aiohttp,
+                              "protocol-proto": via_protocol}
 
 
 async def measure(kind: str, url: str, count: int, concurrency: int, prefix: str) -> float:

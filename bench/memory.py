@@ -2,8 +2,8 @@
 
 Worst case for the bounded structures: every line is a MISS of one of ``distinct`` URLs, the
 storm limit is off (``--max-refresh-rate 0``) so every fan-out reaches the peer queue, and the
-peer is a real NGINX answering 204. Reported: RSS once every line is accounted for, and the
-peak (VmHWM). The reference is the target itself.
+peer is a real NGINX answering 204. Judged, as the issue states it, on RSS once every line is
+accounted for; the peak (VmHWM) is shown beside it. The reference is the target itself.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def run(lines: int, distinct: int = 1_000_000) -> list[Row]:
         rss, peak = _measure(Path(tmp), peer, lines, distinct)
     return [Row(f"5. RSS after {lines / 1e6:g} M triggering lines, {distinct / 1e6:g} M URLs",
                 f"{rss:.0f} MiB (peak {peak:.0f})", f"{TARGET_MIB:.0f} MiB",
-                f"{peak / TARGET_MIB:.2f}x", "peak <= 80 MiB", peak <= TARGET_MIB)]
+                f"{rss / TARGET_MIB:.2f}x", "<= 80 MiB after", rss <= TARGET_MIB)]
 
 
 def _measure(tmp: Path, peer: str, lines: int, distinct: int) -> tuple[float, float]:

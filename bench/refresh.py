@@ -48,7 +48,7 @@ def run(count: int) -> tuple[list[Row], dict[str, tuple[float, bool]]]:
     with tempfile.TemporaryDirectory(prefix="logwarden-bench-") as tmp, nginx(Path(tmp)) as url:
         results = {kind: _client(kind, url, n) for kind, n in (
             ("logwarden", count), ("aiohttp", count), ("httpx", max(count // 10, 300)),
-            ("httpx-aiohttp", count))}
+            ("httpx-aiohttp", count), ("protocol-proto", count))}
         ceiling = _wrk(url)
         logged = (Path(tmp) / "access.log").read_bytes()
     exact = {kind: _exact(logged, kind) for kind in results}

@@ -3,7 +3,9 @@
 Every path (the request target without its query) has a version counter that starts at 1 and
 moves only when the test calls :meth:`Origin.bump`, so a response body tells which copy a cache
 node holds. ``?ma=N`` sets ``Cache-Control: max-age=N`` (default 60). GET and HEAD are answered;
-HEAD sends the same headers without a body.
+HEAD sends the same headers without a body. :meth:`Origin.put` serves a fixed document at a path
+(a sitemap), and :meth:`Origin.fail` makes every request fail until :meth:`Origin.heal`: with an
+HTTP status, or by closing the connection without an answer (NGINX's ``error``).
 
 The server runs on its own thread; :meth:`Origin.stop` shuts the listener, cuts the kept-alive
 connections NGINX holds open, and joins every handler thread, so nothing outlives it.
@@ -15,6 +17,7 @@ import contextlib
 import http.server
 import socket
 import socketserver
+import sys
 import threading
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -22,6 +25,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 DEFAULT_MAX_AGE = 60
+CLOSE = "close"
+"""``Origin.fail(CLOSE)``: close each connection without answering (NGINX logs 502, ``error``)."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +69,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         target = self.requestline.split()[1]
         origin = self.server.origin
         origin._record(OriginRequest(self.command, target, dict(self.headers.items())))
-        version = origin.version(target.split("?", 1)[0])
-        body = f"version={version} path={target}\n".encode("latin-1")
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
+        failure = origin.failure
+        if isinstance(failure, str):  # CLOSE
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        path = target.split("?", 1)[0]
+        version = origin.version(path)
+        body, content_type = origin.document(path) or (
+            f"version={version} path={target}\n".encode("latin-1"), "text/plain")
+        self.send_response(failure or 200)
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", f"max-age={_max_age(target)}")
         self.send_header("X-Version", str(version))
@@ -105,6 +117,11 @@ class _Server(http.server.ThreadingHTTPServer):
             self._open.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection NGINX reset (after ``fail(CLOSE)``, or at stop) is not a test error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     def cut_connections(self) -> None:
         """Wake handler threads blocked reading the next request on a kept-alive connection."""
         with self._open_lock:
@@ -120,7 +137,9 @@ class Origin:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._versions: dict[str, int] = {}
+        self._documents: dict[str, tuple[bytes, str]] = {}
         self._requests: list[OriginRequest] = []
+        self.failure: int | str | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -188,6 +207,24 @@ class Origin:
         with self._lock:
             self._versions[path] = self._versions.get(path, 1) + 1
             return self._versions[path]
+
+    def put(self, path: str, body: bytes, content_type: str = "application/xml") -> None:
+        """Serve ``body`` at ``path`` (any query) instead of the versioned text."""
+        with self._lock:
+            self._documents[path] = (body, content_type)
+
+    def document(self, path: str) -> tuple[bytes, str] | None:
+        with self._lock:
+            return self._documents.get(path)
+
+    def fail(self, failure: int | str) -> None:
+        """Answer every request with status ``failure`` (e.g. 500), or :data:`CLOSE` them."""
+        if failure != CLOSE and not (isinstance(failure, int) and 400 <= failure <= 599):
+            raise ValueError(f"failure must be an HTTP error status or {CLOSE!r}: {failure!r}")
+        self.failure = failure
+
+    def heal(self) -> None:
+        self.failure = None
 
     @property
     def requests(self) -> list[OriginRequest]:

@@ -31,9 +31,10 @@ def _settings_options(func: F) -> F:
                         help="TOML file with settings (keys as the flags, '-' as '_').")(func)
 
 
-def _load(config_file: str | None, flags: dict[str, Any], *, offline: bool = False) -> Config:
+def _load(config_file: str | None, flags: dict[str, Any], *, offline: bool = False,
+          warm: bool = False) -> Config:
     try:
-        return load_config(flags, config_file, offline=offline, stdin=sys.stdin.read)
+        return load_config(flags, config_file, offline=offline, warm=warm, stdin=sys.stdin.read)
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -72,6 +73,25 @@ def check(config_file: str | None, **flags: Any) -> None:
     static = ", ".join(config.targets) or "no static peer"
     dynamic = " + --peers-file/--peers-dns" if config.peers_file or config.peers_dns else ""
     click.echo(f"# refreshes go to: {static}{dynamic}", err=True)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("--only-missing", is_flag=True, help="Ask each node with a plain HEAD first and "
+              "refresh only where it does not answer X-Cache-Status: HIT.")
+@_settings_options
+def warm(config_file: str | None, sources: tuple[str, ...], only_missing: bool,
+         **flags: Any) -> None:
+    """Fill every node's cache (this one's too) with the URLs of each SOURCE before clients
+    ask: a file of URLs or paths, '-' for stdin, or a sitemap (index) file or URL. Exit 1
+    when any URL failed on any node."""
+    config = _load(config_file, flags, warm=True)
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from logwarden.warm import warm as run_warm
+
+    sys.exit(run_warm(config, sources, only_missing=only_missing, out=sys.stdout,
+                      err=sys.stderr))
 
 
 @main.command()

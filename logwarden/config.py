@@ -268,12 +268,14 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     *,
     offline: bool = False,
+    warm: bool = False,
     stdin: Callable[[], str] | None = None,
 ) -> Config:
     """Merge the layers (defaults < file < env < flags) and validate the result.
 
-    ``offline`` (``replay``): no source and no peer are needed. ``stdin`` gives the text of
-    ``--nginx-conf -``."""
+    ``offline`` (``replay``): no source and no peer are needed. ``warm``: no source and no log
+    format are needed, and ``--self`` is a node like the peers (it is warmed too). ``stdin``
+    gives the text of ``--nginx-conf -``."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
     if config_file:
@@ -282,7 +284,7 @@ def load_config(
     values.update({k: v for k, v in flags.items() if v is not None and v != ()})
     if values["nginx_conf"]:
         values.update(_from_nginx_conf(values, stdin))
-    return _validate(values, offline)
+    return _validate(values, offline, warm)
 
 
 def _from_nginx_conf(v: dict[str, Any], stdin: Callable[[], str] | None) -> dict[str, Any]:
@@ -366,16 +368,35 @@ def _coerce_bool(key: str, raw: Any, text: bool) -> bool:
     raise ConfigError(key, raw, "must be true or false")
 
 
-def _validate(v: dict[str, Any], offline: bool = False) -> Config:
+def _validate(v: dict[str, Any], offline: bool = False, warm: bool = False) -> Config:
     for name, check in _CHECKS.items():
         check(name, v[name])
     for s in SETTINGS:
         if s.choices and v[s.name] not in s.choices:
             raise ConfigError(s.name, v[s.name], f"must be one of {', '.join(s.choices)}")
     v["statuses"] = _normalise_statuses(v["statuses"])
-    if not v["access_log"] and not v["syslog"] and not offline:
+    if not v["access_log"] and not v["syslog"] and not (offline or warm):
         raise ConfigError("access_log", "",
                           "is required: the access log file to tail (or a syslog listener)")
+    if v["log_format"] or not warm:
+        _check_format(v)
+    if v["refresh_header_file"]:
+        v["refresh_header"] = _read_header_file("refresh_header_file", v["refresh_header_file"])
+    if v["refresh_from_self"] and not v["self"]:
+        raise ConfigError("refresh_from_self", True, "needs self: the address peers fetch from")
+    config = Config(**v)
+    if warm and not (config.peer or config.self or config.peers_file or config.peers_dns):
+        raise ConfigError("peer", "", "is required: the nodes to warm")
+    if not (offline or warm) and not (config.targets or config.peers_file or config.peers_dns
+                                      or config.bus):
+        raise ConfigError("peer", ",".join(v["peer"]), "names no peer other than self "
+                          "(and there is no --peers-file, --peers-dns or --bus)")
+    return config
+
+
+def _check_format(v: dict[str, Any]) -> None:
+    """The format must parse and carry what the other settings rely on (``warm`` reads no
+    log, so it checks a format only when one is given, e.g. in the shared TOML file)."""
     if not v["log_format"]:
         raise ConfigError("log_format", "", "is required: the log_format string from nginx.conf")
     fmt = _compile_format(v["log_format"], v["log_format_escape"])
@@ -392,15 +413,6 @@ def _validate(v: dict[str, Any], offline: bool = False) -> Config:
         raise ConfigError("mode", "purge", "needs $http_user_agent and the method ($request or "
                           "$request_method) in the format: the refill after logwarden's own "
                           "PURGE is told apart by them, else nodes purge each other in a loop")
-    if v["refresh_header_file"]:
-        v["refresh_header"] = _read_header_file("refresh_header_file", v["refresh_header_file"])
-    if v["refresh_from_self"] and not v["self"]:
-        raise ConfigError("refresh_from_self", True, "needs self: the address peers fetch from")
-    config = Config(**v)
-    if not offline and not (config.targets or config.peers_file or config.peers_dns or config.bus):
-        raise ConfigError("peer", ",".join(v["peer"]), "names no peer other than self "
-                          "(and there is no --peers-file, --peers-dns or --bus)")
-    return config
 
 
 def _compile_format(fmt: str, escape: str) -> LogFormat:

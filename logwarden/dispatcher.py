@@ -26,14 +26,18 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from prometheus_client import Histogram
 
 from logwarden.metrics import REFRESH_OUTCOMES, STORM_REASONS, Metrics
-from logwarden.peerhttp import ConnectError, PeerClient, PeerError, TLSError
+from logwarden.peerhttp import Answer, ConnectError, PeerClient, PeerError, TLSError
 from logwarden.storm import StormControl
 from logwarden.triggers import USER_AGENT, Refresh
+
+if TYPE_CHECKING:  # config imports discovery, bus...: keep the dispatcher free of them
+    from logwarden.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +69,25 @@ class DispatchSettings:
     queue_size: int = 10000
     peer_ca: str | None = None
     insecure_tls: bool = False
+    only_missing: bool = False
+    """``warm --only-missing``: a plain HEAD first; see :func:`_probe_outcome`."""
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> DispatchSettings:
+        """What the dispatcher takes from the config (``run`` and ``warm`` alike)."""
+        return cls(
+            method=cfg.refresh_method, header=cfg.refresh_header_pair,
+            purge_method=cfg.purge_method if cfg.mode == "purge" else None,
+            purge_then_refresh=cfg.purge_then_refresh, timeout=cfg.timeout,
+            retries=cfg.retries, retry_backoff=cfg.retry_backoff,
+            breaker_failures=cfg.breaker_failures, breaker_cooldown=cfg.breaker_cooldown,
+            concurrency=cfg.concurrency, peer_concurrency=cfg.peer_concurrency,
+            queue_size=cfg.queue_size, peer_ca=cfg.peer_ca, insecure_tls=cfg.insecure_peer_tls)
 
 
 _PRINTABLE = bytes(range(0x21, 0x7F))
+_STORED_BY_HEAD = frozenset({b"MISS", b"EXPIRED", b"REVALIDATED"})
+_REFRESH = "refresh"
 
 
 def request_target_ok(target: bytes) -> bool:
@@ -155,6 +175,19 @@ class FanOut:
 _Item = tuple[Refresh, FanOut | None]
 
 
+def _probe_outcome(answer: Answer) -> str:
+    """What a plain HEAD says about a URL on a node (``X-Cache-Status``, examples/nginx.conf):
+    ``hit``: cached already; ``ok``: that HEAD stored it (NGINX fetches and stores the whole
+    object for a HEAD it cannot answer from the cache); else a refresh is needed (also when
+    the node does not say)."""
+    cache = answer.header(b"x-cache-status")
+    if answer.status >= 400 or cache is None:
+        return _REFRESH
+    if cache == b"HIT":
+        return "hit"
+    return "ok" if cache in _STORED_BY_HEAD else _REFRESH
+
+
 def _outcome(status: int, purge: bool) -> str:
     if not purge:
         return "ok" if status < 400 else "http_error"
@@ -180,6 +213,7 @@ class Peer:
             parts.hostname or "", parts.port or (443 if self.scheme == "https" else 80),
             tls if self.scheme == "https" else None, settings.peer_concurrency)
         self.headers = [settings.header, ("User-Agent", USER_AGENT)]
+        self._probe_headers = [("User-Agent", USER_AGENT)]
         self.workers: list[asyncio.Task[None]] = []
         self.failing = False
         self._pending: set[tuple[str, str, bytes]] = set()
@@ -239,6 +273,10 @@ class Peer:
     async def deliver(self, refresh: Refresh, slot: asyncio.Semaphore) -> str:
         """Purge and/or refresh ``refresh`` on this peer, with retries; returns the outcome."""
         s = self.settings
+        if s.only_missing:
+            found = await self._with_retries("HEAD", refresh, slot, purge=False, probe=True)
+            if found != _REFRESH:
+                return found
         if s.purge_method is None:
             return await self._with_retries(s.method, refresh, slot, purge=False)
         outcome = await self._with_retries(s.purge_method, refresh, slot, purge=True)
@@ -248,7 +286,7 @@ class Peer:
         return outcome if warm == "ok" else warm
 
     async def _with_retries(self, method: str, refresh: Refresh, slot: asyncio.Semaphore,
-                            *, purge: bool) -> str:
+                            *, purge: bool, probe: bool = False) -> str:
         """Retry connect errors, timeouts and 502/503/504 with exponential backoff and jitter,
         while the breaker stays closed; other answers are final."""
         for attempt in range(self.settings.retries + 1):
@@ -256,8 +294,9 @@ class Peer:
                 self.metrics.refresh_retries.labels(self.url).inc()
                 delay = self.settings.retry_backoff * 2 ** (attempt - 1)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            headers = self._headers(refresh, first=not attempt and not purge)
-            outcome, status = await self._attempt(method, refresh, slot, purge, headers)
+            headers = self._probe_headers if probe else \
+                self._headers(refresh, first=not attempt and not purge)
+            outcome, status = await self._attempt(method, refresh, slot, purge, headers, probe)
             retry = outcome in _TRANSPORT_FAILURES or status in RETRY_STATUSES
             if not retry or self.breaker.is_open:
                 break
@@ -271,15 +310,17 @@ class Peer:
         return self.headers
 
     async def _attempt(self, method: str, refresh: Refresh, slot: asyncio.Semaphore,
-                       purge: bool, headers: list[tuple[str, str]]) -> tuple[str, int | None]:
+                       purge: bool, headers: list[tuple[str, str]],
+                       probe: bool = False) -> tuple[str, int | None]:
         """One request; returns (outcome, status). Never raises for I/O errors."""
         status = None
         async with slot:
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(self.settings.timeout):
-                    status = await self.client.request(
+                    answer = await self.client.fetch(
                         method, refresh.target, refresh.host, headers)
+                    status = answer.status
             except TimeoutError:
                 outcome = "timeout"
             except TLSError as exc:
@@ -294,7 +335,7 @@ class Peer:
                               refresh.target.decode("latin-1"), refresh.host)
                 outcome = "http_error"
             else:
-                outcome = _outcome(status, purge)
+                outcome = _probe_outcome(answer) if probe else _outcome(status, purge)
             self._duration.observe(time.perf_counter() - started)
         log.debug("%s %s%s host=%s -> %s %s", method, self.url, refresh.target.decode("latin-1"),
                   refresh.host, status or "-", outcome)
@@ -329,7 +370,7 @@ class Peer:
 
     def _note(self, outcome: str) -> None:
         """Log when the peer starts and stops failing, not every failed request."""
-        failing = outcome not in ("ok", "not_cached")
+        failing = outcome not in ("ok", "not_cached", "hit")
         if outcome != "skipped" and failing != self.failing:
             self.failing = failing
             if failing:

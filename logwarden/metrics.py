@@ -17,7 +17,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 log = logging.getLogger(__name__)
 
 REFRESH_OUTCOMES = ("ok", "not_cached", "http_error", "timeout", "connect_error", "tls_error",
-                    "skipped", "coalesced", "dropped", "refused")
+                    "skipped", "coalesced", "dropped", "refused", "hit")
+"""``hit``: ``warm --only-missing`` found the node holding the URL already; nothing sent."""
 STORM_REASONS = ("rate", "filtered", "too_long", "no_listener")
 BUS_PUBLISH_OUTCOMES = ("ok", "bus_unavailable", "dropped")
 BUS_RECEIVE_OUTCOMES = ("ok", "own", "refused", "unknown_version", "malformed")

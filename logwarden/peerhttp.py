@@ -11,9 +11,12 @@ Errors, as raised by :meth:`PeerClient.request`::
     PeerError
      ├── ConnectError    no TCP connection (refused, unreachable)
      ├── TLSError        handshake or certificate verification failed
-     └── ProtocolError   the peer closed or broke the connection mid-exchange
+     ├── ProtocolError   the peer closed or broke the connection mid-exchange
+     └── BodyTooLarge    fetch(): the body is over max_body
 
 Timeouts are the caller's (``asyncio.timeout``); a cancelled request closes its connection.
+:meth:`PeerClient.fetch` also returns the headers and up to ``max_body`` bytes of the body
+(``logwarden warm``: X-Cache-Status, sitemaps); :meth:`PeerClient.request` reads and drops it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
+from typing import NamedTuple
 
 import h11
 
@@ -44,6 +48,21 @@ class ProtocolError(PeerError):
     pass
 
 
+class Answer(NamedTuple):
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    """As received, names lower-cased (h11)."""
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower-case), or None."""
+        return next((v for k, v in self.headers if k == name), None)
+
+
+class BodyTooLarge(PeerError):
+    pass
+
+
 class _Connection:
     """One kept-alive connection; ``key`` is the TLS server name ('' for plain http)."""
 
@@ -54,9 +73,9 @@ class _Connection:
         self.writer = writer
         self.h11 = h11.Connection(h11.CLIENT)
 
-    async def exchange(self, request: h11.Request) -> int:
-        """Send ``request`` and read the whole answer; returns its status."""
-        status, received = 0, False
+    async def exchange(self, request: h11.Request, max_body: int = 0) -> Answer:
+        """Send ``request`` and read the whole answer; keeps up to ``max_body`` body bytes."""
+        response, received, body = None, False, bytearray()
         try:
             self.writer.write(self.h11.send(request) + self.h11.send(h11.EndOfMessage()))
             await self.writer.drain()
@@ -67,9 +86,14 @@ class _Connection:
                     received = received or bool(data)
                     self.h11.receive_data(data)
                 elif isinstance(event, h11.Response):
-                    status = event.status_code
+                    response = event
+                elif isinstance(event, h11.Data) and max_body:
+                    body += event.data
+                    if len(body) > max_body:
+                        raise BodyTooLarge(f"body over {max_body} bytes")
                 elif isinstance(event, h11.EndOfMessage):
-                    return status
+                    assert response is not None
+                    return Answer(response.status_code, list(response.headers), bytes(body))
                 elif isinstance(event, h11.ConnectionClosed):
                     raise _Closed(received)
         except h11.RemoteProtocolError as exc:
@@ -103,7 +127,13 @@ class PeerClient:
 
     async def request(self, method: str, target: bytes, host: str,
                       headers: list[tuple[str, str]]) -> int:
-        """Send one request with ``target`` as its exact request target; returns the status.
+        """Send one request with ``target`` as its exact request target; returns the status."""
+        return (await self.fetch(method, target, host, headers)).status
+
+    async def fetch(self, method: str, target: bytes, host: str,
+                    headers: list[tuple[str, str]], *, max_body: int = 0) -> Answer:
+        """Send one request with ``target`` as its exact request target; returns the answer
+        with at most ``max_body`` bytes of body (more raises :class:`BodyTooLarge`).
 
         The Host header (and SNI, over TLS) is ``host``. A kept-alive connection the peer
         closed meanwhile is replaced once, transparently, if it answered nothing.
@@ -114,21 +144,22 @@ class PeerClient:
         conn = self._take_idle(key)
         if conn is not None:
             try:
-                return await self._exchange(conn, request)
+                return await self._exchange(conn, request, max_body)
             except _Closed as exc:
                 if exc.received:
                     raise
                 # a kept-alive connection the peer had closed: try a fresh one
-        return await self._exchange(await self._connect(key), request)
+        return await self._exchange(await self._connect(key), request, max_body)
 
-    async def _exchange(self, conn: _Connection, request: h11.Request) -> int:
+    async def _exchange(self, conn: _Connection, request: h11.Request,
+                        max_body: int) -> Answer:
         try:
-            status = await conn.exchange(request)
+            answer = await conn.exchange(request, max_body)
         except BaseException:
             conn.close()
             raise
         self._release(conn)
-        return status
+        return answer
 
     async def _connect(self, key: str) -> _Connection:
         try:
