@@ -32,6 +32,14 @@ lint: install ## ruff and mypy
 demo: system-deps install ## Start an origin and three NGINX nodes with logwarden beside each; Ctrl-C stops
 	$(PY) -m lab.demo
 
+.PHONY: demo-bus
+demo-bus: system-deps install ## The same over a Redis bus with origin offload, through a Redis crash; Ctrl-C stops
+	$(PY) -m lab.demo_bus
+
+.PHONY: bench-fleet
+bench-fleet: system-deps install ## Requests and origin fetches per change, N = 3 and 10 nodes: direct, offload, bus
+	$(PY) -m bench.fleet
+
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	@touch $@

@@ -89,10 +89,15 @@ def main() -> int:
         except KeyboardInterrupt:
             print()
         finally:
-            codes = [agent.stop() for agent in agents]
-            print(f"stopped: {len(agents)} logwarden agents (exit codes {codes}), "
-                  f"{len(cluster.nodes)} NGINX nodes, the origin")
+            stop_agents(agents, cluster)
     return 0
+
+
+def stop_agents(agents: list[Agent], cluster: Cluster, also: str = "") -> None:
+    """Stop the agents first (they read the nodes' logs), and say what was stopped."""
+    codes = [agent.stop() for agent in agents]
+    print(f"stopped: {len(agents)} logwarden agents (exit codes {codes}), "
+          f"{len(cluster.nodes)} NGINX nodes, the origin{also}")
 
 
 if __name__ == "__main__":

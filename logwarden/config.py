@@ -493,7 +493,9 @@ def _check_bus(key: str, url: str | None) -> None:
     try:
         parse_bus_url(url)
     except ValueError as exc:
-        raise ConfigError(key, url, str(exc)) from None
+        parts = urlsplit(url)
+        shown = parts._replace(netloc=f"***@{parts.hostname}") if parts.password else parts
+        raise ConfigError(key, shown.geturl(), str(exc)) from None
 
 
 def _check_channel(key: str, channel: str) -> None:

@@ -14,6 +14,7 @@ from lab import Cluster, Origin, wait_until
 from lab.agent import Agent
 from lab.redisserver import RedisServer, find_redis
 from logwarden.bus import VERSION, UnknownVersion, decode, encode, parse_bus_url
+from logwarden.config import ConfigError, load_config
 from logwarden.triggers import Refresh
 from tests.agents import StartAgent, body_version, refreshes_seen
 
@@ -61,6 +62,21 @@ def test_bad_bus_urls(url: str) -> None:
 def test_good_bus_urls() -> None:
     for url in ("redis://127.0.0.1:6379/0", "redis://redis.internal", "rediss://h:6380/2"):
         parse_bus_url(url)
+
+
+def test_bus_mode_needs_no_peer_and_checks_its_settings() -> None:
+    base = {"access_log": ("/var/log/nginx/access.log",), "log_format": "$host \"$request\" "
+            "$status $upstream_cache_status", "self": "http://10.0.0.1:80"}
+    config = load_config({**base, "bus": "redis://10.0.0.9:6379/0"}, None, {})
+    assert (config.bus_channel, config.local, config.targets) == (
+        "logwarden", "http://127.0.0.1:80", ())
+    with pytest.raises(ConfigError, match="peer"):
+        load_config(base, None, {})
+    for key, value in (("bus", "redis://u:pw@h/0"), ("bus_channel", "a b"),
+                       ("local", "http://127.0.0.1/x")):
+        with pytest.raises(ConfigError, match=key) as err:
+            load_config({**base, "bus": "redis://h", key: value}, None, {})
+        assert "pw" not in str(err.value)  # a password is never printed
 
 
 # --- real Redis, real NGINX -------------------------------------------------------------------

@@ -5,15 +5,24 @@ header naming anything but a listed node never makes NGINX connect there."""
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from lab import OUTSIDER_ADDRESS, Cluster, Origin, free_port, wait_until
+from lab import (
+    EXAMPLE_CONFIG,
+    OUTSIDER_ADDRESS,
+    Cluster,
+    Origin,
+    free_port,
+    render_config,
+    wait_until,
+)
+from logwarden.config import ConfigError, load_config
 from tests.agents import StartAgent, body_version, refreshes_seen, urls
-
-pytestmark = pytest.mark.nginx
 
 OFFLOAD = "--refresh-from-self"
 
@@ -42,6 +51,7 @@ def nothing_arrived(sock: socket.socket) -> bool:
     return False
 
 
+@pytest.mark.nginx
 @pytest.mark.parametrize("target", ["/off/page?ma=60", "/off/caf%C3%A9/x%31?b=2&a=1&ma=60"])
 def test_one_origin_fetch_per_change_and_hits_everywhere(
     cluster: Cluster, origin: Origin, start_agent: StartAgent, target: str,
@@ -77,6 +87,7 @@ def test_one_origin_fetch_per_change_and_hits_everywhere(
         assert "x-logwarden-source" not in {name.lower() for name in request.headers}
 
 
+@pytest.mark.nginx
 def test_a_source_that_is_not_a_listed_node_is_never_contacted(
     cluster: Cluster, origin: Origin,
 ) -> None:
@@ -100,6 +111,7 @@ def test_a_source_that_is_not_a_listed_node_is_never_contacted(
     assert len(origin.requests_for("/off/ssrf")) == 2
 
 
+@pytest.mark.nginx
 def test_an_offloaded_refresh_falls_back_to_the_origin_when_the_source_is_down(
     cluster: Cluster, origin: Origin, start_agent: StartAgent,
 ) -> None:
@@ -117,3 +129,39 @@ def test_an_offloaded_refresh_falls_back_to_the_origin_when_the_source_is_down(
     assert agent.value("logwarden_refresh_retries_total", peer=a.url) == 1
     assert body_version(a, target, "www.example.com") == ("HIT", 2)
     assert [ln.upstream_status for ln in refreshes_seen(a, target)] == ["502", "200"]
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+BASE = {"access_log": ("/var/log/nginx/access.log",), "log_format": "$host \"$request\" "
+        "$status $upstream_cache_status", "peer": ("http://10.0.0.2",)}
+
+
+@pytest.mark.parametrize(("own", "source"), [
+    ("http://10.0.0.1", ("http", "10.0.0.1:80")),
+    ("https://10.0.0.1", ("https", "10.0.0.1:443")),
+    ("http://[fd00::1]:8080", ("http", "[fd00::1]:8080")),
+])
+def test_the_source_is_self_with_its_port_spelled_out(own: str, source: tuple[str, str]) -> None:
+    """As the peers' nginx.conf map lists it: "1:10.0.0.1:80"."""
+    config = load_config({**BASE, "self": own, "refresh_from_self": True}, None, {})
+    assert config.source == source
+    assert load_config({**BASE, "self": own}, None, {}).source is None
+
+
+def test_refresh_from_self_needs_self() -> None:
+    with pytest.raises(ConfigError, match=r"refresh_from_self.*needs self"):
+        load_config({**BASE, "refresh_from_self": True}, None, {})
+
+
+def test_render_lists_the_lab_nodes_in_the_offload_map(tmp_path: Path) -> None:
+    text = render_config(EXAMPLE_CONFIG.read_text(), listen="127.0.0.11", port=8080,
+                         prefix=tmp_path, origin="127.0.0.1:9000", peers=["127.0.0.1"],
+                         user="root", sources=["127.0.0.11:8080", "127.0.0.12:8081"])
+    assert re.search(r'^\s*"1:127\.0\.0\.11:8080" 127\.0\.0\.11:8080;\n'
+                     r'\s*"1:127\.0\.0\.12:8081" 127\.0\.0\.12:8081;\n', text, re.MULTILINE)
+    drifted = EXAMPLE_CONFIG.read_text().replace('"1:10.0.0.2:80"          10.0.0.2:80;',
+                                                 '"1:10.0.0.2:80"          10.0.0.9:80;')
+    with pytest.raises(ValueError, match="template: offload map"):
+        render_config(drifted, listen="127.0.0.11", port=8080, prefix=tmp_path,
+                      origin="127.0.0.1:9000", peers=["127.0.0.1"], user="root")
