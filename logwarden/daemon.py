@@ -25,6 +25,7 @@ from logwarden.logformat import LogFormat
 from logwarden.metrics import Metrics, MetricsServer
 from logwarden.positions import Positions
 from logwarden.process import Processor, triggers_for
+from logwarden.sdnotify import notify
 from logwarden.sources import Batch, LineQueue, Source
 from logwarden.sources.file import FileSource
 from logwarden.sources.syslog import SyslogSource
@@ -84,6 +85,7 @@ class Daemon:
         follower: list[asyncio.Task[None]] = []  # a task only when there is one to follow
         if self.peer_source.dynamic and not cfg.dry_run:
             follower.append(asyncio.create_task(self._follow_peers(dispatcher), name="peers"))
+        self._announcer = asyncio.create_task(self._announce_ready(), name="ready")
         log.info("logwarden running: %d source(s), refreshing %s%s", len(sources),
                  ", ".join(dispatcher.urls), " (dry run: nothing is sent)" if cfg.dry_run else "")
         code = await self._wait([*source_tasks, *follower, *bus_task], processor)
@@ -227,6 +229,14 @@ class Daemon:
                 self.positions.commit(batch.checkpoint)
             m.queue_depth.labels("refreshes").set(dispatcher.depth())
 
+    async def _announce_ready(self) -> None:
+        """Tell systemd (Type=notify) once /healthz would say ok: no line is missed from then
+        on. Ends by itself, also when a stop comes first."""
+        while self.health()["status"] == "starting":
+            await asyncio.sleep(0.05)
+        if not self.stopping.is_set():
+            notify("READY=1")
+
     def health(self) -> dict[str, object]:
         """``ok`` once every source reads (or waits for) its file or listens: no line is missed."""
         sources = {s.name: s.state for s in self.sources}
@@ -257,6 +267,7 @@ class Daemon:
         log.info("%s received: finishing queued refreshes (up to %ss)", sig.name,
                  self.config.shutdown_timeout)
         self.stopping.set()
+        notify("STOPPING=1")
 
 
 def run(config: Config) -> int:
