@@ -6,6 +6,9 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_http_cache_purge_module.so ] || need+=(libnginx-mod-http-cache-purge)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)   # the tests make a CA for https peers
+[ -x /usr/sbin/logrotate ] || need+=(logrotate)   # examples/logrotate.conf is tested with it
+# promtool (Debian package prometheus, ~100 MB, starts a Prometheus service) is not
+# installed here; the tests of the rules and the dashboard skip without it.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)   # bus tests, make demo-bus
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

@@ -1,0 +1,137 @@
+"""examples/grafana-dashboard.json and examples/prometheus-rules.yml use only metrics a running
+logwarden exports (a live scrape), and promtool accepts the rules, the dashboard's queries and
+the scrape itself."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lab.agent import Agent
+from logwarden.metrics import REFRESH_OUTCOMES
+from tests.agents import LOG_FORMAT
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+RULES = EXAMPLES / "prometheus-rules.yml"
+DASHBOARD = EXAMPLES / "grafana-dashboard.json"
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool not found (Debian: apt-get install prometheus)")
+_SAMPLES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum"),
+            "summary": ("", "_count", "_sum"), "untyped": ("",)}
+# Made by Prometheus itself, not by logwarden: the scrape's own health.
+_PROMETHEUS_SERIES = {"up"}
+
+
+@pytest.fixture(scope="module")
+def scrape(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """/metrics of a running logwarden, as Prometheus would fetch it."""
+    tmp = tmp_path_factory.mktemp("scrape")
+    log = tmp / "access.log"
+    log.touch()
+    agent = Agent(log, LOG_FORMAT, "http://127.0.0.11:80", ["http://127.0.0.12:80"],
+                  stderr=tmp / "agent.log").start()
+    try:
+        with urllib.request.urlopen(agent.base + "/metrics", timeout=5) as resp:
+            return bytes(resp.read())
+    finally:
+        assert agent.stop() == 0
+
+
+def exported(scrape: bytes) -> set[str]:
+    """Every series name the scrape can have: by each family's TYPE, so a labelled metric
+    with no series yet still counts."""
+    names = set()
+    for name, kind in re.findall(rb"^# TYPE (\S+) (\S+)$", scrape, re.M):
+        names.update(name.decode() + suffix for suffix in _SAMPLES[kind.decode()])
+    return names
+
+
+def referenced(text: str) -> set[str]:
+    return set(re.findall(r"\blogwarden_[a-z0-9_]+\b", text))
+
+
+def rule_texts() -> Iterator[str]:
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            yield rule["expr"]
+            yield from rule.get("annotations", {}).values()
+
+
+def dashboard_queries() -> list[str]:
+    doc: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for p in doc["panels"] for t in p.get("targets", ())]
+    queries += [v["definition"] for v in doc["templating"]["list"] if "definition" in v]
+    return queries
+
+
+def test_rules_and_dashboard_name_only_exported_metrics(scrape: bytes) -> None:
+    names = exported(scrape)
+    assert "logwarden_refreshes_total" in names and "logwarden_propagation_seconds_bucket" in names
+    rules = referenced("\n".join(rule_texts()))
+    dashboard = referenced("\n".join(dashboard_queries()))
+    assert rules and dashboard
+    assert rules - names == set()
+    assert dashboard - names == set()
+    # Outcomes named in a selector are outcomes logwarden counts.
+    for text in [*rule_texts(), *dashboard_queries()]:
+        for values in re.findall(r'outcome=~?"([^"]+)"', text):
+            assert set(values.split("|")) <= set(REFRESH_OUTCOMES), values
+    # Other series are Prometheus's own.
+    exprs = "\n".join(r for r in rule_texts() if "{{" not in r)
+    others = set(re.findall(r"\b([a-z_]+)\{", exprs)) - names
+    assert others <= _PROMETHEUS_SERIES
+
+
+def test_dashboard_covers_the_issue_list() -> None:
+    """Triggers by status, refreshes by peer and outcome, propagation latency, lag, drops."""
+    queries = "\n".join(dashboard_queries())
+    for needle in ("by (cache_status) (rate(logwarden_triggers_total",
+                   "by (peer, outcome) (rate(logwarden_refreshes_total",
+                   "logwarden_propagation_seconds_bucket", "logwarden_file_lag_bytes",
+                   'outcome="dropped"', "logwarden_syslog_kernel_drops_total"):
+        assert needle in queries
+    ids = [p["id"] for p in json.loads(DASHBOARD.read_text())["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+@needs_promtool
+def test_promtool_accepts_the_rules(tmp_path: Path) -> None:
+    assert PROMTOOL is not None
+    out = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+
+
+@needs_promtool
+def test_promtool_accepts_the_dashboard_queries(tmp_path: Path) -> None:
+    """Each panel query as a recording rule, Grafana's variables filled in: promtool parses
+    the PromQL."""
+    assert PROMTOOL is not None
+    exprs = [q.replace("$__rate_interval", "5m").replace("$instance", ".*")
+             for q in dashboard_queries() if not q.startswith("label_values(")]
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    out = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@needs_promtool
+def test_promtool_accepts_a_live_scrape(scrape: bytes) -> None:
+    assert PROMTOOL is not None
+    out = subprocess.run([PROMTOOL, "check", "metrics"], input=scrape, capture_output=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout + out.stderr == b"", out.stdout + out.stderr
