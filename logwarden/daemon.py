@@ -248,6 +248,9 @@ class Daemon:
             "sources": sources,
             "peers": list(self.dispatcher.urls if self.dispatcher else ()),
         }
+        if self.bus is not None:  # informational: a node without the bus still works
+            state["bus"] = "connected" if self.bus.connected else "disconnected"
+        return state
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

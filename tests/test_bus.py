@@ -4,8 +4,10 @@ a real Redis server on loopback, through a Redis crash and restart."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -95,6 +97,12 @@ def connected(*agents: Agent, up: int = 1) -> None:
                timeout=5, interval=0.05, what=f"logwarden_bus_connected == {up}")
 
 
+def health(agent: Agent) -> dict[str, Any]:
+    with urllib.request.urlopen(agent.base + "/healthz", timeout=5) as resp:
+        state: dict[str, Any] = json.load(resp)
+    return state
+
+
 def prime(cluster: Cluster, *targets: str) -> None:
     """B and C hold version 1, fetched before any agent runs (their MISS would be news)."""
     for target in targets:
@@ -129,6 +137,7 @@ def test_bus_spreads_changes_and_survives_a_redis_crash(
     agent_a = start_agent(a, [b.url, c.url], *bus, "--local", a.url)
     agent_b, agent_c = (start_agent(n, [], *bus, "--local", n.url) for n in (b, c))
     connected(agent_a, agent_b, agent_c)
+    assert health(agent_b)["bus"] == "connected"
 
     change(cluster, origin, "/bus/one?ma=60")
     spread(cluster, "/bus/one?ma=60")
@@ -141,6 +150,7 @@ def test_bus_spreads_changes_and_survives_a_redis_crash(
 
     redis_server.kill()
     connected(agent_a, agent_b, agent_c, up=0)
+    assert health(agent_b)["status"] == "ok" and health(agent_b)["bus"] == "disconnected"
     change(cluster, origin, "/bus/gap?ma=60")  # the bus is down: A falls back to its peers
     spread(cluster, "/bus/gap?ma=60")
     assert agent_a.value("logwarden_bus_published_total", outcome="bus_unavailable") == 1
