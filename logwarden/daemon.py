@@ -242,7 +242,7 @@ class Daemon:
         sources = {s.name: s.state for s in self.sources}
         starting = not sources or "starting" in sources.values()
         status = "stopping" if self.stopping.is_set() else "starting" if starting else "ok"
-        return {
+        state: dict[str, object] = {
             "status": status,
             "uptime_seconds": round(time.time() - self._started, 3),
             "sources": sources,
