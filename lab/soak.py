@@ -76,17 +76,21 @@ class Profile:
 
     def schedule(self) -> list[tuple[float, str]]:
         """(second, action) for the faults: kills of B start in the middle of a rotation
-        interval; floods on A at 15% and 55% (the same size twice: the second must not need
-        more memory), garbage at 30% (A) and 80% (C) of the run."""
+        interval; floods on A at 20% and 60% (the same size twice: the second must not need
+        more memory), moved past B's down time and breaker cool-down so that each fault is
+        seen on its own; garbage at 30% (A) and 80% (C) of the run."""
         s = self.seconds
         events = [(t * self.rotate_every, "rotate")
                   for t in range(1, int(s // self.rotate_every) + 1) if t * self.rotate_every < s]
-        kill = self.kill_every * 0.75
+        kill, down = self.kill_every * 0.75, []
         while kill + self.down_for < s * 0.97:
             events += [(kill, "kill"), (kill + self.down_for, "restart")]
+            down.append((kill - 2, kill + self.down_for + BREAKER_COOLDOWN + 2))
             kill += self.kill_every
-        events += [(s * 0.15, "flood a"), (s * 0.55, "flood a"),
-                   (s * 0.30, "garbage a"), (s * 0.80, "garbage c")]
+        for at in (s * 0.2, s * 0.6):
+            at = max([at, *(end for start, end in down if start <= at <= end)])
+            events.append((at, "flood a"))
+        events += [(s * 0.30, "garbage a"), (s * 0.80, "garbage c")]
         return sorted(events)
 
 
@@ -594,6 +598,12 @@ def _q(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
+def lines_written(node: NginxNode) -> int:
+    """Complete lines in every access log of ``node``, rotated ones too, garbage included."""
+    return sum(path.read_bytes().count(b"\n")
+               for path in node.access_log.parent.glob("access.log*"))
+
+
 def _errors_logged(path: Path) -> list[str]:
     text = path.read_text(errors="replace") if path.exists() else ""
     return [line for line in text.splitlines()
@@ -643,11 +653,16 @@ def report(soak: Soak, totals: list[Totals], codes: list[int | None],
             equations_ok &= ok
             if not ok:
                 checks.append((False, f"accounting on {name}: {what}: {detail}"))
-        for kind, metric in (("malformed", "logwarden_lines_malformed_total"),
-                             ("too_long", "logwarden_lines_too_long_total")):
-            want, got = soak.injected[name][kind], s(metric)
-            if got != want:
-                checks.append((False, f"{name}: {metric} = {got:.0f}, {want} injected"))
+        written, read = lines_written(soak.node(name)), s("logwarden_lines_total")
+        too_long = s("logwarden_lines_too_long_total")
+        checks.append((read + too_long == written,
+                       f"{name}: every line written was read once: {read:.0f} lines + "
+                       f"{too_long:.0f} too long = {written} in {name}'s access logs"))
+        malformed, injected = s("logwarden_lines_malformed_total"), soak.injected[name]
+        checks.append((malformed == injected["malformed"] and too_long == injected["too_long"],
+                       f"{name}: injected garbage counted exactly: malformed {malformed:.0f} "
+                       f"(injected {injected['malformed']}), too long {too_long:.0f} "
+                       f"(injected {injected['too_long']})"))
     out.append("")
     out.append(f"{'agent':5} {'RSS MiB: Q1':>11} {'Q2':>6} {'Q4':>6} {'max':>6} "
                f"{'slope 2nd half':>15}   {'fds: max Q1-Q3':>14} {'max Q4':>6} {'queue max':>9}")
