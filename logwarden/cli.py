@@ -11,6 +11,7 @@ import click
 
 from logwarden import __version__
 from logwarden.config import SETTINGS, Config, ConfigError, load_config
+from logwarden.logs import setup as setup_logging
 
 F = Callable[..., Any]
 
@@ -55,11 +56,17 @@ def main() -> None:
 def run(config_file: str | None, **flags: Any) -> None:
     """Tail the access log and refresh the other peers. SIGTERM drains and exits 0."""
     config = _load(config_file, flags)
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config.log_level, config.log_format_output)
+    from logwarden.daemon import StartupError
     from logwarden.daemon import run as run_daemon
 
-    sys.exit(run_daemon(config))
+    try:
+        code = run_daemon(config)
+    except StartupError as exc:
+        if config.log_level == "debug":
+            logging.getLogger("logwarden").debug("start-up failed", exc_info=exc)
+        _fail(str(exc))
+    sys.exit(code)
 
 
 @main.command()
@@ -86,8 +93,7 @@ def warm(config_file: str | None, sources: tuple[str, ...], only_missing: bool,
     ask: a file of URLs or paths, '-' for stdin, or a sitemap (index) file or URL. Exit 1
     when any URL failed on any node."""
     config = _load(config_file, flags, warm=True)
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config.log_level, config.log_format_output)
     from logwarden.warm import warm as run_warm
 
     sys.exit(run_warm(config, sources, only_missing=only_missing, out=sys.stdout,

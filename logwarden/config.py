@@ -152,6 +152,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poll_interval", float, 1.0, "Seconds between stat() checks of tailed files "
             "(inotify events wake the tailer sooner)."),
     Setting("log_level", str, "info", "Logging level.", choices=LOG_LEVELS),
+    Setting("log_format_output", str, "text", "Form of logwarden's own log lines on stderr: "
+            "text, or json (one object per line: time, level, logger, event, fields).",
+            choices=("text", "json")),
     Setting("dry_run", bool, False, "Read, decide and count refreshes, but send none "
             "(benchmarks, trying a config)."),
 )
@@ -214,6 +217,7 @@ class Config:
     rotate_wait: float
     poll_interval: float
     log_level: str
+    log_format_output: str
     dry_run: bool
     nginx_access_logs: tuple[AccessLog, ...] = field(default=(), repr=False, compare=False)
     """Every access log --nginx-conf found (``check`` prints them)."""
@@ -451,9 +455,17 @@ def _check_peers_file(key: str, path: str | None) -> None:
 
 
 def _check_access_logs(key: str, paths: tuple[str, ...]) -> None:
+    """A log that is not there yet is waited for; one that is there must be readable."""
     for path in paths:
         if set("*?[") & set(os.path.dirname(path)):
             raise ConfigError(key, path, "may have glob characters in the file name only")
+        if os.path.isdir(path):
+            raise ConfigError(key, path, "is a directory: give the access log file (a glob "
+                              "such as DIR/*.log follows every match)")
+        if os.path.exists(path) and not os.access(path, os.R_OK):
+            raise ConfigError(key, path, "cannot be read (permission denied): run logwarden as "
+                              "a user that may read it (Debian: a member of the adm group, as "
+                              "examples/logwarden.service does)")
 
 
 def _check_syslog_urls(key: str, urls: tuple[str, ...]) -> None:

@@ -41,6 +41,10 @@ Enough to keep the parser busy; the file is the real buffer. Each queued MiB cos
 of RSS, so 64 had a file backlog peak at 141 MiB (bench/README.md, benchmark 5)."""
 
 
+class StartupError(RuntimeError):
+    """logwarden cannot start; the message names the problem and the fix (exit code 2)."""
+
+
 class Daemon:
     """One running logwarden. ``await run()`` returns the process exit code."""
 
@@ -74,8 +78,11 @@ class Daemon:
             try:
                 self.metrics_address = await server.start(*parse_listen(cfg.metrics_listen))
             except OSError as exc:
-                log.error("cannot serve metrics on %s: %s", cfg.metrics_listen, exc.strerror)
-                return 1
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise StartupError(
+                    f"metrics_listen: {cfg.metrics_listen!r} cannot be served ({reason}): "
+                    "is another logwarden running? Give a free --metrics-listen HOST:PORT, or "
+                    "'off'") from exc
         self._install_signals()
         dispatcher.start()
         bus_task = self._start_bus(dispatcher)
