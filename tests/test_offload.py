@@ -70,6 +70,8 @@ def test_one_origin_fetch_per_change_and_hits_everywhere(
                    what=f"a refresh of {target} on {node.address}")
     for node in (a, b, c):
         assert body_version(node, target, "www.example.com") == ("HIT", 2), node
+    # proxy_hide_header: A's own X-Cache-Status was not stored with B's copy
+    assert b.get(target).headers.get_all("X-Cache-Status") == ["HIT"]
 
     assert len(origin.requests_for(path)) - before == 1
     for node in (b, c):
