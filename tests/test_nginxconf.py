@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from lab import EXAMPLE_CONFIG, Origin, find_nginx, free_port, render_config, wait_until
+from lab import (
+    EXAMPLE_CONFIG,
+    Cluster,
+    Origin,
+    find_nginx,
+    free_port,
+    render_config,
+    wait_until,
+)
 from lab.cluster import current_user
 from logwarden.config import ConfigError, load_config
 from logwarden.logformat import LogFormat
@@ -145,6 +153,28 @@ def test_nginx_T_of_a_lab_node_gives_what_the_file_gives(tmp_path: Path) -> None
         choose(from_dump, "-")
     picked = choose(from_dump, "-", syslog=["udp://127.0.0.1:5514"])
     assert picked.syslog == ("udp://127.0.0.1:5514",) and picked.access_log == ()
+
+
+@needs_nginx
+def test_example_format_found_parses_what_a_lab_node_writes(tmp_path: Path,
+                                                           origin: Origin) -> None:
+    """examples/nginx.conf as the lab runs it: the format read from the node's own config
+    parses every line that node writes, exactly."""
+    with Cluster(tmp_path / "cluster", nodes=1, origin=origin) as cluster:
+        node = cluster[0]
+        chosen = choose(read(str(node.conf_path)), "node")
+        assert chosen.access_log == (str(node.access_log),)
+        for target in ("/a?ma=60", "/a?ma=60", "/b%20c?x=%22y%22", "/nope"):
+            node.get(target)
+        node.get("/a?ma=60", headers={"User-Agent": 'ua "q" \\ \t'})
+        written = node.wait_log(lambda line: True, count=5)
+    parser = LogFormat.compile(chosen.log_format, chosen.escape)
+    lines = node.access_log.read_bytes().splitlines(keepends=True)
+    records = [parser.parse(line) for line in lines]
+    assert all(records), lines
+    assert [(r.target.decode(), r.cache_status) for r in records if r] == [
+        (w.target, w.cache_status) for w in written]
+    assert records[-1] and records[-1].user_agent == b'ua "q" \\ \t'
 
 
 @needs_nginx
