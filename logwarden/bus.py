@@ -89,7 +89,8 @@ def encode(refresh: Refresh, node: str, method: str) -> bytes:
 
 
 def decode(data: bytes) -> tuple[str, Refresh]:
-    """``(node, refresh)`` from a message; UnknownVersion or ValueError when unusable."""
+    """``(node, refresh)`` from a message; UnknownVersion or ValueError (RecursionError for
+    deeply nested JSON) when unusable."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise ValueError("message too large")
     msg = json.loads(data)
@@ -218,7 +219,7 @@ class Bus:
         except UnknownVersion as exc:
             log.debug("bus message of unknown %s skipped", exc)
             return "unknown_version"
-        except (ValueError, UnicodeError):
+        except (ValueError, RecursionError):  # deep nesting: json raises RecursionError
             return "malformed"
         if node == self.node:
             return "own"

@@ -145,7 +145,8 @@ class Daemon:
         await self.peer_source.resolve()
         peers = () if cfg.dry_run else self.peer_source.current()
         # Bus mode passes storm control before publishing; the peers are only the fallback.
-        return Dispatcher(peers, settings, self.metrics, None if cfg.bus else storm,
+        bus = cfg.bus and not cfg.dry_run
+        return Dispatcher(peers, settings, self.metrics, None if bus else storm,
                           propagation="msec" in self.parser.variables)
 
     def _start_bus(self, dispatcher: Dispatcher) -> list[asyncio.Task[None]]:

@@ -169,6 +169,7 @@ def test_bus_spreads_changes_and_survives_a_redis_crash(
     with redis.Redis.from_url(redis_server.url) as client:
         client.publish("lw-test", json.dumps({"v": VERSION + 1, "node": "future"}))
         client.publish("lw-test", b"\xff garbage")
-    wait_until(lambda: agent_b.value("logwarden_bus_received_total", outcome="malformed") == 1,
+        client.publish("lw-test", b"[" * 10000)  # json.loads: RecursionError
+    wait_until(lambda: agent_b.value("logwarden_bus_received_total", outcome="malformed") == 2,
                timeout=3, what="the garbage to be counted")
     assert agent_b.value("logwarden_bus_received_total", outcome="unknown_version") == 1
