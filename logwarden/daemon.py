@@ -73,6 +73,7 @@ class Daemon:
         cfg = self.config
         self.dispatcher = dispatcher = await self._dispatcher()
         self.sources = sources = self._sources()
+        _bind_listeners(sources)
         server = MetricsServer(self.metrics, self.health)
         if cfg.metrics_listen != "off":
             try:
@@ -279,6 +280,19 @@ class Daemon:
                  self.config.shutdown_timeout)
         self.stopping.set()
         notify("STOPPING=1")
+
+
+def _bind_listeners(sources: list[Source]) -> None:
+    """A syslog address in use is a start-up error, not a source that dies later."""
+    for source in sources:
+        if isinstance(source, SyslogSource):
+            try:
+                source.bind()
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise StartupError(
+                    f"syslog: {source.name!r} cannot be bound ({reason}): does another process "
+                    "(rsyslog, another logwarden) listen there? Give a free --syslog URL") from exc
 
 
 def run(config: Config) -> int:

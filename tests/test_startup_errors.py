@@ -86,3 +86,15 @@ def test_json_log_lines(tmp_path: Path) -> None:
     assert any(line["event"].startswith("logwarden running") for line in lines)
     assert lines[-1]["event"].startswith("logwarden stopped")
     assert free_port("127.0.0.1")  # the agent's metrics port is free again
+
+
+def test_syslog_port_in_use(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        url = f"udp://127.0.0.1:{taken.getsockname()[1]}"
+        out = subprocess.run([sys.executable, "-m", "logwarden", "run", "--syslog", url,
+                              "--log-format", LOG_FORMAT, "--peer", "http://127.0.0.12:80",
+                              "--positions", "off", "--metrics-listen", "off"],
+                             capture_output=True, text=True, timeout=30)
+    one_line_error(out, f"syslog: '{url}' cannot be bound (Address already in use)",
+                   "Give a free --syslog URL")

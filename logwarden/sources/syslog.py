@@ -169,7 +169,7 @@ class SyslogSource:
     async def run(self) -> None:
         """Listen until ``stop()``; a socket that cannot be bound is logged and ends the run."""
         try:
-            self.sock = sock = self._open()
+            sock = self.bind()
         except OSError as exc:
             log.error("cannot listen for syslog on %s: %s", self.name, exc)
             return
@@ -188,6 +188,13 @@ class SyslogSource:
             self._close()
 
     # -- the socket ----------------------------------------------------------------------------
+
+    def bind(self) -> socket.socket:
+        """The bound socket, bound now if it is not yet: the daemon binds before it starts
+        anything, so that an address in use is a start-up error. Raises OSError."""
+        if self.sock is None:
+            self.sock = self._open()
+        return self.sock
 
     def _open(self) -> socket.socket:
         sock = _bind_udp(*self.address) if isinstance(self.address, tuple) else _bind_unix(
