@@ -135,3 +135,54 @@ def test_promtool_accepts_a_live_scrape(scrape: bytes) -> None:
     out = subprocess.run([PROMTOOL, "check", "metrics"], input=scrape, capture_output=True,
                          timeout=60)
     assert out.returncode == 0 and out.stdout + out.stderr == b"", out.stdout + out.stderr
+
+
+def _annotations(alert: str, labels: dict[str, str]) -> dict[str, str]:
+    """The alert's annotations with ``{{ $labels.x }}`` filled in (the cases below use no
+    other template)."""
+    rule = next(r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
+                if r.get("alert") == alert)
+    return {k: re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], v)
+            for k, v in rule["annotations"].items()}
+
+
+def _case(alert: str, at: str, firing: list[dict[str, str]]) -> dict[str, object]:
+    return {"eval_time": at, "alertname": alert, "exp_alerts": [
+        {"exp_labels": labels, "exp_annotations": _annotations(alert, labels)}
+        for labels in firing]}
+
+
+@needs_promtool
+def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
+    """promtool test rules: a peer whose breaker opens, refreshes dropped on one node only,
+    the origin answering 5xx; each fires after its `for:`, and not before."""
+    assert PROMTOOL is not None
+    peer = {"instance": "a", "peer": "http://10.0.0.2:80"}
+    down = {**peer, "severity": "warning"}
+    tests = {"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": 'logwarden_peer_up{instance="a", peer="http://10.0.0.2:80"}',
+             "values": "1 1 0 0 0 0 0 0 0 0 0 0"},
+            {"series": 'logwarden_refreshes_total{instance="a", peer="p", outcome="dropped"}',
+             "values": "0+10x11"},
+            {"series": 'logwarden_refreshes_total{instance="b", peer="p", outcome="dropped"}',
+             "values": "0x11"},
+            {"series": 'logwarden_records_ignored_total{instance="b", reason="origin_error"}',
+             "values": "0+5x11"},
+        ],
+        "alert_rule_test": [
+            _case("LogwardenPeerDown", "3m", []),
+            _case("LogwardenPeerDown", "5m", [down]),
+            _case("LogwardenRefreshesDropped", "3m", []),
+            _case("LogwardenRefreshesDropped", "8m", [{"instance": "a", "severity": "warning"}]),
+            _case("LogwardenOriginFailingBehindStaleCache", "8m",
+                  [{"instance": "b", "severity": "warning"}]),
+            _case("LogwardenRefreshErrors", "8m", []),
+        ],
+    }]}
+    path = tmp_path / "alerts-test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    out = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
