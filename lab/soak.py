@@ -9,7 +9,8 @@ For ``--seconds`` (600 by default; ``--quick``: 90 s with scaled intervals) the 
 - node B's NGINX killed (SIGKILL to its process group) every ``kill_every`` seconds and
   started again ``down_for`` seconds later;
 - node C slow: A's and B's agents reach it through a TCP proxy that holds every chunk they
-  send for ``slow_delay`` seconds (C's own agent talks to A and B directly);
+  send for ``slow_delay`` seconds, every ``stall_every``-th for longer than the agents'
+  ``--timeout`` (C's own agent talks to A and B directly);
 - twice a flood of unique URLs on node A (the token bucket engages), twice a burst of
   garbage lines (and two over-long lines) appended to a node's access log.
 
@@ -55,6 +56,8 @@ FLOOD_THREADS = 8
 BREAKER_COOLDOWN = 5.0
 AGENT_FLAGS = ("--max-refresh-rate", "50", "--max-refresh-burst", "50",
                "--breaker-cooldown", str(BREAKER_COOLDOWN))
+STALL = 6.0
+"""Seconds the slow proxy holds a stalled request: more than the agents' --timeout (5 s)."""
 PROPAGATION_LIMIT = 10.0
 """Seconds from a change's first fetch within which every live peer must have been refreshed."""
 FETCHES = frozenset({"MISS", "EXPIRED", "STALE"})
@@ -71,7 +74,9 @@ class Profile:
     down_for: float = 15.0
     bump_every: float = 2.0
     slow_delay: float = 0.25
-    flood_urls: int = 3000
+    stall_every: int = 50
+    """Every 50th request to C is held ``STALL`` seconds: a timeout, then a retry."""
+    flood_urls: int = 10_000
     garbage_lines: int = 1000
 
     def schedule(self) -> list[tuple[float, str]]:
@@ -96,7 +101,7 @@ class Profile:
 
 FULL = Profile(seconds=600)
 QUICK = Profile(seconds=90, sample_every=2, rotate_every=15, kill_every=30, down_for=6,
-                bump_every=1.0, flood_urls=600, garbage_lines=300)
+                bump_every=1.0, flood_urls=1500, garbage_lines=300)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,12 +110,17 @@ QUICK = Profile(seconds=90, sample_every=2, rotate_every=15, kill_every=30, down
 
 class SlowProxy:
     """A TCP proxy on ``127.0.0.1:<free port>`` to ``upstream`` that holds every chunk the
-    client sends for ``delay`` seconds: each refresh request through it waits that long.
+    client sends for ``delay`` seconds (each refresh request through it waits that long), and
+    every ``stall_every``-th chunk for ``stall`` seconds (past the agents' ``--timeout``).
     Runs its own event loop on a thread; :meth:`stop` closes every connection and joins it."""
 
-    def __init__(self, upstream: tuple[str, int], delay: float) -> None:
+    def __init__(self, upstream: tuple[str, int], delay: float, *, stall_every: int = 0,
+                 stall: float = 0.0) -> None:
         self.upstream = upstream
         self.delay = delay
+        self.stall_every = stall_every
+        self.stall = stall
+        self.chunks = self.stalls = 0
         self.port = free_port("127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
@@ -156,23 +166,25 @@ class SlowProxy:
         up_writer: asyncio.StreamWriter | None = None
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-            await asyncio.gather(self._pipe(reader, up_writer, self.delay),
-                                 self._pipe(up_reader, writer, 0.0))
+            await asyncio.gather(self._pipe(reader, up_writer, held=True),
+                                 self._pipe(up_reader, writer, held=False))
         except OSError:
-            pass  # C is down: the agent sees the connection close, as with a dead peer
+            pass  # the upstream refused: the agent sees the connection close
         finally:
             for w in (writer, up_writer):
                 if w is not None:
                     w.close()
             self._tasks.discard(task)
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    delay: float) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                    held: bool) -> None:
         try:
             while data := await reader.read(65536):
-                if delay:
-                    await asyncio.sleep(delay)
+                if held:
+                    self.chunks += 1
+                    stall = self.stall_every and self.chunks % self.stall_every == 0
+                    self.stalls += bool(stall)
+                    await asyncio.sleep(self.stall if stall else self.delay)
                 writer.write(data)
                 await writer.drain()
         except OSError:
@@ -249,7 +261,8 @@ class Soak:
     def start(self) -> None:
         self.cluster.start()
         a, b, c = self.cluster.nodes
-        self.proxy = SlowProxy((c.address, c.port), self.p.slow_delay).start()
+        self.proxy = SlowProxy((c.address, c.port), self.p.slow_delay,
+                               stall_every=self.p.stall_every, stall=STALL).start()
         log_format = log_format_from_conf(EXAMPLE_CONFIG.read_text())
         peer_lists = {"A": [a.url, b.url, self.proxy.url], "B": [a.url, b.url, self.proxy.url],
                       "C": [a.url, b.url, c.url]}
@@ -619,11 +632,13 @@ def report(soak: Soak, totals: list[Totals], codes: list[int | None],
                f"({' '.join(AGENT_FLAGS)}), workdir {soak.workdir}")
     out.append(f"client requests: {responses}")
     flood = ", ".join(f"{n} URLs on {name} in {d:.1f} s" for name, n, d in soak.floods)
+    stalls = soak.proxy.stalls if soak.proxy else 0
     garbage_ = ", ".join(f"{c['malformed']}+{c['too_long']} long on {n}"
                          for n, c in soak.injected.items())
     out.append(f"faults: {len(soak.bumps)} changes, {soak.rotations} rotations, "
                f"{len(soak.down_windows)} kills of B (down {p.down_for:.0f} s), C slowed "
-               f"{p.slow_delay * 1000:.0f} ms/request; floods: {flood}; garbage: {garbage_}")
+               f"{p.slow_delay * 1000:.0f} ms/request, {stalls} held {STALL:.0f} s; "
+               f"floods: {flood}; garbage: {garbage_}")
     out.append("")
     out.append(f"{'agent':5} {'lines':>8} {'malf':>5} {'long':>4} {'ignored':>8} {'trig':>6} "
                f"{'dedup':>5} {'fanout':>6} {'rate':>5}  refreshes by peer (outcome=n)")
