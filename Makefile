@@ -44,8 +44,8 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	@touch $@
 
-bench-deps: system-deps $(VENV)/.bench-installed
-	@bash scripts/bench-deps.sh
+bench-deps: $(VENV)/.bench-installed
+	@bash scripts/system-deps.sh --bench
 
 bench: bench-deps ## Every benchmark beside its reference (mtail, aiohttp, wrk), one table
 	$(PY) -m bench

@@ -88,6 +88,15 @@ def process(args: Sequence[str], **kwargs: object) -> Iterator[subprocess.Popen[
                 proc.wait()
 
 
+def healthy(port: int) -> bool:
+    """True once logwarden's /healthz on ``port`` says ok."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
     """Resident set size of ``pid`` now (``VmHWM``: its peak so far), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

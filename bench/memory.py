@@ -13,9 +13,21 @@ import time
 from pathlib import Path
 
 from bench import gen
-from bench.common import LOGWARDEN, ROOT, Row, core, free_port, process, rss_mib, scrape, total
+from bench.common import (
+    LOGWARDEN,
+    ROOT,
+    Row,
+    core,
+    free_port,
+    healthy,
+    process,
+    rss_mib,
+    scrape,
+    total,
+    wait_for,
+)
 from bench.refresh import nginx
-from bench.throughput import LINES_DONE, _healthy
+from bench.throughput import LINES_DONE
 
 TARGET_MIB = 80.0
 
@@ -36,11 +48,7 @@ def _measure(tmp: Path, peer: str, lines: int, distinct: int) -> tuple[float, fl
             "--peer", peer, "--max-refresh-rate", "0", "--positions", "off",
             "--metrics-listen", f"127.0.0.1:{port}", "--log-level", "warning"]
     with process(args, cwd=ROOT) as proc:
-        deadline = time.monotonic() + 30
-        while not _healthy(port):
-            if time.monotonic() > deadline:
-                raise TimeoutError("logwarden did not become healthy")
-            time.sleep(0.05)
+        wait_for(lambda: healthy(port), timeout=30)
         gen.write(str(log), gen.triggering_lines(lines, distinct=distinct, start=time.time()))
         while total(scrape(port), *LINES_DONE) < lines:
             time.sleep(0.5)

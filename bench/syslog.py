@@ -13,8 +13,20 @@ import time
 from itertools import cycle, islice
 
 from bench import gen
-from bench.common import LOGWARDEN, ROOT, Row, core, fmt_rate, free_port, process, scrape, total
-from bench.throughput import LINES_DONE, _healthy
+from bench.common import (
+    LOGWARDEN,
+    ROOT,
+    Row,
+    core,
+    fmt_rate,
+    free_port,
+    healthy,
+    process,
+    scrape,
+    total,
+    wait_for,
+)
+from bench.throughput import LINES_DONE
 
 HEADER = b"<190>Nov 23 12:00:00 web1 nginx: "
 DROPS = ("logwarden_syslog_queue_drops_total", "logwarden_syslog_kernel_drops_total")
@@ -46,11 +58,7 @@ def _round(rate: int, seconds: float) -> tuple[int, float, float]:
             "--log-level", "warning"]
     lines = [HEADER + line.rstrip(b"\n") for line in gen.lines(20_000, start=time.time())]
     with process(args, cwd=ROOT):
-        deadline = time.monotonic() + 30
-        while not _healthy(metrics):
-            if time.monotonic() > deadline:
-                raise TimeoutError("logwarden did not become healthy")
-            time.sleep(0.05)
+        wait_for(lambda: healthy(metrics), timeout=30)
         sent = _send(port, lines, rate, seconds)
         done = time.monotonic() + 10
         while time.monotonic() < done:

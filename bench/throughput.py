@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from bench.common import (
     core,
     fmt_rate,
     free_port,
+    healthy,
     process,
     scrape,
     total,
@@ -58,7 +58,7 @@ def logwarden_rate(tmp: Path, source: Path, lines: int) -> float:
             "--peer", "http://127.0.0.1:9", "--dry-run", "--positions", "off",
             "--metrics-listen", f"127.0.0.1:{port}", "--log-level", "warning"]
     with process(args, cwd=ROOT):
-        wait_for(lambda: _healthy(port), timeout=30)
+        wait_for(lambda: healthy(port), timeout=30)
         return _timed_append(source, log, lines, lambda: total(scrape(port), *LINES_DONE))
 
 
@@ -85,10 +85,3 @@ def _timed_append(source: Path, log: Path, lines: int, counted: Callable[[], flo
     done = wait_for(lambda: counted() >= lines, timeout=600, interval=0.05)
     return lines / (done - started)
 
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False

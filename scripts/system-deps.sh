@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what logwarden's demo and tests need from Debian's packages, only when missing.
+# Install what logwarden's demo and tests (with --bench: the benchmarks) need from Debian's
+# packages, only when missing.
 set -euo pipefail
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -10,6 +11,11 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)   # the tests make a CA fo
 # promtool (Debian package prometheus, ~100 MB, starts a Prometheus service) is not
 # installed here; the tests of the rules and the dashboard skip without it.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)   # bus tests, make demo-bus
+if [ "${1:-}" = --bench ]; then   # the references make bench runs beside logwarden
+    command -v mtail >/dev/null 2>&1 || need+=(mtail)
+    command -v wrk >/dev/null 2>&1 || need+=(wrk)
+    command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "missing Debian packages: ${need[*]}" >&2
