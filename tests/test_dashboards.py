@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from lab import wait_until
 from lab.agent import Agent
 from logwarden.metrics import REFRESH_OUTCOMES
 from tests.agents import LOG_FORMAT
@@ -34,13 +36,16 @@ _PROMETHEUS_SERIES = {"up"}
 
 @pytest.fixture(scope="module")
 def scrape(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """/metrics of a running logwarden, as Prometheus would fetch it."""
+    """/metrics of a running logwarden that has read a few lines, as Prometheus fetches it."""
     tmp = tmp_path_factory.mktemp("scrape")
     log = tmp / "access.log"
-    log.touch()
+    log.write_text("".join(
+        f"{time.time():.3f}\thttp\twww.example.com\t80\tGET\t/{i}\t200\t{status}\t200\t"
+        "0.001\t-\tcurl\n" for i, status in enumerate(["MISS", "HIT", "EXPIRED"])) + "junk\n")
     agent = Agent(log, LOG_FORMAT, "http://127.0.0.11:80", ["http://127.0.0.12:80"],
-                  stderr=tmp / "agent.log").start()
+                  extra=["--from-start", "--dry-run"], stderr=tmp / "agent.log").start()
     try:
+        wait_until(lambda: agent.value("logwarden_lines_total") == 4, what="the lines read")
         with urllib.request.urlopen(agent.base + "/metrics", timeout=5) as resp:
             return bytes(resp.read())
     finally:
@@ -77,6 +82,7 @@ def dashboard_queries() -> list[str]:
 def test_rules_and_dashboard_name_only_exported_metrics(scrape: bytes) -> None:
     names = exported(scrape)
     assert "logwarden_refreshes_total" in names and "logwarden_propagation_seconds_bucket" in names
+    assert b'logwarden_triggers_total{cache_status="MISS"} 1.0' in scrape
     rules = referenced("\n".join(rule_texts()))
     dashboard = referenced("\n".join(dashboard_queries()))
     assert rules and dashboard
