@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -224,8 +225,7 @@ class Bus:
         if node == self.node:
             return "own"
         if not self.accept_source and refresh.source:
-            refresh = Refresh(refresh.scheme, refresh.host, refresh.target,
-                              refresh.cache_status, refresh.logged_at)
+            refresh = dataclasses.replace(refresh, source=None)
         return "ok" if self.receive(refresh) else "refused"
 
     def _lost(self, exc: BaseException) -> None:
