@@ -184,12 +184,14 @@ class Bus:
         while True:
             refresh = await self._queue.get()
             try:
-                await self._client.publish(self.channel, encode(refresh, self.node, self.method))
+                receivers = await self._client.publish(
+                    self.channel, encode(refresh, self.node, self.method))
             except (RedisError, OSError) as exc:
                 log.debug("publish to %s failed: %s", self.url, exc)
                 self._unavailable(refresh)
             else:
                 self._published["ok"].inc()
+                self.metrics.bus_receivers.set(receivers)
 
     async def _subscribe_loop(self) -> None:
         while True:

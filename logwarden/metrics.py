@@ -82,6 +82,10 @@ class Metrics:
             "malformed.", ["outcome"], registry=r)
         self.bus_connected = Gauge(
             "logwarden_bus_connected", "1 while subscribed to the bus, else 0.", registry=r)
+        self.bus_receivers = Gauge(
+            "logwarden_bus_receivers", "Subscribers (this node included) that Redis delivered "
+            "this node's last message to: fewer than the fleet means some node missed it.",
+            registry=r)
         self.file_rotations = Counter(
             "logwarden_file_rotations", "Tailed files that left their path (renamed or deleted).",
             registry=r)

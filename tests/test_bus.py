@@ -143,6 +143,7 @@ def test_bus_spreads_changes_and_survives_a_redis_crash(
     spread(cluster, "/bus/one?ma=60")
     assert agent_a.value("logwarden_bus_published_total", outcome="ok") == 1
     assert agent_a.value("logwarden_bus_received_total", outcome="own") == 1
+    assert agent_a.value("logwarden_bus_receivers") == 3  # A, B and C got it
     assert agent_a.total("logwarden_refreshes_total", outcome="ok") == 0  # no direct fan-out
     for agent, node in ((agent_b, b), (agent_c, c)):
         assert agent.value("logwarden_bus_received_total", outcome="ok") == 1
