@@ -72,7 +72,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         failure = origin.failure
         if isinstance(failure, str):  # CLOSE
             self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):  # NGINX may have given up already
+                self.connection.shutdown(socket.SHUT_RDWR)
             return
         path = target.split("?", 1)[0]
         version = origin.version(path)

@@ -139,6 +139,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("queue_size", int, 10000, "Refreshes waiting per peer before new ones are dropped."),
     Setting("metrics_listen", str, "127.0.0.1:9145", "HOST:PORT for /metrics and /healthz, "
             "or 'off'."),
+    Setting("origin_host_labels", int, 20, "Hosts with a label of their own in the origin-"
+            "failure metrics (the most failing ones); the others are counted as 'other'."),
     Setting("shutdown_timeout", float, 10.0, "Seconds to finish queued refreshes on SIGTERM."),
     Setting("positions", str, None, "Positions (checkpoints) file, or 'off'. Default: "
             "$STATE_DIRECTORY/positions.json, /var/lib/logwarden/positions.json as root, else "
@@ -209,6 +211,7 @@ class Config:
     timeout: float
     queue_size: int
     metrics_listen: str
+    origin_host_labels: int
     shutdown_timeout: float
     positions: str | None
     positions_interval: float
@@ -617,6 +620,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "max_refresh_burst": _positive,
     "max_target_bytes": _positive,
     "metrics_listen": _check_listen,
+    "origin_host_labels": _not_negative,
     "default_host": _check_default_host,
     "concurrency": _positive,
     "peer_concurrency": _positive,

@@ -23,6 +23,7 @@ from logwarden.discovery import PeerSource
 from logwarden.dispatcher import Dispatcher, DispatchSettings
 from logwarden.logformat import LogFormat
 from logwarden.metrics import Metrics, MetricsServer
+from logwarden.origin_failures import OriginWatch
 from logwarden.positions import Positions
 from logwarden.process import Processor, triggers_for
 from logwarden.sdnotify import notify
@@ -53,6 +54,8 @@ class Daemon:
         self.metrics = Metrics()
         self.parser: LogFormat = config.log_format_parser()
         self.triggers = triggers_for(config)
+        self.origin = OriginWatch(self.metrics, self.parser, default_host=config.default_host,
+                                  host_labels=config.origin_host_labels)
         self.positions = Positions(config.positions_path)
         self.lines: LineQueue = asyncio.Queue(LINES_QUEUE_BATCHES)
         self.stopping = asyncio.Event()
@@ -130,14 +133,7 @@ class Daemon:
 
     async def _dispatcher(self) -> Dispatcher:
         cfg = self.config
-        settings = DispatchSettings(
-            method=cfg.refresh_method, header=cfg.refresh_header_pair,
-            purge_method=cfg.purge_method if cfg.mode == "purge" else None,
-            purge_then_refresh=cfg.purge_then_refresh, timeout=cfg.timeout,
-            retries=cfg.retries, retry_backoff=cfg.retry_backoff,
-            breaker_failures=cfg.breaker_failures, breaker_cooldown=cfg.breaker_cooldown,
-            concurrency=cfg.concurrency, peer_concurrency=cfg.peer_concurrency,
-            queue_size=cfg.queue_size, peer_ca=cfg.peer_ca, insecure_tls=cfg.insecure_peer_tls)
+        settings = DispatchSettings.from_config(cfg)
         self.storm = storm = StormControl(
             rate=cfg.max_refresh_rate, burst=cfg.max_refresh_burst,
             max_target_bytes=cfg.max_target_bytes, only=cfg.only, skip=cfg.skip)
@@ -222,7 +218,7 @@ class Daemon:
     async def _process(self, dispatcher: Dispatcher) -> None:
         """Parse, decide and dedup each batch inline (logwarden.process, shared with
         ``replay``), then hand the refreshes on."""
-        processor, m = Processor(self.parser, self.triggers), self.metrics
+        processor, m = Processor(self.parser, self.triggers, origin=self.origin), self.metrics
         depth = m.queue_depth.labels("lines")
         while (batch := await self.lines.get()) is not None:
             depth.set(self.lines.qsize())
@@ -234,6 +230,7 @@ class Daemon:
                               refresh.target.decode("latin-1"))
                 self._fan_out(dispatcher, refresh)
             tally.add_to(m)
+            self.origin.flush()
             if isinstance(batch, Batch) and batch.checkpoint is not None:
                 self.positions.commit(batch.checkpoint)
             m.queue_depth.labels("refreshes").set(dispatcher.depth())

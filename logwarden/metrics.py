@@ -72,6 +72,19 @@ class Metrics:
             ["peer"], registry=r)
         self.queue_depth = Gauge(
             "logwarden_queue_depth", "Items waiting in a pipeline queue.", ["queue"], registry=r)
+        self.stale_served = Counter(
+            "logwarden_stale_served", "Lines where the node served a STALE copy because the "
+            "origin failed, by host (top N, else 'other') and use_stale reason.",
+            ["host", "reason"], registry=r)
+        self.origin_errors = Counter(
+            "logwarden_origin_errors", "Lines whose last upstream answer was a 5xx (NGINX's "
+            "own 502/504 for a dead origin included), by host (top N, else 'other').",
+            ["host"], registry=r)
+        self.stale_age = Histogram(
+            "logwarden_stale_age_seconds", "Age of the STALE copies served because the origin "
+            "failed: line time minus the copy's $upstream_http_date.", registry=r,
+            buckets=(1, 10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600,
+                     86400, 2 * 86400, 7 * 86400))
         self.bus_published = Counter(
             "logwarden_bus_published", "Triggers for the bus, by outcome: ok (published), "
             "bus_unavailable (the bus was down: direct fan-out if peers are configured), "

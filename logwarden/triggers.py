@@ -138,8 +138,17 @@ def _origin_failed(upstream_status: str | None) -> bool:
     """True when the last upstream answer was a 5xx (a ``"502, 200"`` list ends with the final)."""
     if not upstream_status:
         return False
-    last = upstream_status.replace(":", ",").rsplit(",", 1)[-1].strip()
-    return len(last) == 3 and last.startswith("5") and last.isdigit()
+    return is_5xx(final_upstream_status(upstream_status))
+
+
+def is_5xx(status: str) -> bool:
+    return len(status) == 3 and status.startswith("5") and status.isdigit()
+
+
+def final_upstream_status(upstream_status: str) -> str:
+    """The last entry of an ``$upstream_*`` list: ``"502, 200"`` (next upstream) or
+    ``"502 : 504"`` (internal redirect) gives ``"200"``/``"504"``."""
+    return upstream_status.replace(":", ",").rsplit(",", 1)[-1].strip()
 
 
 class _Window:

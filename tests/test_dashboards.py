@@ -174,7 +174,9 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
              "values": "0+10x11"},
             {"series": 'logwarden_refreshes_total{instance="b", peer="p", outcome="dropped"}',
              "values": "0x11"},
-            {"series": 'logwarden_records_ignored_total{instance="b", reason="origin_error"}',
+            {"series": 'logwarden_stale_served_total{instance="b", host="www.example.com", '
+                       'reason="http_500"}', "values": "0+5x11"},
+            {"series": 'logwarden_origin_errors_total{instance="b", host="www.example.com"}',
              "values": "0+5x11"},
         ],
         "alert_rule_test": [
@@ -182,8 +184,9 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
             _case("LogwardenPeerDown", "5m", [down]),
             _case("LogwardenRefreshesDropped", "3m", []),
             _case("LogwardenRefreshesDropped", "8m", [{"instance": "a", "severity": "warning"}]),
+            _case("LogwardenOriginFailingBehindStaleCache", "3m", []),
             _case("LogwardenOriginFailingBehindStaleCache", "8m",
-                  [{"instance": "b", "severity": "warning"}]),
+                  [{"host": "www.example.com", "severity": "warning"}]),
             _case("LogwardenRefreshErrors", "8m", []),
         ],
     }]}

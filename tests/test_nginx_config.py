@@ -151,7 +151,8 @@ def test_peer_refresh_replaces_a_fresh_entry(cluster: Cluster, origin: Origin) -
 
     refreshed = fetch(a, target, headers=REFRESH)  # from 127.0.0.1, a peer
     assert cache_status(refreshed) == "BYPASS" and version(refreshed) == 2
-    line = a.log_lines()[-1]
+    # The line can trail the response by a moment (lab NginxNode.wait_log): wait for it.
+    [line] = a.wait_log(lambda line: line.cache_status == "BYPASS")
     assert (line.target, line.refresh, line.upstream_status) == (target, "1", "200")
 
     after = a.get(target)
