@@ -152,7 +152,7 @@ class OriginWatch:
         host = record.host or self.default_host
         if is_5xx(final):
             self._errors[host] += 1
-        if record.cache_status == "STALE":
+        if record.cache_status == "STALE" and final[:1] in ("4", "5"):  # use_stale's errors
             self._note_stale(line, record, host, final)
 
     def _note_stale(self, line: bytes, record: Record, host: str, final: str) -> None:

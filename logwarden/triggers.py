@@ -22,6 +22,8 @@ OWN_AGENT_MARK = _OWN_AGENT
 """Lines carrying it must reach the triggers even when they cannot trigger: they remember
 logwarden's own purges from them (the daemon's prefilter keeps them)."""
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD"})
+FAILED_UPDATE_SECONDS = 5.0
+"""How long a failed background fetch's line marks its client's line (written right after)."""
 PURGE_MEMORY_SECONDS = 3600.0
 """How long a purge by logwarden marks its URL's next MISS as the refill, not a change."""
 
@@ -66,6 +68,7 @@ class Triggers:
         self.wall_clock = wall_clock
         self._dedup = _Window(dedup_window, max_keys, clock)
         self._purged = _Window(PURGE_MEMORY_SECONDS, max_keys, clock)
+        self._failed = _Window(FAILED_UPDATE_SECONDS, max_keys, clock)
 
     def skip_reason(self, record: Record) -> str | None:
         """Why this record must not trigger, or ``None`` when it should (pure rules only)."""
@@ -89,7 +92,8 @@ class Triggers:
         return None
 
     def after_purges(self, record: Record, reason: str | None) -> str | None:
-        """``reason`` from :meth:`skip_reason`, or ``refill``; remembers logwarden's purges.
+        """``reason`` from :meth:`skip_reason`, ``refill`` or ``origin_error``; remembers
+        logwarden's purges and failed background fetches.
 
         The first MISS of a URL that another node's agent purged here refills the entry: it is
         not news. Fanning it out would purge the other nodes, whose next MISS would purge this
@@ -100,6 +104,20 @@ class Triggers:
         elif reason is None and record.cache_status == "MISS" \
                 and self._purged.discard(self._key(record)):
             return "refill"
+        elif record.cache_status == "STALE":
+            return self._after_failed_update(record, reason)
+        return reason
+
+    def _after_failed_update(self, record: Record, reason: str | None) -> str | None:
+        """With ``log_subrequest on``, a failed background update logs its own line (STALE,
+        the origin's 5xx) just before its client's, which reads like a good update (STALE, no
+        upstream status). That one must not fan out either: every peer's refresh would only
+        meet the failing origin (measured on NGINX 1.22)."""
+        key = self._key(record)
+        if reason == "origin_error":
+            self._failed.admit(key)
+        elif reason is None and record.upstream_status is None and self._failed.discard(key):
+            return "origin_error"
         return reason
 
     def _note_own(self, record: Record) -> None:

@@ -65,6 +65,7 @@ def test_example_format_counts_failures_by_host_and_reason() -> None:
         line(), line(upstream="502, 502"), line(cache="MISS", upstream="502"),
         line(host="static.example.com", cache="BYPASS", upstream="503"),
         line(cache="STALE", upstream="-"),  # a background update, not a failure
+        line(cache="STALE", upstream="200"),  # not a use_stale condition: not counted
         line(cache="EXPIRED", upstream="502, 200"),  # the retry worked
         line(cache="STALE", upstream="404"),  # use_stale http_404: stale, not an origin 5xx
     ])
@@ -196,6 +197,12 @@ def test_stale_pages_served_while_the_origin_fails_are_counted(
                 wait_until(lambda reason=reason, count=count: served(reason) == count,
                            timeout=5, what=f"stale_served{{reason={reason}}} at {count}")
             assert agent.value("logwarden_origin_errors_total", host="www.example.com") == 3
+            # Each client line (STALE, no upstream status) follows its failed fetch's line:
+            # neither fans out, else every peer's refresh would only meet the failing origin.
+            wait_until(lambda: agent.value("logwarden_records_ignored_total",
+                                           reason="origin_error") == 6, timeout=5,
+                       what="both lines of each failed update ignored")
+            assert agent.total("logwarden_triggers_total") == 0
             assert agent.value("logwarden_stale_age_seconds_count") == 3
             assert 3 * 2.0 <= agent.value("logwarden_stale_age_seconds_sum") <= 3 * 6.0
         finally:

@@ -116,3 +116,22 @@ def test_a_backlog_older_than_max_age_does_not_trigger(age: float | None,
     t = Triggers(DEFAULT, dedup_window=1, max_age=300, wall_clock=lambda: 10_000.0)
     r = rec(time=None if age is None else 10_000.0 - age)
     assert t.skip_reason(r) == reason
+
+
+def test_a_failed_background_update_does_not_fan_out() -> None:
+    """log_subrequest on: the failed fetch's STALE 500 line marks its client's STALE '-' line,
+    which would otherwise read as a good background update (nginx-facts, issue 10)."""
+    clock = Clock()
+    t = Triggers(DEFAULT, dedup_window=0, clock=clock)
+
+    def decide(r: Record) -> str | None:
+        return t.after_purges(r, t.skip_reason(r))
+
+    failed, client = rec(cache_status="STALE", upstream_status="500"), \
+        rec(cache_status="STALE", upstream_status=None)
+    assert [decide(failed), decide(client)] == ["origin_error", "origin_error"]
+    assert decide(client) is None  # the next good update fans out again
+    assert decide(rec(cache_status="STALE", upstream_status="502", target=b"/other")) \
+        == "origin_error"
+    clock.now += 10  # a mark is for the line written right after, not for later updates
+    assert decide(rec(cache_status="STALE", upstream_status=None, target=b"/other")) is None
