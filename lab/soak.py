@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,8 +55,10 @@ STATIC = [f"/soak/static/{i}?ma=300" for i in range(300)]
 LOAD_THREADS = 4
 FLOOD_THREADS = 8
 BREAKER_COOLDOWN = 5.0
-AGENT_FLAGS = ("--max-refresh-rate", "50", "--max-refresh-burst", "50",
+AGENT_FLAGS = ("--max-refresh-rate", "25", "--max-refresh-burst", "25",
                "--breaker-cooldown", str(BREAKER_COOLDOWN))
+"""Sized by the README's rule: the slow peer carries 8 lanes / 0.2 s = 40 refreshes/s, less
+the lanes its stalls hold; at 50/s a flood queued refreshes to it for 15 s."""
 STALL = 6.0
 """Seconds the slow proxy holds a stalled request: more than the agents' --timeout (5 s)."""
 PROPAGATION_LIMIT = 10.0
@@ -73,9 +76,9 @@ class Profile:
     kill_every: float = 120.0
     down_for: float = 15.0
     bump_every: float = 2.0
-    slow_delay: float = 0.25
-    stall_every: int = 50
-    """Every 50th request to C is held ``STALL`` seconds: a timeout, then a retry."""
+    slow_delay: float = 0.2
+    stall_every: int = 100
+    """Every 100th request to C is held ``STALL`` seconds: a timeout, then a retry."""
     flood_urls: int = 10_000
     garbage_lines: int = 1000
 
@@ -205,6 +208,8 @@ class AgentSeries:
     fds: list[tuple[float, int]] = field(default_factory=list)
     rate_dropped: list[tuple[float, float]] = field(default_factory=list)  # wall time
     queued: list[tuple[float, float]] = field(default_factory=list)  # refreshes waiting
+    peer_up: dict[str, list[tuple[float, float]]] = field(
+        default_factory=lambda: defaultdict(list))  # by peer URL, wall time
     died_at: float | None = None
     scrape_errors: int = 0
 
@@ -290,6 +295,12 @@ class Soak:
 
     def node(self, name: str) -> NginxNode:
         return self.cluster.nodes[self.names.index(name)]
+
+    def peer_url(self, agent: str, peer: str) -> str:
+        """The URL ``agent``'s logwarden has for ``peer`` (A and B reach C via the proxy)."""
+        if peer == "C" and agent != "C" and self.proxy is not None:
+            return self.proxy.url
+        return self.node(peer).url
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -415,6 +426,9 @@ class Soak:
                     ("logwarden_storm_dropped_total", (("reason", "rate"),)), 0.0)))
                 s.queued.append((now, scrape.get(
                     ("logwarden_queue_depth", (("queue", "refreshes"),)), 0.0)))
+                for (metric, labels), value in scrape.items():
+                    if metric == "logwarden_peer_up":
+                        s.peer_up[dict(labels)["peer"]].append((time.time(), value))
             except OSError:
                 s.scrape_errors += 1
 
@@ -448,6 +462,9 @@ class Soak:
             lines = [t.lines for t in totals]
             done = lines == previous and all(all(ok for _, ok, _ in t.equations()) for t in totals)
             if done or time.monotonic() > deadline:
+                for name, agent in zip(self.names, self.agents, strict=True):
+                    with urllib.request.urlopen(agent.base + "/metrics", timeout=5) as resp:
+                        (self.workdir / f"agent-{name}.metrics").write_bytes(resp.read())
                 return totals
             previous = lines
             time.sleep(1.0)
@@ -573,10 +590,23 @@ def check_propagation(soak: Soak) -> Propagation:
                 result.missed.append(
                     f"{target} v{version} (bumped {bumped - soak.wall0:.1f} s, fetched on "
                     f"{fetch.node} {fetch.cache_status} at {fetch.msec - soak.wall0:.1f} s): "
-                    f"{peer} refreshed {when}")
+                    f"{peer} refreshed {when}{_breaker_note(soak, fetch, peer)}")
             else:
                 result.delays[peer].append(max(0.0, got.msec - fetch.msec))
     return result
+
+
+def _breaker_note(soak: Soak, fetch: Line, peer: str) -> str:
+    """Why a peer may have been left out: the fetching agent's breaker for it was open (the
+    ``logwarden_peer_up`` samples around the fetch), and since when the peer was back."""
+    samples = soak.series[fetch.node].peer_up.get(soak.peer_url(fetch.node, peer), [])
+    before = [v for t, v in samples if t <= fetch.msec][-1:]
+    after = [v for t, v in samples if t > fetch.msec][:1]
+    if 0.0 not in before + after:
+        return ""
+    back = [end for _, end in soak.down_windows if end <= fetch.msec] if peer == "B" else []
+    since = f", {peer} back for {fetch.msec - back[-1]:.1f} s" if back else ""
+    return f" [{fetch.node}'s breaker for {peer} open{since}]"
 
 
 def _windows(counter: list[tuple[float, float]]) -> list[tuple[float, float]]:
