@@ -351,6 +351,10 @@ async def _warm(config: Config, sources: Sequence[str], only_missing: bool,
         return 2
     click.echo(f"warming {len(urls)} URL(s) on {len(nodes)} node(s)"
                + (", only where missing" if only_missing else ""), file=err)
+    if config.dry_run:  # the sources are read and checked, nothing is sent
+        for node in nodes:
+            click.echo(f"{node}: {len(urls)} to warm (dry run: nothing sent)", file=out)
+        return 0
     progress = Progress(err)
     started = time.monotonic()
     report = await Warmer(nodes, settings, progress).run(urls)

@@ -197,6 +197,15 @@ def test_a_node_down_fails_the_run_and_is_named(cluster: Cluster, tmp_path: Path
     assert "some URLs were NOT warmed" in out.stdout
 
 
+def test_dry_run_reads_the_sources_and_sends_nothing(tmp_path: Path) -> None:
+    (tmp_path / "urls.txt").write_text("http://www.example.com/a\n/b\n")
+    down = dead_url()  # nothing is sent, so nothing fails
+    out = warm(str(tmp_path / "urls.txt"), "--default-host", "h.example", "--dry-run",
+               "--peer", down)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"{down}: 2 to warm (dry run: nothing sent)\n"
+
+
 def test_unreadable_source_exits_2(tmp_path: Path) -> None:
     out = warm(str(tmp_path / "none.txt"), "--peer", "http://127.0.0.11:80")
     assert out.returncode == 2
