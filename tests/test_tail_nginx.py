@@ -120,6 +120,14 @@ def _accepts(port: int) -> bool:
     return True
 
 
+async def _answers(client: Client, n: int) -> None:
+    """Until the client has had ``n`` more answers."""
+    target = client.done + n
+    async with asyncio.timeout(30):
+        while client.done < target:
+            await asyncio.sleep(0.005)
+
+
 def _ids(lines: list[bytes]) -> list[bytes]:
     return [line.split(b" ", 1)[0] for line in lines]
 
@@ -140,12 +148,12 @@ def test_rename_and_copytruncate_under_load(plain_nginx: PlainNginx) -> None:
 
     async def rotate(client: Client, source: FileSource) -> None:
         for i in range(RENAMES):
-            await asyncio.sleep(0.05)
+            await _answers(client, 20)  # every rotation happens under load
             rotated.append(log.with_name(f"access.log.{i}"))
             os.rename(log, rotated[-1])
             plain_nginx.reopen()
         for i in range(COPYTRUNCATES):
-            await asyncio.sleep(0.1)
+            await _answers(client, 50)
             copies.append(log.with_name(f"copy.{i}"))
             before = client.done
             with open(log, "rb") as fh:
@@ -179,7 +187,6 @@ def test_rename_and_copytruncate_under_load(plain_nginx: PlainNginx) -> None:
 
     answered = 0
     asyncio.run(main())
-    assert answered > 1000, "the load was too light to mean anything"
 
     assert len(emitted) == len(set(emitted)), "a line was emitted twice"
     renamed = [i for path in rotated for i in _file_ids(path)]
@@ -212,18 +219,18 @@ def test_sigkill_and_restart_loses_nothing(cluster: Cluster, tmp_path: Path) -> 
     agent = start()
     try:
         with Client(node.address, node.port, prefix="/kill/") as client:
-            wait_until(lambda: client.done > 300, 10, what="300 requests")
+            wait_until(lambda: client.done > 300, 30, what="300 requests")
             os.kill(agent.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
             agent.proc.wait()  # type: ignore[union-attr]
             killed_at = stderr.stat().st_size
             [saved] = _saved_offsets(stderr.with_suffix(".positions.json"), node.access_log)
             more = client.done + 300
-            wait_until(lambda: client.done > more, 10, what="300 more requests")
+            wait_until(lambda: client.done > more, 30, what="300 more requests")
             agent = start()
             more = client.done + 300
-            wait_until(lambda: client.done > more, 10, what="300 more requests")
+            wait_until(lambda: client.done > more, 30, what="300 more requests")
         targets = _logged_targets(node.access_log)
-        wait_until(lambda: set(_decided(stderr.read_bytes())) >= set(targets), 10,
+        wait_until(lambda: set(_decided(stderr.read_bytes())) >= set(targets), 30,
                    what="the restarted agent to catch up")
     finally:
         assert agent.stop() == 0
