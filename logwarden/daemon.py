@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -171,7 +170,7 @@ class Daemon:
         of the new copy with --refresh-from-self (only for URLs of --self's scheme)."""
         source = self._source
         if source is not None and source[0] == refresh.scheme:
-            refresh = dataclasses.replace(refresh, source=source[1])
+            refresh = refresh._replace(source=source[1])
         if self.bus is None:
             dispatcher.submit(refresh)
             return

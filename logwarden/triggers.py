@@ -8,10 +8,11 @@ refresh requests, nor the first MISS after one of its purges emptied the entry.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from logwarden import __version__
 from logwarden.record import Record
@@ -28,9 +29,10 @@ PURGE_MEMORY_SECONDS = 3600.0
 """How long a purge by logwarden marks its URL's next MISS as the refill, not a change."""
 
 
-@dataclass(frozen=True, slots=True)
-class Refresh:
-    """One URL to refresh on every other peer."""
+class Refresh(NamedTuple):
+    """One URL to refresh on every other peer. A NamedTuple, as :class:`Record` is: built for
+    every triggering line, 3x cheaper than a frozen dataclass; ``_replace`` gives a changed
+    copy."""
 
     scheme: str
     host: str
@@ -170,37 +172,54 @@ def final_upstream_status(upstream_status: str) -> str:
 
 
 class _Window:
-    """Keys seen within the last ``window`` seconds, bounded to ``max_keys`` (oldest evicted)."""
+    """Keys seen within the last ``window`` seconds, bounded to ``max_keys`` (oldest evicted).
+
+    Insertion order is time order, so expired keys are all at the front; ``_head``, the time of
+    the front key, spares looking there on the calls where nothing expires. An OrderedDict, not
+    a dict: evicting its oldest key is O(1), where a dict scans the deleted slots at its front."""
 
     def __init__(self, window: float, max_keys: int, clock: Callable[[], float]) -> None:
         self.window = window
         self.max_keys = max_keys
         self.clock = clock
         self._seen: OrderedDict[object, float] = OrderedDict()
+        self._head = math.inf
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def admit(self, key: object) -> bool:
         now = self.clock()
-        self._expire(now)
-        if key in self._seen:
+        if now - self._head >= self.window:
+            self._expire(now)
+        seen = self._seen
+        if key in seen:
             return False
-        self._seen[key] = now
-        if len(self._seen) > self.max_keys:
-            self._seen.popitem(last=False)
+        seen[key] = now
+        if len(seen) > self.max_keys:
+            seen.popitem(last=False)
+            self._head = next(iter(seen.values()), math.inf)
+        elif len(seen) == 1:
+            self._head = now
         return True
 
     def discard(self, key: object) -> bool:
         """Forget ``key``; True if it was seen within the window."""
-        self._expire(self.clock())
-        return self._seen.pop(key, None) is not None
+        now = self.clock()
+        if now - self._head >= self.window:
+            self._expire(now)
+        seen = self._seen
+        if seen.pop(key, None) is None:
+            return False
+        self._head = next(iter(seen.values()), math.inf)
+        return True
 
     def _expire(self, now: float) -> None:
-        # Insertion order is time order, so expired keys are all at the front.
         seen = self._seen
         while seen:
             key, t = next(iter(seen.items()))
             if now - t < self.window:
-                break
+                self._head = t
+                return
             del seen[key]
+        self._head = math.inf

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from logwarden.dispatcher import Breaker, Dispatcher, DispatchSettings
+from logwarden.dispatcher import Breaker, Dispatcher, DispatchSettings, host_ok
 from logwarden.logformat import LogFormat
 from logwarden.metrics import Metrics
 from logwarden.storm import StormControl
@@ -484,3 +484,22 @@ def test_a_host_that_is_no_tls_server_name_costs_one_request_not_a_worker() -> N
             assert (count(m, url, "tls_error"), count(m, url, "timeout")) == (1, 1)
 
     asyncio.run(go())
+
+
+def _host_ok_by_character(host: str) -> bool:
+    """host_ok as it was first written: a test per character (the reference)."""
+    return bool(host) and all(0x21 <= ord(c) < 0x7F and c not in "/\\" for c in host)
+
+
+@pytest.mark.parametrize("host", [
+    "", "a", "www.example.com", "[::1]", "h:80", "x" * 300, " ", "a b", "a/b", "a\\b", "/",
+    "\\", "a\tb", "a\x00", "a\x7f", "a\x80", "\xe9t\xe9.example", "\u2028", "a\nb", "a\rb",
+    "\U0001f600", "-_.~!$&'()*+,;=%@", "a\x1b[0m"])
+def test_host_ok_table(host: str) -> None:
+    assert host_ok(host) == _host_ok_by_character(host)
+
+
+def test_host_ok_every_single_character() -> None:
+    for code in [*range(0x300), 0x2028, 0xFEFF, 0x1F600]:
+        for host in (chr(code), f"a{chr(code)}b"):
+            assert host_ok(host) == _host_ok_by_character(host), hex(code)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from logwarden.record import Record
-from logwarden.triggers import USER_AGENT, Triggers
+from logwarden.triggers import USER_AGENT, Triggers, _Window
 
 DEFAULT = ("MISS", "EXPIRED", "UPDATING", "STALE")
 
@@ -135,3 +139,54 @@ def test_a_failed_background_update_does_not_fan_out() -> None:
         == "origin_error"
     clock.now += 10  # a mark is for the line written right after, not for later updates
     assert decide(rec(cache_status="STALE", upstream_status=None, target=b"/other")) is None
+
+
+class _ReferenceWindow:
+    """The dedup window as first written: looks at its front on every call."""
+
+    def __init__(self, window: float, max_keys: int, clock: object) -> None:
+        self.window, self.max_keys, self.clock = window, max_keys, clock
+        self.seen: OrderedDict[object, float] = OrderedDict()
+
+    def admit(self, key: object) -> bool:
+        now = self.clock()  # type: ignore[operator]
+        self._expire(now)
+        if key in self.seen:
+            return False
+        self.seen[key] = now
+        if len(self.seen) > self.max_keys:
+            self.seen.popitem(last=False)
+        return True
+
+    def discard(self, key: object) -> bool:
+        self._expire(self.clock())  # type: ignore[operator]
+        return self.seen.pop(key, None) is not None
+
+    def _expire(self, now: float) -> None:
+        while self.seen:
+            key, t = next(iter(self.seen.items()))
+            if now - t < self.window:
+                break
+            del self.seen[key]
+
+
+@settings(max_examples=300, deadline=None)
+@given(window=st.sampled_from([0.0, 0.5, 1.0, 3.0]), max_keys=st.integers(0, 4),
+       ops=st.lists(st.tuples(st.booleans(), st.integers(0, 5),
+                              st.sampled_from([0.0, 0.0, 0.2, 0.5, 1.0, 2.5, -0.7])),
+                    max_size=60))
+def test_window_decides_as_the_reference(window: float, max_keys: int,
+                                         ops: list[tuple[bool, int, float]]) -> None:
+    """Same answers and same keys after every admit/discard, also when the clock steps back
+    (replay's line clock)."""
+    now = [100.0]
+    ours, ref = _Window(window, max_keys, lambda: now[0]), \
+        _ReferenceWindow(window, max_keys, lambda: now[0])
+    for admit, key, step in ops:
+        now[0] += step
+        if admit:
+            assert ours.admit(key) == ref.admit(key)
+        else:
+            assert ours.discard(key) == ref.discard(key)
+        assert list(ours._seen.items()) == list(ref.seen.items())
+        assert len(ours) == len(ref.seen)
