@@ -26,7 +26,7 @@ from logwarden.origin_failures import OriginWatch
 from logwarden.positions import Positions
 from logwarden.process import Processor, triggers_for
 from logwarden.sdnotify import notify
-from logwarden.sources import Batch, LineQueue, Source
+from logwarden.sources import Batch, Block, LineQueue, Source
 from logwarden.sources.file import FileSource
 from logwarden.sources.syslog import SyslogSource
 from logwarden.storm import StormControl
@@ -230,7 +230,7 @@ class Daemon:
                 self._fan_out(dispatcher, refresh)
             tally.add_to(m)
             self.origin.flush()
-            if isinstance(batch, Batch) and batch.checkpoint is not None:
+            if isinstance(batch, Batch | Block) and batch.checkpoint is not None:
                 self.positions.commit(batch.checkpoint)
             m.queue_depth.labels("refreshes").set(dispatcher.depth())
 

@@ -181,25 +181,69 @@ class LogFormat:
 
         return sift
 
+    def block_sifter(self, statuses: Iterable[str], keep_agent: bytes | None = None
+                     ) -> Callable[[bytes], list[bytes]] | None:
+        """:meth:`sifter` for lines still in the block the file source read (each line followed
+        by ``\\n``): the lines it would not skip, in order, sliced out of the block; the others
+        are never made into objects. None when the format does not allow it (split the block
+        and use :meth:`sifter`).
+
+        Two regex scans of the block: how many lines show a status (a match runs to the end of
+        its line, so there is at most one per line), and where the lines that must be parsed
+        are. A block with a line showing no status goes line by line."""
+        patterns = self._patterns(statuses, keep_agent, block=True)
+        if patterns is None:
+            return None
+        wanted = re.compile(b"(?:" + patterns[0] + rb")[^\n]*+").search
+        showing = re.compile(b"(?:" + patterns[1] + rb")[^\n]*+()").findall
+        sift = self.sifter(statuses, keep_agent)
+
+        def sift_block(block: bytes) -> list[bytes]:
+            if len(showing(block)) != block.count(b"\n"):
+                lines = block.split(b"\n")
+                lines.pop()  # after the last newline
+                return sift(lines)
+            kept, pos, line_start = [], 0, block.rfind
+            while match := wanted(block, pos):
+                pos = match.end()  # the end of that line
+                kept.append(block[line_start(b"\n", 0, match.start()) + 1:pos])
+            return kept
+
+        return sift_block
+
     def _tests(self, statuses: Iterable[str], keep_agent: bytes | None) -> tuple[
             Callable[[bytes], re.Match[bytes] | None],
             Callable[[bytes], re.Match[bytes] | None]] | None:
         """Searches for "must be parsed" and "shows a cache status"; None: cannot tell."""
+        patterns = self._patterns(statuses, keep_agent)
+        if patterns is None:
+            return None
+        return re.compile(patterns[0]).search, re.compile(patterns[1]).search
+
+    def _patterns(self, statuses: Iterable[str], keep_agent: bytes | None,
+                  block: bool = False) -> tuple[bytes, bytes] | None:
+        """The patterns of :meth:`_tests`; ``block``: for lines in a block, where no match
+        may cross a newline (None if a literal holds one)."""
         tokens = _tokens(_unquote(self.format))
         around = _around(tokens, "upstream_cache_status")
         if around is None or _TOUCHING in around:
             return None
         before, after = around
-        assert not isinstance(before, str)
-        statuses_ = b"|".join(re.escape(s.encode()) for s in sorted(set(statuses))) or b"(?!)"
-        wanted = [(before, b"(?:" + statuses_ + b")" + _edge(after, start=False))]
+        assert not isinstance(before, str) and not isinstance(after, str)
+        words = sorted({s.encode() for s in statuses})
+        statuses_ = b"|".join(map(re.escape, words)) or b"(?!)"
+        wanted = [(before, b"(?:" + statuses_ + b")" + _edge(after, start=False, block=block))]
         if keep_agent:
             ua = _around(tokens, "http_user_agent")[0] if "http_user_agent" in self.variables \
                 else _TOUCHING
             wanted.append((b"" if isinstance(ua, str) else ua, re.escape(keep_agent)))
+        if block and b"\n" in b"".join([before or b"", after or b"", keep_agent or b"", *words,
+                                         *(lit or b"" for lit, _ in wanted)]):
+            return None
         shape = rb"[A-Z]*" if self.escape == "json" else rb"[A-Z]+|-"  # what NGINX writes
-        showing = _edge(before, start=True) + b"(?:" + shape + b")" + _edge(after, start=False)
-        return re.compile(_alternatives(wanted)).search, re.compile(showing).search
+        showing = _edge(before, start=True, block=block) + b"(?:" + shape + b")" \
+            + _edge(after, start=False, block=block)
+        return _alternatives(wanted, block), showing
 
     def _time(self, values: list[bytes | None]) -> float | None:
         slot, fmt = self._time_field
@@ -299,20 +343,24 @@ def _around(tokens: list[tuple[str, str]],
     return edges[0], edges[1]
 
 
-def _edge(literal: bytes | str | None, start: bool) -> bytes:
-    """The pattern of a literal found by :func:`_around` (never ``_TOUCHING`` here)."""
+def _edge(literal: bytes | str | None, start: bool, block: bool = False) -> bytes:
+    """The pattern of a literal found by :func:`_around` (never ``_TOUCHING`` here); ``block``:
+    the line is one of many in a block, each followed by a newline."""
     if literal is None:
+        if block:
+            return rb"(?m:^)" if start else rb"(?m:$)"
         return rb"\A" if start else rb"(?:\r?\n)?\Z"
     assert isinstance(literal, bytes)
     return re.escape(literal)
 
 
-def _alternatives(choices: list[tuple[bytes | None, bytes]]) -> bytes:
+def _alternatives(choices: list[tuple[bytes | None, bytes]], block: bool = False) -> bytes:
     """``(literal, pattern)`` choices as one pattern, their common leading bytes factored out:
     ``re`` then scans for that prefix in C; a bare alternation is ~3x slower (bench/README)."""
     literals = [lit for lit, _ in choices if lit is not None]
     if len(literals) < len(choices):
-        return b"|".join(_edge(lit, start=True) + pattern for lit, pattern in choices)
+        return b"|".join(_edge(lit, start=True, block=block) + pattern
+                         for lit, pattern in choices)
     n = 0
     while n < min(map(len, literals)) and len({lit[n] for lit in literals}) == 1:
         n += 1

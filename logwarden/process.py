@@ -16,6 +16,7 @@ from logwarden.config import Config
 from logwarden.logformat import LogFormat
 from logwarden.metrics import Metrics
 from logwarden.origin_failures import WATCHED_STATUSES, OriginWatch
+from logwarden.sources import Block
 from logwarden.triggers import OWN_AGENT_MARK, Refresh, Triggers
 
 
@@ -41,13 +42,21 @@ class Processor:
         self.origin = origin
         watched = WATCHED_STATUSES if origin is not None and origin.enabled else frozenset()
         self.sift = parser.sifter(triggers.statuses | watched, keep_agent=OWN_AGENT_MARK)
+        self.sift_block = parser.block_sifter(triggers.statuses | watched,
+                                              keep_agent=OWN_AGENT_MARK)
         self.line_clock = line_clock
 
-    def batch(self, lines: list[bytes]) -> tuple[list[Refresh], Tally]:
+    def batch(self, lines: list[bytes] | Block) -> tuple[list[Refresh], Tally]:
         """Lines a cheap cache-status test rules out (mostly HITs) skip the full parse and count
-        as ignored (LogFormat.skipper says what that means for malformed lines)."""
+        as ignored (LogFormat.skipper says what that means for malformed lines). A file
+        source's Block is tested without splitting it into lines (LogFormat.block_sifter)."""
         parse, triggers, origin = self.parse, self.triggers, self.origin
-        candidates = self.sift(lines)
+        if not isinstance(lines, Block):
+            candidates = self.sift(lines)
+        elif self.sift_block is not None:
+            candidates = self.sift_block(lines.data)
+        else:
+            candidates = self.sift(lines.lines())
         tally = Tally(skipped=len(lines) - len(candidates))
         refreshes = []
         for line in candidates:

@@ -27,7 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from logwarden.metrics import Metrics
 from logwarden.positions import Positions
-from logwarden.sources import Batch
+from logwarden.sources import Batch, Block
 from logwarden.sources.file import FileSource
 
 
@@ -206,7 +206,7 @@ class TailerMachine(RuleBasedStateMachine):
             batch = self.queue.get_nowait()
             assert batch is not None
             self.emitted.extend(batch)
-            if isinstance(batch, Batch) and batch.checkpoint is not None:
+            if isinstance(batch, Batch | Block) and batch.checkpoint is not None:
                 self.positions.commit(batch.checkpoint)
 
     # -- checks ---------------------------------------------------------------------------------

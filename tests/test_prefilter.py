@@ -109,6 +109,30 @@ def test_sifter_keeps_what_the_skipper_keeps() -> None:
     assert sift(with_garbage) == [line for line in with_garbage if not skip(line)]
 
 
+def _block_sift(fmt: LogFormat, lines: list[bytes]) -> list[bytes]:
+    """What the block sifter keeps of ``lines`` read as one block, as the file source has it."""
+    sift = fmt.block_sifter(STATUSES, keep_agent=OWN_AGENT_MARK)
+    assert sift is not None
+    return sift(b"".join(line + b"\n" for line in lines))
+
+
+def test_block_sifter_keeps_what_the_skipper_keeps() -> None:
+    fmt, lines = LogFormat.compile(gen.FORMAT), list(gen.lines(5000, seed=5))
+    lines = [line.rstrip(b"\n") for line in lines]
+    skip = fmt.skipper(STATUSES, keep_agent=OWN_AGENT_MARK)
+    assert _block_sift(fmt, lines) == [line for line in lines if not skip(line)]
+    with_garbage = [*lines[:100], b"garbage", b"", *lines[100:200]]  # goes line by line
+    assert _block_sift(fmt, with_garbage) == [line for line in with_garbage if not skip(line)]
+    assert _block_sift(fmt, []) == []
+
+
+def test_no_block_sifter_without_literals_or_with_a_newline_in_one() -> None:
+    assert LogFormat.compile("$host $status$upstream_cache_status $request").block_sifter(
+        STATUSES) is None
+    assert LogFormat.compile("$host\n$upstream_cache_status $request").block_sifter(
+        STATUSES) is None
+
+
 def test_no_literal_next_to_the_field_skips_nothing() -> None:
     fmt = LogFormat.compile("$host $status$upstream_cache_status $request")
     assert not fmt.skipper(STATUSES)(b"h 200HIT GET / HTTP/1.1")
@@ -136,3 +160,5 @@ def test_any_lines_decide_the_same(format_: str, lines: list[bytes]) -> None:
     skip = fmt.skipper(STATUSES, keep_agent=OWN_AGENT_MARK)
     assert fmt.sifter(STATUSES, keep_agent=OWN_AGENT_MARK)(lines) == [
         line for line in lines if not skip(line)]
+    in_block = [piece for line in lines for piece in line.split(b"\n")]  # as the file splits
+    assert _block_sift(fmt, in_block) == [line for line in in_block if not skip(line)]
