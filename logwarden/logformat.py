@@ -182,11 +182,11 @@ class LogFormat:
         return sift
 
     def block_sifter(self, statuses: Iterable[str], keep_agent: bytes | None = None
-                     ) -> Callable[[bytes], list[bytes]] | None:
-        """:meth:`sifter` for lines still in the block the file source read (each line followed
-        by ``\\n``): the lines it would not skip, in order, sliced out of the block; the others
-        are never made into objects. None when the format does not allow it (split the block
-        and use :meth:`sifter`).
+                     ) -> Callable[[bytes, int], list[bytes]] | None:
+        """:meth:`sifter` for ``count`` lines still in the block the file source read (each line
+        followed by ``\\n``): the lines it would not skip, in order, sliced out of the block;
+        the others are never made into objects. None when the format does not allow it (split
+        the block and use :meth:`sifter`).
 
         Two regex scans of the block: how many lines show a status (a match runs to the end of
         its line, so there is at most one per line), and where the lines that must be parsed
@@ -198,8 +198,8 @@ class LogFormat:
         showing = re.compile(b"(?:" + patterns[1] + rb")[^\n]*+()").findall
         sift = self.sifter(statuses, keep_agent)
 
-        def sift_block(block: bytes) -> list[bytes]:
-            if len(showing(block)) != block.count(b"\n"):
+        def sift_block(block: bytes, count: int) -> list[bytes]:
+            if len(showing(block)) != count:
                 lines = block.split(b"\n")
                 lines.pop()  # after the last newline
                 return sift(lines)

@@ -54,7 +54,7 @@ class Processor:
         if not isinstance(lines, Block):
             candidates = self.sift(lines)
         elif self.sift_block is not None:
-            candidates = self.sift_block(lines.data)
+            candidates = self.sift_block(lines.data, lines.count)
         else:
             candidates = self.sift(lines.lines())
         tally = Tally(skipped=len(lines) - len(candidates))

@@ -113,7 +113,7 @@ def _block_sift(fmt: LogFormat, lines: list[bytes]) -> list[bytes]:
     """What the block sifter keeps of ``lines`` read as one block, as the file source has it."""
     sift = fmt.block_sifter(STATUSES, keep_agent=OWN_AGENT_MARK)
     assert sift is not None
-    return sift(b"".join(line + b"\n" for line in lines))
+    return sift(b"".join(line + b"\n" for line in lines), len(lines))
 
 
 def test_block_sifter_keeps_what_the_skipper_keeps() -> None:
