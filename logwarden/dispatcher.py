@@ -130,11 +130,13 @@ class Breaker:
     def is_open(self) -> bool:
         return self.opened_at is not None
 
+    def cooling(self) -> bool:
+        """True while refreshes must be skipped: open, and its cool-down not over."""
+        return self.opened_at is not None and self.clock() < self.opened_at + self.cooldown
+
     def waiting(self) -> bool:
-        """True while refreshes must be skipped: open, and cooling down or probing."""
-        if self.opened_at is None:
-            return False
-        return self.probing or self.clock() < self.opened_at + self.cooldown
+        """True while no request may go out: cooling down, or another caller's probe is out."""
+        return self.probing or self.cooling()
 
     def allow(self) -> bool:
         """May a request go out now? When open, the first caller after the cool-down probes."""
@@ -220,6 +222,8 @@ class Peer:
         self._busy = 0
         self._healthy = asyncio.Event()  # extra lanes work only while the peer answers
         self._own_slot = asyncio.Semaphore(1)
+        self._probed = asyncio.Event()  # set while no probe is out
+        self._probed.set()
         self._told_forbidden = False
         metrics.init_peer(url)
         # Looked up once: a labels() call costs more than deciding a log line.
@@ -230,9 +234,10 @@ class Peer:
         name = urlsplit(self.url).netloc
         self.workers = [asyncio.create_task(self._work(lane), name=f"peer {name} #{lane}")
                         for lane in range(self.settings.peer_concurrency)]
+        self.workers.append(asyncio.create_task(self._recover(), name=f"peer {name} probe"))
 
     def offer(self, refresh: Refresh, fanout: FanOut | None = None) -> None:
-        if self.breaker.waiting():
+        if self.breaker.cooling():  # a probe in flight may be about to close it: queue
             outcome = "skipped"
         elif refresh.key in self._pending:
             outcome = "coalesced"
@@ -259,7 +264,7 @@ class Peer:
             refresh, fanout = await self.queue.get()
             self._busy += 1
             try:
-                outcome = await self.deliver(refresh, slot) if self.breaker.allow() \
+                outcome = await self.deliver(refresh, slot) if await self._admit() \
                     else "skipped"
                 self.count(outcome)
                 self._note(outcome)
@@ -269,6 +274,35 @@ class Peer:
                 self._busy -= 1
                 self._pending.discard(refresh.key)
                 self.queue.task_done()
+
+    async def _admit(self) -> bool:
+        """Whether to send now: behind another worker's probe, wait for its answer rather
+        than skip a refresh the peer may be able to take."""
+        while self.breaker.probing:
+            await self._probed.wait()
+        if not self.breaker.allow():
+            return False
+        if self.breaker.probing:
+            self._probed.clear()
+        return True
+
+    async def _recover(self) -> None:
+        """Probe an open breaker after each cool-down even when no refresh comes along, so a
+        peer that is back shows up (logwarden_peer_up) before the next change needs it. The
+        probe is a TCP connect: a request would need a URL to refresh."""
+        while True:
+            await asyncio.sleep(self.settings.breaker_cooldown)
+            if not self.breaker.is_open or self.breaker.waiting() or not self.queue.empty():
+                continue
+            self.breaker.allow()
+            self._probed.clear()
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    await self.client.reachable()
+            except (OSError, TimeoutError):
+                self._record("connect_error", None, "")
+            else:
+                self._record("ok", None, "")
 
     async def deliver(self, refresh: Refresh, slot: asyncio.Semaphore) -> str:
         """Purge and/or refresh ``refresh`` on this peer, with retries; returns the outcome."""
@@ -346,6 +380,7 @@ class Peer:
         """Feed the breaker: transport failures and 5xx count, any other answer is a success."""
         failed = (outcome in _TRANSPORT_FAILURES or (status or 0) >= 500
                   or (status is None and outcome == "http_error"))
+        self._probed.set()
         if failed:
             self._healthy.clear()
         else:

@@ -175,6 +175,13 @@ class PeerClient:
             raise ConnectError(str(exc) or type(exc).__name__) from None
         return _Connection(key, reader, writer)
 
+    async def reachable(self) -> None:
+        """Open and close a TCP connection (no TLS: no host name to verify); OSError if not."""
+        _, writer = await asyncio.open_connection(self.host, self.port)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
     def _take_idle(self, key: str) -> _Connection | None:
         while conn := next((c for c in reversed(self._idle) if c.key == key), None):
             self._idle.remove(conn)

@@ -503,3 +503,39 @@ def test_host_ok_every_single_character() -> None:
     for code in [*range(0x300), 0x2028, 0xFEFF, 0x1F600]:
         for host in (chr(code), f"a{chr(code)}b"):
             assert host_ok(host) == _host_ok_by_character(host), hex(code)
+
+
+def test_a_peer_back_from_an_outage_gets_every_refresh_and_shows_up_without_traffic() -> None:
+    """After the cool-down, refreshes arriving while the probe is out wait for its answer
+    instead of being skipped; and with no refresh at all, a connect probe brings it back."""
+
+    async def go() -> None:
+        url = dead_url()
+        port = int(url.rsplit(":", 1)[1])
+        m = Metrics()
+        d = Dispatcher((url,), DispatchSettings(retries=0, breaker_failures=1,
+                                               breaker_cooldown=0.2), m)
+        d.start()
+        d.submit(refresh(b"/down"))
+        await settle(d, m, 1)
+        assert value(m, "logwarden_peer_up", peer=url) == 0
+        peer = await RecordingPeer(port=port).start()
+        await asyncio.sleep(0.25)  # past the cool-down, before the idle probe
+        for i in range(10):  # the first is the probe, the rest arrive while it is out
+            d.submit(refresh(b"/back/%d" % i))
+        await settle(d, m, 11)
+        assert (count(m, url, "ok"), count(m, url, "skipped")) == (10, 0)
+
+        for i in range(2):  # down again, then back with no traffic at all
+            d.submit(refresh(b"/500/%d" % i))
+        peer.status = 503
+        await settle(d, m, 13)
+        assert value(m, "logwarden_peer_up", peer=url) == 0
+        peer.status = 200
+        async with asyncio.timeout(2):
+            while value(m, "logwarden_peer_up", peer=url) != 1:
+                await asyncio.sleep(0.02)
+        await d.close(1)
+        await peer.close()
+
+    asyncio.run(go())
