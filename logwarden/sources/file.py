@@ -187,6 +187,10 @@ class FileSource:
             self._resume_saved()
         for path in self._paths():
             self._check(path)
+        if self._first_scan:
+            # Saved at once: after a crash within the first save interval, a restart must
+            # resume where this start began, not at a later end of the file.
+            self.positions.save()
         self._first_scan = False
         await self._read_all()
 
