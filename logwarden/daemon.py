@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 LINES_QUEUE_BATCHES = 8
 """Batches (of up to ~1 MiB of lines, or 1024 datagrams) between the sources and the parser.
 
-Enough to keep the parser busy; the file is the real buffer. Each queued MiB costs ~1.5 MiB
-of RSS, so 64 had a file backlog peak at 141 MiB (bench/README.md, benchmark 5)."""
+Enough to keep the parser busy; the file is the real buffer. A queued MiB of lines cost ~1.5 MiB
+of RSS (64 had a file backlog peak at 141 MiB, bench/README.md, benchmark 5); a file source's
+Block is now its 1 MiB of bytes."""
 
 
 class StartupError(RuntimeError):
