@@ -102,7 +102,7 @@ SETTINGS: tuple[Setting, ...] = (
             multiple=True),
     Setting("dedup_window", float, 1.0, "Seconds within which repeated triggers for one URL "
             "produce one fan-out."),
-    Setting("dedup_max_urls", int, 100_000, "URLs the dedup window remembers at most (the "
+    Setting("dedup_max_urls", int, 50_000, "URLs the dedup window remembers at most (the "
             "oldest are forgotten first): bounds its memory."),
     Setting("refresh_method", str, "HEAD", "Method of refresh requests.", choices=("HEAD", "GET")),
     Setting("refresh_header", str, "X-Refresh: 1", "Header 'Name: value' the peers map to "

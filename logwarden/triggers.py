@@ -60,7 +60,7 @@ class Triggers:
         dedup_window: float,
         default_host: str | None = None,
         max_age: float = 0.0,
-        max_keys: int = 100_000,
+        max_keys: int = 50_000,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
