@@ -262,6 +262,9 @@ class Peer:
             if lane:
                 await self._healthy.wait()
             refresh, fanout = await self.queue.get()
+            # Coalesce only with refreshes not yet sent: one already on its way may have left
+            # before the change that triggered the repeat, so the repeat must go too.
+            self._pending.discard(refresh.key)
             self._busy += 1
             try:
                 outcome = await self.deliver(refresh, slot) if await self._admit() \
@@ -272,7 +275,6 @@ class Peer:
                     fanout.done()
             finally:
                 self._busy -= 1
-                self._pending.discard(refresh.key)
                 self.queue.task_done()
 
     async def _admit(self) -> bool:

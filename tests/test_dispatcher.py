@@ -341,21 +341,27 @@ def test_purge_then_refresh_and_forbidden_is_logged_once(
     assert "403" in record.getMessage() and acl.url in record.getMessage()
 
 
-def test_in_flight_refresh_coalesces_repeats() -> None:
+def test_queued_refresh_coalesces_repeats_but_one_in_flight_does_not() -> None:
     async def go() -> None:
         slow = await RecordingPeer(delay=0.2).start()
         m = Metrics()
         d = Dispatcher((slow.url,), DispatchSettings(), m)
         d.start()
-        for _ in range(3):
+        for _ in range(3):  # queued together: one request
             d.submit(refresh())
         await settle(d, m, 1)
         assert count(m, slow.url, "coalesced") == 2
-        d.submit(refresh())  # the first one is done: a new one goes out
-        await settle(d, m, 2)
+        d.submit(refresh())  # in flight now: it may predate the change this repeat saw
+        async with asyncio.timeout(2):
+            while len(slow.heads) < 2:
+                await asyncio.sleep(0.01)
+        d.submit(refresh())  # while that one is out: sent as well, once
+        d.submit(refresh())
+        await settle(d, m, 3)
         await d.close(1)
         await slow.close()
-        assert len(slow.heads) == 2
+        assert len(slow.heads) == 3
+        assert count(m, slow.url, "coalesced") == 3
 
     asyncio.run(go())
 
