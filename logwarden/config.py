@@ -26,6 +26,7 @@ from logwarden.logformat import ESCAPES, LogFormat, LogFormatError
 from logwarden.nginxconf import AccessLog, NginxConfError
 from logwarden.nginxconf import choose as choose_access_logs
 from logwarden.nginxconf import read as read_nginx_conf
+from logwarden.peerhttp import host_port
 from logwarden.positions import default_path as default_positions_path
 from logwarden.sources.syslog import parse_url as parse_syslog_url
 
@@ -242,9 +243,9 @@ class Config:
         (``--refresh-from-self``; the port spelled out, as the peers' nginx.conf map lists it)."""
         if not (self.refresh_from_self and self.self):
             return None
-        parts = urlsplit(self.self)
-        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
-        return parts.scheme, f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        host, port = host_port(self.self)
+        host = f"[{host}]" if ":" in host else host
+        return urlsplit(self.self).scheme, f"{host}:{port}"
 
     @property
     def positions_path(self) -> Path | None:

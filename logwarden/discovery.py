@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from logwarden.peerhttp import host_port
+
 log = logging.getLogger(__name__)
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -45,9 +47,8 @@ def check_peer_url(url: str) -> None:
 
 
 def _identity(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, (parts.hostname or "").lower(), port
+    host, port = host_port(url)
+    return urlsplit(url).scheme, host.lower(), port
 
 
 def is_self(url: str, self_url: str | None) -> bool:

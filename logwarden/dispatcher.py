@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from prometheus_client import Histogram
 
 from logwarden.metrics import REFRESH_OUTCOMES, STORM_REASONS, Metrics
-from logwarden.peerhttp import Answer, ConnectError, PeerClient, PeerError, TLSError
+from logwarden.peerhttp import Answer, ConnectError, PeerClient, PeerError, TLSError, host_port
 from logwarden.storm import StormControl
 from logwarden.triggers import USER_AGENT, Refresh
 
@@ -211,9 +211,8 @@ class Peer:
         self.slots = slots
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(settings.queue_size)
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
-        self.client = PeerClient(
-            parts.hostname or "", parts.port or (443 if self.scheme == "https" else 80),
-            tls if self.scheme == "https" else None, settings.peer_concurrency)
+        self.client = PeerClient(*host_port(url), tls if self.scheme == "https" else None,
+                                 settings.peer_concurrency)
         self.headers = [settings.header, ("User-Agent", USER_AGENT)]
         self._probe_headers = [("User-Agent", USER_AGENT)]
         self.workers: list[asyncio.Task[None]] = []

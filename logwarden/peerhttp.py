@@ -26,6 +26,7 @@ import contextlib
 import ssl
 from collections import deque
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import h11
 
@@ -113,6 +114,12 @@ class _Closed(ProtocolError):
     def __init__(self, received: bool) -> None:
         super().__init__("connection closed before the answer was complete")
         self.received = received
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """The host and port an ``http(s)://`` URL names, the port defaulting to its scheme's."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 class PeerClient:

@@ -33,7 +33,7 @@ from logwarden.config import Config
 from logwarden.discovery import PeerSource
 from logwarden.dispatcher import Dispatcher, DispatchSettings, tls_context
 from logwarden.metrics import Metrics
-from logwarden.peerhttp import PeerClient, PeerError
+from logwarden.peerhttp import PeerClient, PeerError, host_port
 from logwarden.triggers import USER_AGENT, Refresh
 
 if TYPE_CHECKING:
@@ -302,10 +302,9 @@ class NodeFetcher:
         node = next((n for n in self.nodes if urlsplit(n).scheme == refresh.scheme), None)
         if node is None:
             raise WarmError(f"no {refresh.scheme}:// node to fetch it from")
-        parts = urlsplit(node)
-        https = parts.scheme == "https"
+        https = urlsplit(node).scheme == "https"
         tls = tls_context(self.settings.peer_ca, self.settings.insecure_tls) if https else None
-        client = PeerClient(parts.hostname or "", parts.port or (443 if https else 80), tls, 1)
+        client = PeerClient(*host_port(node), tls, 1)
         try:
             async with asyncio.timeout(max(self.settings.timeout, SITEMAP_TIMEOUT)):
                 answer = await client.fetch("GET", refresh.target, refresh.host,
