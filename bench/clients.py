@@ -25,9 +25,9 @@ Sender = Callable[[str, list[bytes], int], Awaitable[None]]
 
 
 async def via_logwarden(url: str, targets: list[bytes], concurrency: int) -> None:
-    from logwarden.dispatcher import Dispatcher, DispatchSettings
-    from logwarden.metrics import Metrics
-    from logwarden.triggers import Refresh
+    from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
+    from logwarden.model import Refresh
+    from logwarden.ops.metrics import Metrics
 
     settings = DispatchSettings(peer_concurrency=concurrency, queue_size=len(targets) + 1)
     dispatcher = Dispatcher((url,), settings, Metrics())

@@ -11,7 +11,7 @@ import click
 
 from logwarden import __version__
 from logwarden.config import SETTINGS, Config, ConfigError, load_config
-from logwarden.logs import setup as setup_logging
+from logwarden.ops.logs import setup as setup_logging
 
 F = Callable[..., Any]
 
@@ -94,7 +94,7 @@ def warm(config_file: str | None, sources: tuple[str, ...], only_missing: bool,
     when any URL failed on any node."""
     config = _load(config_file, flags, warm=True)
     setup_logging(config.log_level, config.log_format_output)
-    from logwarden.warm import warm as run_warm
+    from logwarden.commands.warm import warm as run_warm
 
     sys.exit(run_warm(config, sources, only_missing=only_missing, out=sys.stdout,
                       err=sys.stderr))
@@ -110,7 +110,7 @@ def replay(file: str, as_json: bool, config_file: str | None, **flags: Any) -> N
     (lines, malformed, triggers by status, refreshes after dedup). Sends nothing; no peer or
     --access-log needed (with --nginx-conf, --access-log picks the format)."""
     config = _load(config_file, flags, offline=True)
-    from logwarden.replay import replay_file
+    from logwarden.commands.replay import replay_file
 
     try:
         replay_file(config, file, click.echo, as_json=as_json)

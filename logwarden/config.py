@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from logwarden.bus import parse_bus_url
-from logwarden.discovery import check_peer_url, is_self, read_peers_file
-from logwarden.logformat import ESCAPES, LogFormat, LogFormatError
-from logwarden.nginxconf import AccessLog, NginxConfError
-from logwarden.nginxconf import choose as choose_access_logs
-from logwarden.nginxconf import read as read_nginx_conf
-from logwarden.peerhttp import host_port
-from logwarden.positions import default_path as default_positions_path
+from logwarden.deliver.peerhttp import host_port
+from logwarden.parse.logformat import ESCAPES, LogFormat, LogFormatError
+from logwarden.parse.nginxconf import AccessLog, NginxConfError
+from logwarden.parse.nginxconf import choose as choose_access_logs
+from logwarden.parse.nginxconf import read as read_nginx_conf
+from logwarden.route.bus import parse_bus_url
+from logwarden.route.discovery import check_peer_url, is_self, read_peers_file
+from logwarden.sources.positions import default_path as default_positions_path
 from logwarden.sources.syslog import parse_url as parse_syslog_url
 
 ENV_PREFIX = "LOGWARDEN_"

@@ -16,21 +16,21 @@ import os
 import signal
 import time
 
-from logwarden.bus import Bus
 from logwarden.config import Config, parse_listen
-from logwarden.discovery import PeerSource
-from logwarden.dispatcher import Dispatcher, DispatchSettings
-from logwarden.logformat import LogFormat
-from logwarden.metrics import Metrics, MetricsServer
-from logwarden.origin_failures import OriginWatch
-from logwarden.positions import Positions
-from logwarden.process import Processor, triggers_for
-from logwarden.sdnotify import notify
-from logwarden.sources import Batch, Block, LineQueue, Source
+from logwarden.decide.origin import OriginWatch
+from logwarden.decide.process import Processor, triggers_for
+from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
+from logwarden.model import Refresh
+from logwarden.ops.metrics import Metrics, MetricsServer
+from logwarden.ops.sdnotify import notify
+from logwarden.parse.logformat import LogFormat
+from logwarden.route.bus import Bus
+from logwarden.route.discovery import PeerSource
+from logwarden.route.storm import StormControl
+from logwarden.sources import LineQueue, Source
 from logwarden.sources.file import FileSource
+from logwarden.sources.positions import Positions
 from logwarden.sources.syslog import SyslogSource
-from logwarden.storm import StormControl
-from logwarden.triggers import Refresh
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class Daemon:
         return 0
 
     async def _process(self, dispatcher: Dispatcher) -> None:
-        """Parse, decide and dedup each batch inline (logwarden.process, shared with
+        """Parse, decide and dedup each batch inline (logwarden.decide.process, shared with
         ``replay``), then hand the refreshes on."""
         processor, m = Processor(self.parser, self.triggers, origin=self.origin), self.metrics
         depth = m.queue_depth.labels("lines")
@@ -231,7 +231,7 @@ class Daemon:
                 self._fan_out(dispatcher, refresh)
             tally.add_to(m)
             self.origin.flush()
-            if isinstance(batch, Batch | Block) and batch.checkpoint is not None:
+            if batch.checkpoint is not None:
                 self.positions.commit(batch.checkpoint)
             m.queue_depth.labels("refreshes").set(dispatcher.depth())
 

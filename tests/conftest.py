@@ -1,10 +1,13 @@
 """Shared fixtures: the lab's origin and a three-node NGINX cluster, real processes on loopback.
 
 Both are function-scoped and fail the test if they leave a thread or an NGINX process behind.
+An ``async def`` test runs in a fresh event loop of its own (:func:`pytest_pyfunc_call`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,6 +17,17 @@ import pytest
 from lab import Cluster, NginxNode, Origin, find_nginx
 from lab.agent import Agent
 from tests.agents import LOG_FORMAT, StartAgent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run an ``async def`` test with ``asyncio.run``: one new loop per test, closed after it
+    (the whole of what pytest-asyncio would give us here)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    asyncio.run(pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names}))
+    return True
 
 
 def _process_group_alive(pgid: int) -> bool:

@@ -15,9 +15,9 @@ import redis
 from lab import Cluster, Origin, wait_until
 from lab.agent import Agent
 from lab.redisserver import RedisServer, find_redis
-from logwarden.bus import VERSION, UnknownVersion, decode, encode, parse_bus_url
 from logwarden.config import ConfigError, load_config
-from logwarden.triggers import Refresh
+from logwarden.model import Refresh
+from logwarden.route.bus import VERSION, UnknownVersion, decode, encode, parse_bus_url
 from tests.agents import StartAgent, body_version, refreshes_seen
 
 HOST = "www.example.com"

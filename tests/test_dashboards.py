@@ -19,7 +19,7 @@ import yaml
 
 from lab import wait_until
 from lab.agent import Agent
-from logwarden.metrics import REFRESH_OUTCOMES
+from logwarden.ops.metrics import REFRESH_OUTCOMES
 from tests.agents import LOG_FORMAT
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

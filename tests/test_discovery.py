@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from lab import free_port
-from logwarden import discovery
 from logwarden.config import load_config
 from logwarden.daemon import Daemon
-from logwarden.discovery import PeerSource, interface_addresses, read_peers_file
+from logwarden.route import discovery
+from logwarden.route.discovery import PeerSource, interface_addresses, read_peers_file
 from tests.peers import RecordingPeer
 
 FMT = '$host "$request" $status $upstream_cache_status "$http_user_agent"'

@@ -19,9 +19,9 @@ import pytest
 from lab import EXAMPLE_CONFIG, OUTSIDER_ADDRESS, Cluster, NginxNode, Origin, free_port, wait_until
 from lab.agent import Agent
 from lab.cluster import CLIENT_ADDRESS, LAB_SECRET, current_user
-from logwarden.dispatcher import Dispatcher, DispatchSettings
-from logwarden.metrics import Metrics
-from logwarden.triggers import Refresh
+from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
+from logwarden.model import Refresh
+from logwarden.ops.metrics import Metrics
 from tests.agents import StartAgent, body_version, refreshes_seen, urls
 from tests.peers import dead_url, silent_url
 

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from logwarden.dispatcher import Breaker, Dispatcher, DispatchSettings, host_ok
-from logwarden.logformat import LogFormat
-from logwarden.metrics import Metrics
-from logwarden.storm import StormControl
-from logwarden.triggers import USER_AGENT, Refresh
+from logwarden.deliver.dispatcher import Breaker, Dispatcher, DispatchSettings
+from logwarden.model import USER_AGENT, Refresh, host_ok
+from logwarden.ops.metrics import Metrics
+from logwarden.parse.logformat import LogFormat
+from logwarden.route.storm import StormControl
 from tests.peers import RecordingPeer, dead_url, silent_url
 
 DONE = ("ok", "not_cached", "http_error", "timeout", "connect_error", "tls_error", "skipped")
@@ -330,7 +330,7 @@ def test_purge_then_refresh_and_forbidden_is_logged_once(
         assert count(m, acl.url, "http_error") == 3
         return warm, acl
 
-    with caplog.at_level(logging.ERROR, "logwarden.dispatcher"):
+    with caplog.at_level(logging.ERROR, "logwarden.deliver.dispatcher"):
         warm, acl = asyncio.run(go())
     lines = sorted(warm.request_lines())
     assert lines == sorted(b"%s /%d HTTP/1.1" % (m, i) for m in (b"PURGE", b"HEAD")

@@ -25,10 +25,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from logwarden.metrics import Metrics
-from logwarden.positions import Positions
-from logwarden.sources import Batch, Block
+from logwarden.ops.metrics import Metrics
 from logwarden.sources.file import FileSource
+from logwarden.sources.positions import Positions
 
 
 @dataclass
@@ -206,7 +205,7 @@ class TailerMachine(RuleBasedStateMachine):
             batch = self.queue.get_nowait()
             assert batch is not None
             self.emitted.extend(batch)
-            if isinstance(batch, Batch | Block) and batch.checkpoint is not None:
+            if batch.checkpoint is not None:
                 self.positions.commit(batch.checkpoint)
 
     # -- checks ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from logwarden.metrics import Metrics
+from logwarden.ops.metrics import Metrics
 from logwarden.sources import LineQueue
 from logwarden.sources.file import FileSource
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logwarden.logformat import LogFormat
+from logwarden.parse.logformat import LogFormat
 from logwarden.sources.syslog import parse_datagram
 from tests.test_logformat import _nginx_default, _nginx_json
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 
-from logwarden.dispatcher import Dispatcher, DispatchSettings
-from logwarden.metrics import Metrics
-from logwarden.triggers import Refresh, Triggers
+from logwarden.decide.triggers import Triggers
+from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
+from logwarden.model import Refresh
+from logwarden.ops.metrics import Metrics
 from tests.peers import RecordingPeer
 
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from logwarden.logformat import LogFormat, LogFormatError, _tokens, _unquote
-from logwarden.record import Record
+from logwarden.model import Record
+from logwarden.parse.logformat import LogFormat, LogFormatError, _tokens, _unquote
 
 COMBINED = ('$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
             '"$http_referer" "$http_user_agent"')

@@ -28,8 +28,14 @@ from lab import (
 )
 from lab.cluster import current_user
 from logwarden.config import ConfigError, load_config
-from logwarden.logformat import LogFormat
-from logwarden.nginxconf import RECOMMENDED_LOG_FORMAT, NginxConfError, choose, read, split_dump
+from logwarden.parse.logformat import LogFormat
+from logwarden.parse.nginxconf import (
+    RECOMMENDED_LOG_FORMAT,
+    NginxConfError,
+    choose,
+    read,
+    split_dump,
+)
 from tests.agents import LOG_FORMAT
 
 NGINX = find_nginx()

@@ -13,9 +13,9 @@ from lab import EXAMPLE_CONFIG, Cluster, Origin, find_nginx, wait_until
 from lab.agent import Agent, log_format_from_conf
 from lab.origin import CLOSE
 from logwarden.config import load_config
-from logwarden.logformat import LogFormat
-from logwarden.metrics import Metrics
-from logwarden.origin_failures import OTHER, HostLabels, OriginWatch, http_date, stale_reason
+from logwarden.decide.origin import OTHER, HostLabels, OriginWatch, http_date, stale_reason
+from logwarden.ops.metrics import Metrics
+from logwarden.parse.logformat import LogFormat
 from tests.agents import LOG_FORMAT, start_daemon
 
 EXTRA_FIELDS = "\\t$upstream_header_time\\t$upstream_http_date"
@@ -55,7 +55,7 @@ def note_all(watch: OriginWatch, fmt: str, lines: list[bytes]) -> None:
     for raw in lines:
         record = parse(raw)
         assert record is not None, raw
-        watch.note(raw, record)
+        watch.note(record)
     watch.flush()
 
 

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from bench import gen
 from lab.agent import log_format_from_conf
 from lab.cluster import EXAMPLE_CONFIG
-from logwarden.logformat import LogFormat
-from logwarden.triggers import OWN_AGENT_MARK, Triggers
+from logwarden.decide.triggers import Triggers
+from logwarden.model import OWN_AGENT_MARK
+from logwarden.parse.logformat import LogFormat
 
 STATUSES = ("MISS", "EXPIRED", "UPDATING", "STALE")
 SPACED = '$host "$request" $status $upstream_cache_status "$http_user_agent"'

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from lab import wait_until
 from lab.agent import Agent
+from logwarden.commands.replay import Replay
 from logwarden.config import load_config
-from logwarden.replay import Replay
 from tests.agents import LOG_FORMAT
 
 # The agent logs each decision before storm control; the token bucket is tested below. Its

@@ -16,8 +16,8 @@ import pytest
 from lab import EXAMPLE_CONFIG, free_port, wait_until
 from lab.agent import Agent, log_format_from_conf
 from logwarden.config import ConfigError, load_config
-from logwarden.logformat import LogFormat
-from logwarden.metrics import Metrics
+from logwarden.ops.metrics import Metrics
+from logwarden.parse.logformat import LogFormat
 from logwarden.sources import LineQueue
 from logwarden.sources.syslog import SyslogMessage, SyslogSource, parse_datagram, parse_url
 

@@ -22,7 +22,7 @@ import pytest
 from lab import Cluster, find_nginx, free_port, wait_until
 from lab.agent import Agent
 from lab.cluster import current_user
-from logwarden.metrics import Metrics
+from logwarden.ops.metrics import Metrics
 from logwarden.sources import LineQueue
 from logwarden.sources.file import FileSource
 from tests.agents import LOG_FORMAT

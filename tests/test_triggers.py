@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logwarden.record import Record
-from logwarden.triggers import USER_AGENT, Triggers, _Window
+from logwarden.decide.triggers import Triggers, _Window
+from logwarden.model import USER_AGENT, Record
 
 DEFAULT = ("MISS", "EXPIRED", "UPDATING", "STALE")
 

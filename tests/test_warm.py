@@ -11,11 +11,19 @@ from pathlib import Path
 import pytest
 
 from lab import Cluster, Origin
+from logwarden.commands.warm import (
+    Report,
+    Sources,
+    WarmError,
+    sitemap_locs,
+    unpacked,
+    url_list,
+    url_refresh,
+)
 from logwarden.config import ConfigError, load_config
-from logwarden.dispatcher import _probe_outcome
-from logwarden.peerhttp import Answer
-from logwarden.triggers import Refresh
-from logwarden.warm import Report, Sources, WarmError, sitemap_locs, unpacked, url_list, url_refresh
+from logwarden.deliver.dispatcher import _probe_outcome
+from logwarden.deliver.peerhttp import Answer
+from logwarden.model import Refresh
 from tests.peers import dead_url
 
 NS = 'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'

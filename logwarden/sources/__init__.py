@@ -1,38 +1,38 @@
-"""Sources read access-log lines and put them, in batches of bytes, on the parser queue."""
+"""Sources read access-log lines and put them, in batches, on the parser queue."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-from logwarden.positions import Checkpoint
+from logwarden.sources.positions import Checkpoint
 
 
-class Batch(list[bytes]):
-    """Complete lines without their newline, in the order they were written.
+class Batch:
+    """Complete lines, in the order they were written, as one bytes object: ``data`` holds each
+    line followed by its ``\\n``. The one thing on the lines queue, from every source.
 
-    The syslog source puts these; a file source puts a :class:`Block`, whose ``checkpoint``
-    (where it ends in its file) the processor commits to the positions once the lines are
-    handled. Other sources may put plain lists.
+    The processor tests all the lines in the data at once (LogFormat.block_sifter) and makes
+    objects only of the few it parses. A file source's batch is what one read gave; its
+    ``checkpoint`` (where it ends in its file) is committed to the positions once the lines are
+    handled. A syslog batch is one wake-up's datagrams.
     """
-
-    checkpoint: Checkpoint | None = None
-
-
-class Block:
-    """Complete lines as a file source read them: ``data`` holds each line followed by its
-    ``\\n``. The processor tests them all in the block (LogFormat.block_sifter) and makes
-    objects only of the few it parses; iterating gives the lines, as a Batch does."""
 
     __slots__ = ("checkpoint", "count", "data")
 
-    def __init__(self, data: bytes, checkpoint: Checkpoint | None = None) -> None:
+    def __init__(self, data: bytes, checkpoint: Checkpoint | None = None,
+                 count: int | None = None) -> None:
         self.data = data
-        self.count = data.count(b"\n")
-        """Lines in the block."""
+        self.count = data.count(b"\n") if count is None else count
+        """Lines in the batch."""
         self.checkpoint = checkpoint
-        """Where the block ends in its file, as for a Batch."""
+
+    @classmethod
+    def of(cls, lines: Iterable[bytes]) -> Batch:
+        """A batch of ``lines`` given without their newline (none may hold one)."""
+        lines = list(lines)
+        return cls(b"".join(line + b"\n" for line in lines), count=len(lines))
 
     def lines(self) -> list[bytes]:
         lines = self.data.split(b"\n")
@@ -46,7 +46,7 @@ class Block:
         return self.count
 
 
-LineQueue = asyncio.Queue[list[bytes] | Block | None]
+LineQueue = asyncio.Queue[Batch | None]
 """Bounded queue from the sources to the parser; ``None`` (put by the daemon) ends it."""
 
 

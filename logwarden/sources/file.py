@@ -34,8 +34,9 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from logwarden.metrics import Metrics
-from logwarden.positions import (
+from logwarden.ops.metrics import Metrics
+from logwarden.sources import Batch, LineQueue
+from logwarden.sources.positions import (
     HEAD_BYTES,
     Checkpoint,
     Entry,
@@ -43,7 +44,6 @@ from logwarden.positions import (
     fingerprint,
     same_head,
 )
-from logwarden.sources import Block, LineQueue
 
 log = logging.getLogger(__name__)
 
@@ -427,7 +427,7 @@ class FileSource:
         return block
 
     async def _emit(self, f: _OpenFile, block: bytes, final: bool = False) -> None:
-        batch = Block(block, f.checkpoint(final))
+        batch = Batch(block, f.checkpoint(final))
         self.metrics.lines.inc(batch.count)
         await self.out.put(batch)
 

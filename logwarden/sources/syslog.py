@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from logwarden.metrics import Metrics
+from logwarden.ops.metrics import Metrics
 from logwarden.sources import Batch, LineQueue
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ class SyslogSource:
     def _receive(self) -> None:
         """Read what the socket holds (a batch at most), keep the wanted messages, enqueue."""
         assert self.sock is not None
-        recv, view, batch = self.sock.recvmsg_into, self._view, Batch()
+        recv, view, kept_lines = self.sock.recvmsg_into, self._view, []
         counts: collections.Counter[str] = collections.Counter()
         received = 0
         for _ in range(BATCH_DATAGRAMS):
@@ -253,13 +253,13 @@ class SyslogSource:
                 self._note_ancillary(ancillary)
             kept = self._accept(view[:size].tobytes(), flags, source)
             if isinstance(kept, bytes):
-                batch.append(kept)
+                kept_lines.append(kept)
             else:
                 counts[kept] += 1
         self._datagrams.inc(received)
         for reason, count in counts.items():
             self._rejected[reason].inc(count)
-        self._enqueue(batch)
+        self._enqueue(kept_lines)
 
     def _accept(self, data: bytes, flags: int, source: Any) -> bytes | str:
         """The message to parse, or the reason the datagram is ignored."""
@@ -274,6 +274,8 @@ class SyslogSource:
             return "other_tag"
         if len(parsed.message) > self.max_line_bytes:
             return "too_long"
+        if b"\n" in parsed.message:  # NGINX escapes every control byte: not its line
+            return "malformed"
         return parsed.message
 
     def _in_allow_list(self, host: str) -> bool:
@@ -282,15 +284,15 @@ class SyslogSource:
             ip = ip.ipv4_mapped  # a dual-stack socket reports IPv4 senders as ::ffff:a.b.c.d
         return any(ip in network for network in self.allow)
 
-    def _enqueue(self, batch: Batch) -> None:
-        if not batch:
+    def _enqueue(self, lines: list[bytes]) -> None:
+        if not lines:
             return
         try:
-            self.out.put_nowait(batch)
+            self.out.put_nowait(Batch.of(lines))
         except asyncio.QueueFull:
-            self._queue_drops.inc(len(batch))
+            self._queue_drops.inc(len(lines))
             return
-        self.metrics.lines.inc(len(batch))
+        self.metrics.lines.inc(len(lines))
 
     # -- kernel drops --------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Storm control: which fan-outs may go out at all, before any peer is asked.
 
 A fan-out multiplies one request into N-1 origin fetches, and anybody on the internet can
-request endless unique URLs. So, after the dedup window in :mod:`logwarden.triggers`, every
+request endless unique URLs. So, after the dedup window in :mod:`logwarden.decide.triggers`, every
 fan-out passes three bounds here, cheapest first: the target's length, the operator's path
 filters, and a global token bucket. What is turned away is counted by reason, never queued.
 """
@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 
-from logwarden.triggers import Refresh
+from logwarden.model import Refresh
 
 
 class TokenBucket:

@@ -27,7 +27,7 @@ from typing import Any
 import crossplane
 from crossplane.errors import NgxParserBaseException
 
-from logwarden.logformat import ESCAPES, LogFormat, LogFormatError
+from logwarden.parse.logformat import ESCAPES, LogFormat, LogFormatError
 from logwarden.sources.syslog import parse_url as parse_syslog_url
 
 COMBINED = ("'$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent "

@@ -35,8 +35,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from logwarden.metrics import BUS_PUBLISH_OUTCOMES, BUS_RECEIVE_OUTCOMES, Metrics
-from logwarden.triggers import Refresh
+from logwarden.model import Refresh
+from logwarden.ops.metrics import BUS_PUBLISH_OUTCOMES, BUS_RECEIVE_OUTCOMES, Metrics
 
 if TYPE_CHECKING:  # imported when a Bus is made: ~7 MiB of RSS an agent without --bus saves
     import redis.asyncio as redis

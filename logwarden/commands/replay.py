@@ -2,7 +2,7 @@
 
 No network: this is how an operator tries a format, the statuses and the filters on a real
 log before turning logwarden on. Lines are decided by the daemon's own path
-(:class:`logwarden.process.Processor`); what the dispatcher would still turn away (a target
+(:class:`logwarden.decide.process.Processor`); what the dispatcher would still turn away (a target
 or host that cannot be replayed exactly, storm control) is applied in the same order as
 ``Dispatcher.submit``. Time is the log's own (``$msec``, ``$time_local``…): the dedup window
 and the token bucket span it, and ``--max-line-age`` is off, since every line is history.
@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from logwarden.config import Config
-from logwarden.dispatcher import host_ok, request_target_ok
-from logwarden.process import LineClock, Processor, Tally, triggers_for
-from logwarden.storm import StormControl
-from logwarden.triggers import Refresh
+from logwarden.decide.process import LineClock, Processor, Tally, triggers_for
+from logwarden.model import Refresh, host_ok, request_target_ok
+from logwarden.route.storm import StormControl
+from logwarden.sources import Batch
 
 BATCH_LINES = 4096
 """Lines decided at once: the batch size the daemon sees under load, bounded memory."""
@@ -46,7 +46,8 @@ class Replay:
             self.lines += len(batch)
             kept = [line for line in batch if len(line) <= self.config.max_line_bytes]
             self.too_long += len(batch) - len(kept)
-            refreshes, tally = self.processor.batch(kept)
+            lines = Batch.of(line.removesuffix(b"\n") for line in kept)
+            refreshes, tally = self.processor.batch(lines)
             self.tally.add(tally)
             for refresh in refreshes:
                 reason = self._refusal(refresh)

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 from logwarden.config import Config
-from logwarden.logformat import LogFormat
-from logwarden.metrics import Metrics
-from logwarden.origin_failures import WATCHED_STATUSES, OriginWatch
-from logwarden.sources import Block
-from logwarden.triggers import OWN_AGENT_MARK, Refresh, Triggers
+from logwarden.decide.origin import WATCHED_STATUSES, OriginWatch
+from logwarden.decide.triggers import Triggers
+from logwarden.model import OWN_AGENT_MARK, Refresh
+from logwarden.ops.metrics import Metrics
+from logwarden.parse.logformat import LogFormat
+from logwarden.sources import Batch
 
 
 def triggers_for(config: Config, clock: Callable[[], float] | None = None) -> Triggers:
@@ -46,14 +47,13 @@ class Processor:
                                               keep_agent=OWN_AGENT_MARK)
         self.line_clock = line_clock
 
-    def batch(self, lines: list[bytes] | Block) -> tuple[list[Refresh], Tally]:
+    def batch(self, lines: Batch) -> tuple[list[Refresh], Tally]:
         """Lines a cheap cache-status test rules out (mostly HITs) skip the full parse and count
-        as ignored (LogFormat.skipper says what that means for malformed lines). A file
-        source's Block is tested without splitting it into lines (LogFormat.block_sifter)."""
+        as ignored (LogFormat.skipper says what that means for malformed lines). The batch is
+        tested without splitting it into lines (LogFormat.block_sifter) where the format
+        allows."""
         parse, triggers, origin = self.parse, self.triggers, self.origin
-        if not isinstance(lines, Block):
-            candidates = self.sift(lines)
-        elif self.sift_block is not None:
+        if self.sift_block is not None:
             candidates = self.sift_block(lines.data, lines.count)
         else:
             candidates = self.sift(lines.lines())
@@ -66,7 +66,7 @@ class Processor:
                 continue
             ust = record.upstream_status  # tested inline: a call per candidate costs
             if ust is not None and ("5" in ust or record.cache_status == "STALE") and origin:
-                origin.note(line, record)
+                origin.note(record)
             if self.line_clock is not None and record.time is not None:
                 self.line_clock.now = record.time
             reason = triggers.after_purges(record, triggers.skip_reason(record))

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from logwarden.peerhttp import host_port
+from logwarden.deliver.peerhttp import host_port
 
 log = logging.getLogger(__name__)
 

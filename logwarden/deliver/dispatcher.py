@@ -31,10 +31,17 @@ from urllib.parse import urlsplit
 
 from prometheus_client import Histogram
 
-from logwarden.metrics import REFRESH_OUTCOMES, STORM_REASONS, Metrics
-from logwarden.peerhttp import Answer, ConnectError, PeerClient, PeerError, TLSError, host_port
-from logwarden.storm import StormControl
-from logwarden.triggers import USER_AGENT, Refresh
+from logwarden.deliver.peerhttp import (
+    Answer,
+    ConnectError,
+    PeerClient,
+    PeerError,
+    TLSError,
+    host_port,
+)
+from logwarden.model import USER_AGENT, Refresh, replayable
+from logwarden.ops.metrics import REFRESH_OUTCOMES, STORM_REASONS, Metrics
+from logwarden.route.storm import StormControl
 
 if TYPE_CHECKING:  # config imports discovery, bus...: keep the dispatcher free of them
     from logwarden.config import Config
@@ -85,22 +92,8 @@ class DispatchSettings:
             queue_size=cfg.queue_size, peer_ca=cfg.peer_ca, insecure_tls=cfg.insecure_peer_tls)
 
 
-_PRINTABLE = bytes(range(0x21, 0x7F))
 _STORED_BY_HEAD = frozenset({b"MISS", b"EXPIRED", b"REVALIDATED"})
 _REFRESH = "refresh"
-
-
-def request_target_ok(target: bytes) -> bool:
-    """Only printable ASCII can be replayed: anything else could inject into the request line
-    (CR, LF, NUL, spaces), and HTTP/1.1 clients refuse raw bytes >= 0x80 in a target, which
-    NGINX does accept; percent-encoding them would refresh a different cache entry."""
-    return target.startswith(b"/") and not target.translate(None, _PRINTABLE)
-
-
-def host_ok(host: str) -> bool:
-    """Printable ASCII without spaces or slashes: the Host header and SNI allow no more."""
-    return bool(host) and host.isascii() and host.isprintable() and " " not in host \
-        and "/" not in host and "\\" not in host
 
 
 def tls_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
@@ -493,7 +486,7 @@ class Dispatcher:
     def submit(self, refresh: Refresh) -> bool:
         """Queue the refresh for every peer of its scheme; False if it was not admitted."""
         peers = self._by_scheme.get(refresh.scheme, [])
-        if peers and not (request_target_ok(refresh.target) and host_ok(refresh.host)):
+        if peers and not replayable(refresh):
             # A fan-out whose every request is refused: the accounting stays per peer.
             self.metrics.fanouts.inc()
             for peer in peers:

@@ -25,11 +25,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from logwarden.dispatcher import host_ok
-from logwarden.logformat import LogFormat
-from logwarden.metrics import Metrics
-from logwarden.record import Record
-from logwarden.triggers import final_upstream_status, is_5xx
+from logwarden.model import Record, final_upstream_status, host_ok, is_5xx
+from logwarden.ops.metrics import Metrics
+from logwarden.parse.logformat import LogFormat
 
 OTHER = "other"
 """The host label of every host without a label of its own."""
@@ -136,7 +134,6 @@ class OriginWatch:
         names = set(fmt.variables)
         self.enabled = "upstream_status" in names
         """Without ``$upstream_status`` nothing tells a failure from a background update."""
-        self._fields = fmt.fields
         self._header_time = "upstream_header_time" in names
         self._age = "upstream_http_date" in names and bool(names & set(_TIME_VARIABLES))
         self.hosts = HostLabels(host_labels, self._forget)
@@ -144,8 +141,8 @@ class OriginWatch:
         self._stale: Counter[tuple[str, str]] = Counter()
         self._ages: list[float] = []
 
-    def note(self, line: bytes, record: Record) -> None:
-        """Count ``record`` (parsed from ``line``) if it shows the origin failing."""
+    def note(self, record: Record) -> None:
+        """Count ``record`` if it shows the origin failing."""
         if record.upstream_status is None:
             return
         final = final_upstream_status(record.upstream_status)
@@ -153,14 +150,12 @@ class OriginWatch:
         if is_5xx(final):
             self._errors[host] += 1
         if record.cache_status == "STALE" and final[:1] in ("4", "5"):  # use_stale's errors
-            self._note_stale(line, record, host, final)
+            self._note_stale(record, host, final)
 
-    def _note_stale(self, line: bytes, record: Record, host: str, final: str) -> None:
-        fields = self._fields(line) if self._header_time or self._age else None
-        header_time = (fields.get("upstream_header_time") or b"-") if fields and \
-            self._header_time else None
+    def _note_stale(self, record: Record, host: str, final: str) -> None:
+        header_time = (record.upstream_header_time or b"-") if self._header_time else None
         self._stale[host, stale_reason(final, header_time)] += 1
-        date = fields.get("upstream_http_date") if fields and self._age else None
+        date = record.upstream_date if self._age else None
         fetched = http_date(date) if date else None
         if fetched is not None and record.time is not None:
             self._ages.append(max(0.0, record.time - fetched))

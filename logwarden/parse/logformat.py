@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from logwarden.record import Record
+from logwarden.model import Record
 
 ESCAPES = ("default", "json", "none")
 
@@ -77,6 +77,8 @@ class _Slots:
     msec: int
     time_iso8601: int
     time_local: int
+    upstream_header_time: int
+    upstream_date: int
 
 
 class LogFormat:
@@ -95,7 +97,7 @@ class LogFormat:
         self._slots = _Slots(*(index.get(v, -1) for v in (
             "request", "request_method", "request_uri", "upstream_cache_status", "host",
             "http_host", "scheme", "status", "upstream_status", "http_user_agent", "msec",
-            "time_iso8601", "time_local")))
+            "time_iso8601", "time_local", "upstream_header_time", "upstream_http_date")))
         s = self._slots
         self._time_field = ((s.msec, "") if s.msec >= 0 else
                             (s.time_iso8601, "%Y-%m-%dT%H:%M:%S%z") if s.time_iso8601 >= 0 else
@@ -134,7 +136,8 @@ class LogFormat:
         return Record(method, target, (v[s.cache_status] or b"").decode("latin-1"),
                       _host(v[s.host], v[s.http_host]), _text(v[s.scheme]),
                       int(status) if status and status.isdigit() else None,
-                      _text(v[s.upstream_status]), v[s.user_agent], self._time(v))
+                      _text(v[s.upstream_status]), v[s.user_agent], self._time(v),
+                      v[s.upstream_header_time], v[s.upstream_date])
 
     def skipper(self, statuses: Iterable[str],
                 keep_agent: bytes | None = None) -> Callable[[bytes], bool]:

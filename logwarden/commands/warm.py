@@ -30,11 +30,11 @@ from xml.etree import ElementTree
 import click
 
 from logwarden.config import Config
-from logwarden.discovery import PeerSource
-from logwarden.dispatcher import Dispatcher, DispatchSettings, tls_context
-from logwarden.metrics import Metrics
-from logwarden.peerhttp import PeerClient, PeerError, host_port
-from logwarden.triggers import USER_AGENT, Refresh
+from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings, tls_context
+from logwarden.deliver.peerhttp import PeerClient, PeerError, host_port
+from logwarden.model import USER_AGENT, Refresh
+from logwarden.ops.metrics import Metrics
+from logwarden.route.discovery import PeerSource
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar

@@ -12,42 +12,14 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
 
-from logwarden import __version__
-from logwarden.record import Record
+from logwarden.model import Record, Refresh, final_upstream_status, is_5xx
 
-USER_AGENT = f"logwarden/{__version__}"
-_OWN_AGENT = b"logwarden/"
-OWN_AGENT_MARK = _OWN_AGENT
-"""Lines carrying it must reach the triggers even when they cannot trigger: they remember
-logwarden's own purges from them (the daemon's prefilter keeps them)."""
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD"})
 FAILED_UPDATE_SECONDS = 5.0
 """How long a failed background fetch's line marks its client's line (written right after)."""
 PURGE_MEMORY_SECONDS = 3600.0
 """How long a purge by logwarden marks its URL's next MISS as the refill, not a change."""
-
-
-class Refresh(NamedTuple):
-    """One URL to refresh on every other peer. A NamedTuple, as :class:`Record` is: built for
-    every triggering line, 3x cheaper than a frozen dataclass; ``_replace`` gives a changed
-    copy."""
-
-    scheme: str
-    host: str
-    target: bytes
-    cache_status: str
-    """The status that triggered it, for metrics and logs."""
-    logged_at: float | None = None
-    """Unix time of the triggering line, when the format has one."""
-    source: str | None = None
-    """``ADDRESS:PORT`` of the node that holds the new copy (origin offload): refresh requests
-    name it in ``X-Logwarden-Source`` so the peers fetch from it instead of the origin."""
-
-    @property
-    def key(self) -> tuple[str, str, bytes]:
-        return self.scheme, self.host, self.target
 
 
 class Triggers:
@@ -83,7 +55,7 @@ class Triggers:
         if _origin_failed(record.upstream_status):
             # EXPIRED/STALE with a 5xx upstream: nothing new was stored, nothing to spread.
             return "origin_error"
-        if _own(record):
+        if record.own:
             return "own_refresh"
         if not record.target.startswith(b"/"):
             return "bad_target"
@@ -101,7 +73,7 @@ class Triggers:
         not news. Fanning it out would purge the other nodes, whose next MISS would purge this
         one again, for ever. Call it for every record: the purges are seen on their own lines.
         """
-        if _own(record):
+        if record.own:
             self._note_own(record)
         elif reason is None and record.cache_status == "MISS" \
                 and self._purged.discard(self._key(record)):
@@ -150,25 +122,11 @@ class Triggers:
         return len(self._dedup)
 
 
-def _own(record: Record) -> bool:
-    return record.user_agent is not None and record.user_agent.startswith(_OWN_AGENT)
-
-
 def _origin_failed(upstream_status: str | None) -> bool:
     """True when the last upstream answer was a 5xx (a ``"502, 200"`` list ends with the final)."""
     if not upstream_status:
         return False
     return is_5xx(final_upstream_status(upstream_status))
-
-
-def is_5xx(status: str) -> bool:
-    return len(status) == 3 and status.startswith("5") and status.isdigit()
-
-
-def final_upstream_status(upstream_status: str) -> str:
-    """The last entry of an ``$upstream_*`` list: ``"502, 200"`` (next upstream) or
-    ``"502 : 504"`` (internal redirect) gives ``"200"``/``"504"``."""
-    return upstream_status.replace(":", ",").rsplit(",", 1)[-1].strip()
 
 
 class _Window:

@@ -1,0 +1,1 @@
+"""Commands beside `run`: `replay` (a log read once) and `warm` (URL lists)."""

@@ -1,0 +1,1 @@
+"""Delivering: refresh requests to the peers, per-peer queues, retries and breakers."""

@@ -1,0 +1,1 @@
+"""Operations: metrics and status, logwarden's own log lines, systemd notifications."""

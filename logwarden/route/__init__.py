@@ -1,0 +1,1 @@
+"""Routing: the one admission path from a decided refresh to the peers or the bus."""
