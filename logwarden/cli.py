@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import click
 
 from logwarden import __version__
-from logwarden.config import SETTINGS, Config, ConfigError, load_config
+from logwarden.config import REPLAY, RUN, SETTINGS, WARM, Config, ConfigError, Needs, load_config
 from logwarden.ops.logs import setup as setup_logging
 
 F = Callable[..., Any]
@@ -32,10 +32,9 @@ def _settings_options(func: F) -> F:
                         help="TOML file with settings (keys as the flags, '-' as '_').")(func)
 
 
-def _load(config_file: str | None, flags: dict[str, Any], *, offline: bool = False,
-          warm: bool = False) -> Config:
+def _load(config_file: str | None, flags: dict[str, Any], needs: Needs = RUN) -> Config:
     try:
-        return load_config(flags, config_file, offline=offline, warm=warm, stdin=sys.stdin.read)
+        return load_config(flags, config_file, needs=needs, stdin=sys.stdin.read)
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -92,7 +91,7 @@ def warm(config_file: str | None, sources: tuple[str, ...], only_missing: bool,
     """Fill every node's cache (this one's too) with the URLs of each SOURCE before clients
     ask: a file of URLs or paths, '-' for stdin, or a sitemap (index) file or URL. Exit 1
     when any URL failed on any node."""
-    config = _load(config_file, flags, warm=True)
+    config = _load(config_file, flags, WARM)
     setup_logging(config.log_level, config.log_format_output)
     from logwarden.commands.warm import warm as run_warm
 
@@ -109,7 +108,7 @@ def replay(file: str, as_json: bool, config_file: str | None, **flags: Any) -> N
     """Read FILE once and print the refresh each triggering line would send, then a summary
     (lines, malformed, triggers by status, refreshes after dedup). Sends nothing; no peer or
     --access-log needed (with --nginx-conf, --access-log picks the format)."""
-    config = _load(config_file, flags, offline=True)
+    config = _load(config_file, flags, REPLAY)
     from logwarden.commands.replay import replay_file
 
     try:

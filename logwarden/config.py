@@ -15,11 +15,12 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from logwarden.deliver.modes import MODES, Mode
 from logwarden.deliver.peerhttp import host_port
 from logwarden.parse.logformat import ESCAPES, LogFormat, LogFormatError
 from logwarden.parse.nginxconf import AccessLog, NginxConfError
@@ -55,6 +56,14 @@ class Setting:
     help: str
     multiple: bool = False
     choices: tuple[str, ...] = ()
+    check: Callable[[str, Any], object] | None = None
+    """Raises ConfigError naming the key and value; returns a parsed form to keep, or None."""
+    attr: str = ""
+    """The Config field, when it differs from the setting's name."""
+
+    @property
+    def field(self) -> str:
+        return self.attr or self.name
 
     @property
     def flag(self) -> str:
@@ -65,379 +74,8 @@ class Setting:
         return ENV_PREFIX + self.name.upper()
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("access_log", str, (), "Access log file to tail (repeatable).", multiple=True),
-    Setting("syslog", str, (), "Syslog listener for NGINX's access_log syslog: udp://HOST:PORT "
-            "or unix:///PATH (repeatable).", multiple=True),
-    Setting("syslog_tag", str, "nginx", "Syslog tag (RFC 5424 APP-NAME) of the access log; "
-            "other tags are counted and ignored."),
-    Setting("syslog_rcvbuf", int, 4 << 20, "Receive buffer (SO_RCVBUF) bytes asked for each "
-            "syslog socket."),
-    Setting("syslog_allow", str, (), "Source network (CIDR) UDP syslog is accepted from "
-            "(repeatable); default: any.", multiple=True),
-    Setting("log_format", str, None, "The NGINX log_format string, exactly as in nginx.conf."),
-    Setting("log_format_escape", str, "default", "The log_format's escape= parameter.",
-            choices=ESCAPES),
-    Setting("nginx_conf", str, None, "nginx.conf (includes followed), or '-' for `nginx -T` "
-            "output on stdin: the access logs and their log_format are read from it."),
-    Setting("default_host", str, None, "Host header to send when the format has no $host."),
-    Setting("from_start", bool, False, "Read what the file holds instead of starting at its end."),
-    Setting("self", str, None, "This node's own peer URL; it is left out of the fan-out."),
-    Setting("peer", str, (), "Peer URL http(s)://ADDRESS[:PORT] (repeatable; same list on every "
-            "node).", multiple=True),
-    Setting("peers_file", str, None, "File of peer URLs, one per line; read again when it "
-            "changes and on SIGHUP."),
-    Setting("peers_dns", str, (), "http(s)://NAME:PORT: one peer per A/AAAA record of NAME, "
-            "this node's own addresses left out (repeatable).", multiple=True),
-    Setting("dns_refresh", float, 30.0, "Seconds between lookups of the --peers-dns names."),
-    Setting("refresh_from_self", bool, False, "Origin offload: refreshes name the node that "
-            "holds the new copy (--self) in X-Logwarden-Source, for the peers to fetch it "
-            "from there instead of the origin."),
-    Setting("bus", str, None, "redis://HOST:PORT/DB: publish each trigger there and refresh "
-            "the --local NGINX on the other nodes' messages, instead of a fan-out to peers."),
-    Setting("bus_channel", str, "logwarden", "Redis pub/sub channel of the bus."),
-    Setting("local", str, "http://127.0.0.1:80", "This node's NGINX, which bus messages "
-            "refresh."),
-    Setting("statuses", str, ("MISS", "EXPIRED", "UPDATING", "STALE"),
-            "$upstream_cache_status values that trigger a refresh (repeatable or comma-separated).",
-            multiple=True),
-    Setting("dedup_window", float, 1.0, "Seconds within which repeated triggers for one URL "
-            "produce one fan-out."),
-    Setting("dedup_max_urls", int, 50_000, "URLs the dedup window remembers at most (the "
-            "oldest are forgotten first): bounds its memory."),
-    Setting("refresh_method", str, "HEAD", "Method of refresh requests.", choices=("HEAD", "GET")),
-    Setting("refresh_header", str, "X-Refresh: 1", "Header 'Name: value' the peers map to "
-            "proxy_cache_bypass."),
-    Setting("refresh_header_file", str, None, "File holding the refresh header 'Name: value' "
-            "with a shared secret; replaces --refresh-header, never printed."),
-    Setting("mode", str, "refresh", "refresh: a bypass request; purge: the purge method, "
-            "then optionally a bypass request.", choices=("refresh", "purge")),
-    Setting("purge_method", str, "PURGE", "Method of purge requests in purge mode."),
-    Setting("purge_then_refresh", bool, False, "In purge mode, send the bypass refresh after "
-            "the purge, so the peer's next client gets a HIT."),
-    Setting("retries", int, 2, "Retries of a refresh after a connect error, a timeout or "
-            "502/503/504, with exponential backoff and jitter."),
-    Setting("retry_backoff", float, 0.2, "Seconds before the first retry; doubled for each "
-            "next one (±50% jitter)."),
-    Setting("breaker_failures", int, 5, "Failed attempts in a row after which a peer is "
-            "skipped (its breaker opens)."),
-    Setting("breaker_cooldown", float, 10.0, "Seconds a skipped peer waits before one probe "
-            "request may close its breaker."),
-    Setting("max_refresh_rate", float, 100.0, "Fan-outs per second, all URLs together (token "
-            "bucket); 0: no limit."),
-    Setting("max_refresh_burst", int, 100, "Fan-outs the token bucket allows at once."),
-    Setting("only", str, (), "Regex searched in the request target: only matching URLs fan "
-            "out (repeatable).", multiple=True),
-    Setting("skip", str, (), "Regex searched in the request target: matching URLs never fan "
-            "out (repeatable).", multiple=True),
-    Setting("max_target_bytes", int, 8192, "Longer request targets do not fan out."),
-    Setting("peer_ca", str, None, "CA certificates (PEM) that https peers are verified "
-            "against, instead of the system's."),
-    Setting("insecure_peer_tls", bool, False, "Do not verify https peers' certificates."),
-    Setting("concurrency", int, 64, "Refresh requests in flight at once, all peers together."),
-    Setting("peer_concurrency", int, 8, "Refresh requests in flight at once to one peer."),
-    Setting("timeout", float, 5.0, "Seconds a refresh request may take, connect to last byte."),
-    Setting("queue_size", int, 10000, "Refreshes waiting per peer before new ones are dropped."),
-    Setting("metrics_listen", str, "127.0.0.1:9145", "HOST:PORT for /metrics and /healthz, "
-            "or 'off'."),
-    Setting("origin_host_labels", int, 20, "Hosts with a label of their own in the origin-"
-            "failure metrics (the most failing ones); the others are counted as 'other'."),
-    Setting("shutdown_timeout", float, 10.0, "Seconds to finish queued refreshes on SIGTERM."),
-    Setting("positions", str, None, "Positions (checkpoints) file, or 'off'. Default: "
-            "$STATE_DIRECTORY/positions.json, /var/lib/logwarden/positions.json as root, else "
-            "./logwarden-positions.json."),
-    Setting("positions_interval", float, 1.0, "Seconds between saves of the positions file."),
-    Setting("max_line_bytes", int, 65536, "Longer lines are skipped and counted."),
-    Setting("max_line_age", float, 300.0, "Lines older than this many seconds (by $msec, "
-            "$time_local or $time_iso8601) are counted but do not trigger; 0 turns it off."),
-    Setting("rotate_wait", float, 5.0, "Seconds a rotated-away file must be quiet before it is "
-            "closed for good (NGINX writes to it until reopened)."),
-    Setting("poll_interval", float, 1.0, "Seconds between stat() checks of tailed files "
-            "(inotify events wake the tailer sooner)."),
-    Setting("log_level", str, "info", "Logging level.", choices=LOG_LEVELS),
-    Setting("log_format_output", str, "text", "Form of logwarden's own log lines on stderr: "
-            "text, or json (one object per line: time, level, logger, event, fields).",
-            choices=("text", "json")),
-    Setting("dry_run", bool, False, "Read, decide and count refreshes, but send none "
-            "(benchmarks, trying a config)."),
-)
-_BY_NAME = {s.name: s for s in SETTINGS}
-
-
-@dataclass(frozen=True)
-class Config:
-    """The validated, effective configuration. Built by :func:`load_config` only."""
-
-    access_log: tuple[str, ...]
-    syslog: tuple[str, ...]
-    syslog_tag: str
-    syslog_rcvbuf: int
-    syslog_allow: tuple[str, ...]
-    log_format: str
-    log_format_escape: str
-    nginx_conf: str | None
-    default_host: str | None
-    from_start: bool
-    self: str | None
-    peer: tuple[str, ...]
-    peers_file: str | None
-    peers_dns: tuple[str, ...]
-    dns_refresh: float
-    refresh_from_self: bool
-    bus: str | None
-    bus_channel: str
-    local: str
-    statuses: tuple[str, ...]
-    dedup_window: float
-    dedup_max_urls: int
-    refresh_method: str
-    refresh_header: str = field(repr=False)
-    refresh_header_file: str | None
-    mode: str
-    purge_method: str
-    purge_then_refresh: bool
-    retries: int
-    retry_backoff: float
-    breaker_failures: int
-    breaker_cooldown: float
-    max_refresh_rate: float
-    max_refresh_burst: int
-    only: tuple[str, ...]
-    skip: tuple[str, ...]
-    max_target_bytes: int
-    peer_ca: str | None
-    insecure_peer_tls: bool
-    concurrency: int
-    peer_concurrency: int
-    timeout: float
-    queue_size: int
-    metrics_listen: str
-    origin_host_labels: int
-    shutdown_timeout: float
-    positions: str | None
-    positions_interval: float
-    max_line_bytes: int
-    max_line_age: float
-    rotate_wait: float
-    poll_interval: float
-    log_level: str
-    log_format_output: str
-    dry_run: bool
-    nginx_access_logs: tuple[AccessLog, ...] = field(default=(), repr=False, compare=False)
-    """Every access log --nginx-conf found (``check`` prints them)."""
-
-    @property
-    def refresh_header_pair(self) -> tuple[str, str]:
-        name, _, value = self.refresh_header.partition(":")
-        return name.strip(), value.strip()
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        """The static peers a refresh goes to: every ``--peer`` but this node itself
-        (``--self``, and its listener of the other scheme on the same address)."""
-        return tuple(p for p in self.peer if not is_self(p, self.self))
-
-    @property
-    def source(self) -> tuple[str, str] | None:
-        """(scheme, ``ADDRESS:PORT``) of this node as refreshes name it for origin offload
-        (``--refresh-from-self``; the port spelled out, as the peers' nginx.conf map lists it)."""
-        if not (self.refresh_from_self and self.self):
-            return None
-        host, port = host_port(self.self)
-        host = f"[{host}]" if ":" in host else host
-        return urlsplit(self.self).scheme, f"{host}:{port}"
-
-    @property
-    def positions_path(self) -> Path | None:
-        if self.positions == "off":
-            return None
-        return Path(self.positions) if self.positions else default_positions_path()
-
-    def log_format_parser(self) -> LogFormat:
-        return LogFormat.compile(self.log_format, self.log_format_escape)
-
-    def to_toml(self) -> str:
-        """The effective configuration as a TOML document that ``--config`` accepts back."""
-        lines = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "refresh_header" and self.refresh_header_file:
-                continue  # the secret stays in its file
-            if f.name in ("nginx_conf", "nginx_access_logs"):
-                continue  # what it stood for is printed instead: stdin cannot be read twice
-            if value is not None:
-                lines.append(f"{f.name} = {_toml_value(value)}")
-        return "\n".join(lines) + "\n"
-
-
-def load_config(
-    flags: Mapping[str, Any],
-    config_file: str | None = None,
-    environ: Mapping[str, str] | None = None,
-    *,
-    offline: bool = False,
-    warm: bool = False,
-    stdin: Callable[[], str] | None = None,
-) -> Config:
-    """Merge the layers (defaults < file < env < flags) and validate the result.
-
-    ``offline`` (``replay``): no source and no peer are needed. ``warm``: no source and no log
-    format are needed, and ``--self`` is a node like the peers (it is warmed too). ``stdin``
-    gives the text of ``--nginx-conf -``."""
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
-    if config_file:
-        values.update(_read_toml(config_file))
-    values.update(_read_env(environ))
-    values.update({k: v for k, v in flags.items() if v is not None and v != ()})
-    if values["nginx_conf"]:
-        values.update(_from_nginx_conf(values, stdin))
-    return _validate(values, offline, warm)
-
-
-def _from_nginx_conf(v: dict[str, Any], stdin: Callable[[], str] | None) -> dict[str, Any]:
-    """The access logs, format and escaping the NGINX config gives; ``--access-log`` and
-    ``--syslog`` pick among them."""
-    source = v["nginx_conf"]
-    if v["log_format"]:
-        raise ConfigError("log_format", v["log_format"], "and nginx_conf both give the format: "
-                          "drop --log-format, the one in the NGINX config is used")
-    try:
-        found = read_nginx_conf(source, stdin)
-        chosen = choose_access_logs(found, source, access_log=v["access_log"],
-                                    syslog=v["syslog"])
-    except NginxConfError as exc:
-        raise ConfigError("nginx_conf", source, str(exc)) from None
-    return {"access_log": chosen.access_log, "syslog": chosen.syslog,
-            "syslog_tag": chosen.syslog_tag or v["syslog_tag"], "log_format": chosen.log_format,
-            "log_format_escape": chosen.escape, "nginx_access_logs": found}
-
-
-def _read_toml(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError("config", path, f"cannot be read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", path, f"is not valid TOML: {exc}") from exc
-    return {name: _coerce(_setting(name, f"in {path}"), raw) for name, raw in doc.items()}
-
-
-def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    out = {}
-    for var, raw in environ.items():
-        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
-            continue
-        setting = _setting(var[len(ENV_PREFIX):].lower(), "in the environment", shown=var)
-        out[setting.name] = _coerce(setting, raw, key=var, text=True)
-    return out
-
-
-def _setting(name: str, where: str, shown: str | None = None) -> Setting:
-    if name in _BY_NAME:
-        return _BY_NAME[name]
-    close = difflib.get_close_matches(name, _BY_NAME, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(shown or name, name, f"is not a known setting ({where}){hint}")
-
-
-def _split(raw: str) -> list[str]:
-    return [part for part in re.split(r"[,\s]+", raw) if part]
-
-
-def _coerce(setting: Setting, raw: Any, key: str | None = None, text: bool = False) -> Any:
-    """Turn a TOML value, or an environment string (``text``), into the setting's type."""
-    key = key or setting.name
-    if setting.multiple:
-        items = _split(raw) if text else raw
-        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-            raise ConfigError(key, raw, "must be a list of strings")
-        return tuple(items)
-    if setting.kind is bool:
-        return _coerce_bool(key, raw, text)
-    if setting.kind in (int, float) and text:
-        try:
-            return setting.kind(raw)
-        except ValueError:
-            raise ConfigError(key, raw, f"must be a number ({setting.kind.__name__})") from None
-    if setting.kind is float and isinstance(raw, int) and not isinstance(raw, bool):
-        return float(raw)
-    if not isinstance(raw, setting.kind) or isinstance(raw, bool) != (setting.kind is bool):
-        raise ConfigError(key, raw, f"must be of type {setting.kind.__name__}")
-    return raw
-
-
-def _coerce_bool(key: str, raw: Any, text: bool) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    if text and raw.lower() in _TRUE + _FALSE:
-        return raw.lower() in _TRUE
-    raise ConfigError(key, raw, "must be true or false")
-
-
-def _validate(v: dict[str, Any], offline: bool = False, warm: bool = False) -> Config:
-    for name, check in _CHECKS.items():
-        check(name, v[name])
-    for s in SETTINGS:
-        if s.choices and v[s.name] not in s.choices:
-            raise ConfigError(s.name, v[s.name], f"must be one of {', '.join(s.choices)}")
-    v["statuses"] = _normalise_statuses(v["statuses"])
-    if not v["access_log"] and not v["syslog"] and not (offline or warm):
-        raise ConfigError("access_log", "",
-                          "is required: the access log file to tail (or a syslog listener)")
-    if v["log_format"] or not warm:
-        _check_format(v)
-    if v["refresh_header_file"]:
-        v["refresh_header"] = _read_header_file("refresh_header_file", v["refresh_header_file"])
-    if v["refresh_from_self"] and not v["self"]:
-        raise ConfigError("refresh_from_self", True, "needs self: the address peers fetch from")
-    config = Config(**v)
-    if warm and not (config.peer or config.self or config.peers_file or config.peers_dns):
-        raise ConfigError("peer", "", "is required: the nodes to warm")
-    if not (offline or warm) and not (config.targets or config.peers_file or config.peers_dns
-                                      or config.bus):
-        raise ConfigError("peer", ",".join(v["peer"]), "names no peer other than self "
-                          "(and there is no --peers-file, --peers-dns or --bus)")
-    return config
-
-
-def _check_format(v: dict[str, Any]) -> None:
-    """The format must parse and carry what the other settings rely on (``warm`` reads no
-    log, so it checks a format only when one is given, e.g. in the shared TOML file)."""
-    if not v["log_format"]:
-        raise ConfigError("log_format", "", "is required: the log_format string from nginx.conf")
-    fmt = _compile_format(v["log_format"], v["log_format_escape"])
-    if "host" not in fmt.variables and "http_host" not in fmt.variables and not v["default_host"]:
-        raise ConfigError("log_format", v["log_format"],
-                          "has neither $host nor $http_host: set default_host")
-    if "BYPASS" in v["statuses"] and "http_user_agent" not in fmt.variables:
-        raise ConfigError("statuses", ",".join(v["statuses"]),
-                          "includes BYPASS, but the format lacks $http_user_agent, so logwarden "
-                          "cannot tell its own refreshes apart: nodes would ping-pong")
-    names = set(fmt.variables)
-    if v["mode"] == "purge" and not ("http_user_agent" in names
-                                     and names & {"request", "request_method"}):
-        raise ConfigError("mode", "purge", "needs $http_user_agent and the method ($request or "
-                          "$request_method) in the format: the refill after logwarden's own "
-                          "PURGE is told apart by them, else nodes purge each other in a loop")
-
-
-def _compile_format(fmt: str, escape: str) -> LogFormat:
-    try:
-        return LogFormat.compile(fmt, escape)
-    except LogFormatError as exc:
-        raise ConfigError("log_format", fmt, str(exc)) from None
-
-
-def _normalise_statuses(raw: tuple[str, ...]) -> tuple[str, ...]:
-    statuses = tuple(dict.fromkeys(s.upper() for item in raw for s in _split(item)))
-    for s in statuses:
-        if s not in CACHE_STATUSES:
-            raise ConfigError("statuses", s, f"is not a cache status ({', '.join(CACHE_STATUSES)})")
-    if not statuses:
-        raise ConfigError("statuses", "", "must name at least one cache status")
-    return statuses
+# -- checks: each takes (key, value), raises ConfigError naming both, and returns the parsed
+# value the config keeps (or None) ------------------------------------------------------------
 
 
 def _check_peer_url(key: str, url: str) -> None:
@@ -559,11 +197,11 @@ def _check_readable(key: str, path: str | None) -> None:
         raise ConfigError(key, path, "is not a readable file")
 
 
-def _check_listen(key: str, listen: str) -> None:
+def _check_listen(key: str, listen: str) -> tuple[str, int] | None:
     if listen == "off":
-        return
+        return None
     try:
-        parse_listen(listen)
+        return parse_listen(listen)
     except ValueError as exc:
         raise ConfigError(key, listen, str(exc)) from None
 
@@ -594,48 +232,429 @@ def _check_default_host(key: str, host: str | None) -> None:
         raise ConfigError(key, host, "is not a host name")
 
 
-_CHECKS: dict[str, Callable[[str, Any], None]] = {
-    "access_log": _check_access_logs,
-    "syslog": _check_syslog_urls,
-    "syslog_tag": _check_syslog_tag,
-    "syslog_rcvbuf": _positive,
-    "syslog_allow": _check_networks,
-    "peer": _check_peers,
-    "peers_file": _check_peers_file,
-    "peers_dns": _check_peers,
-    "dns_refresh": _positive,
-    "self": _check_self,
-    "local": _check_peer_url,
-    "bus": _check_bus,
-    "bus_channel": _check_channel,
-    "refresh_header": _check_header,
-    "purge_method": _check_token,
-    "only": _check_regexes,
-    "skip": _check_regexes,
-    "peer_ca": _check_readable,
-    "retries": _not_negative,
-    "retry_backoff": _not_negative,
-    "breaker_failures": _positive,
-    "breaker_cooldown": _positive,
-    "max_refresh_rate": _not_negative,
-    "max_refresh_burst": _positive,
-    "max_target_bytes": _positive,
-    "metrics_listen": _check_listen,
-    "origin_host_labels": _not_negative,
-    "default_host": _check_default_host,
-    "concurrency": _positive,
-    "peer_concurrency": _positive,
-    "timeout": _positive,
-    "queue_size": _positive,
-    "poll_interval": _positive,
-    "positions_interval": _positive,
-    "max_line_bytes": _positive,
-    "max_line_age": _not_negative,
-    "rotate_wait": _not_negative,
-    "dedup_window": _not_negative,
-    "dedup_max_urls": _positive,
-    "shutdown_timeout": _not_negative,
-}
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("access_log", str, (), "Access log file to tail (repeatable).", multiple=True,
+            check=_check_access_logs),
+    Setting("syslog", str, (), "Syslog listener for NGINX's access_log syslog: udp://HOST:PORT "
+            "or unix:///PATH (repeatable).", multiple=True, check=_check_syslog_urls),
+    Setting("syslog_tag", str, "nginx", "Syslog tag (RFC 5424 APP-NAME) of the access log; "
+            "other tags are counted and ignored.", check=_check_syslog_tag),
+    Setting("syslog_rcvbuf", int, 4 << 20, "Receive buffer (SO_RCVBUF) bytes asked for each "
+            "syslog socket.", check=_positive),
+    Setting("syslog_allow", str, (), "Source network (CIDR) UDP syslog is accepted from "
+            "(repeatable); default: any.", multiple=True, check=_check_networks),
+    Setting("log_format", str, None, "The NGINX log_format string, exactly as in nginx.conf."),
+    Setting("log_format_escape", str, "default", "The log_format's escape= parameter.",
+            choices=ESCAPES),
+    Setting("nginx_conf", str, None, "nginx.conf (includes followed), or '-' for `nginx -T` "
+            "output on stdin: the access logs and their log_format are read from it."),
+    Setting("default_host", str, None, "Host header to send when the format has no $host.",
+            check=_check_default_host),
+    Setting("from_start", bool, False, "Read what the file holds instead of starting at its end."),
+    Setting("self", str, None, "This node's own peer URL; it is left out of the fan-out.",
+            check=_check_self, attr="self_url"),
+    Setting("peer", str, (), "Peer URL http(s)://ADDRESS[:PORT] (repeatable; same list on every "
+            "node).", multiple=True, check=_check_peers),
+    Setting("peers_file", str, None, "File of peer URLs, one per line; read again when it "
+            "changes and on SIGHUP.", check=_check_peers_file),
+    Setting("peers_dns", str, (), "http(s)://NAME:PORT: one peer per A/AAAA record of NAME, "
+            "this node's own addresses left out (repeatable).", multiple=True, check=_check_peers),
+    Setting("dns_refresh", float, 30.0, "Seconds between lookups of the --peers-dns names.",
+            check=_positive),
+    Setting("refresh_from_self", bool, False, "Origin offload: refreshes name the node that "
+            "holds the new copy (--self) in X-Logwarden-Source, for the peers to fetch it "
+            "from there instead of the origin."),
+    Setting("bus", str, None, "redis://HOST:PORT/DB: publish each trigger there and refresh "
+            "the --local NGINX on the other nodes' messages, instead of a fan-out to peers.",
+            check=_check_bus),
+    Setting("bus_channel", str, "logwarden", "Redis pub/sub channel of the bus.",
+            check=_check_channel),
+    Setting("local", str, "http://127.0.0.1:80", "This node's NGINX, which bus messages "
+            "refresh.", check=_check_peer_url),
+    Setting("statuses", str, ("MISS", "EXPIRED", "UPDATING", "STALE"),
+            "$upstream_cache_status values that trigger a refresh (repeatable or comma-separated).",
+            multiple=True),
+    Setting("dedup_window", float, 1.0, "Seconds within which repeated triggers for one URL "
+            "produce one fan-out.", check=_not_negative),
+    Setting("dedup_max_urls", int, 50_000, "URLs the dedup window remembers at most (the "
+            "oldest are forgotten first): bounds its memory.", check=_positive),
+    Setting("refresh_method", str, "HEAD", "Method of refresh requests.", choices=("HEAD", "GET")),
+    Setting("refresh_header", str, "X-Refresh: 1", "Header 'Name: value' the peers map to "
+            "proxy_cache_bypass.", check=_check_header),
+    Setting("refresh_header_file", str, None, "File holding the refresh header 'Name: value' "
+            "with a shared secret; replaces --refresh-header, never printed."),
+    Setting("mode", str, "refresh", "refresh: a bypass request; purge: the purge method, "
+            "then optionally a bypass request.", choices=tuple(MODES)),
+    Setting("purge_method", str, "PURGE", "Method of purge requests in purge mode.",
+            check=_check_token),
+    Setting("purge_then_refresh", bool, False, "In purge mode, send the bypass refresh after "
+            "the purge, so the peer's next client gets a HIT."),
+    Setting("retries", int, 2, "Retries of a refresh after a connect error, a timeout or "
+            "502/503/504, with exponential backoff and jitter.", check=_not_negative),
+    Setting("retry_backoff", float, 0.2, "Seconds before the first retry; doubled for each "
+            "next one (±50% jitter).", check=_not_negative),
+    Setting("breaker_failures", int, 5, "Failed attempts in a row after which a peer is "
+            "skipped (its breaker opens).", check=_positive),
+    Setting("breaker_cooldown", float, 10.0, "Seconds a skipped peer waits before one probe "
+            "request may close its breaker.", check=_positive),
+    Setting("max_refresh_rate", float, 100.0, "Fan-outs per second, all URLs together (token "
+            "bucket); 0: no limit.", check=_not_negative),
+    Setting("max_refresh_burst", int, 100, "Fan-outs the token bucket allows at once.",
+            check=_positive),
+    Setting("only", str, (), "Regex searched in the request target: only matching URLs fan "
+            "out (repeatable).", multiple=True, check=_check_regexes),
+    Setting("skip", str, (), "Regex searched in the request target: matching URLs never fan "
+            "out (repeatable).", multiple=True, check=_check_regexes),
+    Setting("max_target_bytes", int, 8192, "Longer request targets do not fan out.",
+            check=_positive),
+    Setting("peer_ca", str, None, "CA certificates (PEM) that https peers are verified "
+            "against, instead of the system's.", check=_check_readable),
+    Setting("insecure_peer_tls", bool, False, "Do not verify https peers' certificates."),
+    Setting("concurrency", int, 64, "Refresh requests in flight at once, all peers together.",
+            check=_positive),
+    Setting("peer_concurrency", int, 8, "Refresh requests in flight at once to one peer.",
+            check=_positive),
+    Setting("timeout", float, 5.0, "Seconds a refresh request may take, connect to last byte.",
+            check=_positive),
+    Setting("queue_size", int, 10000, "Refreshes waiting per peer before new ones are dropped.",
+            check=_positive),
+    Setting("metrics_listen", str, "127.0.0.1:9145", "HOST:PORT for /metrics and /healthz, "
+            "or 'off'.", check=_check_listen),
+    Setting("origin_host_labels", int, 20, "Hosts with a label of their own in the origin-"
+            "failure metrics (the most failing ones); the others are counted as 'other'.",
+            check=_not_negative),
+    Setting("shutdown_timeout", float, 10.0, "Seconds to finish queued refreshes on SIGTERM.",
+            check=_not_negative),
+    Setting("positions", str, None, "Positions (checkpoints) file, or 'off'. Default: "
+            "$STATE_DIRECTORY/positions.json, /var/lib/logwarden/positions.json as root, else "
+            "./logwarden-positions.json."),
+    Setting("positions_interval", float, 1.0, "Seconds between saves of the positions file.",
+            check=_positive),
+    Setting("max_line_bytes", int, 65536, "Longer lines are skipped and counted.", check=_positive),
+    Setting("max_line_age", float, 300.0, "Lines older than this many seconds (by $msec, "
+            "$time_local or $time_iso8601) are counted but do not trigger; 0 turns it off.",
+            check=_not_negative),
+    Setting("rotate_wait", float, 5.0, "Seconds a rotated-away file must be quiet before it is "
+            "closed for good (NGINX writes to it until reopened).", check=_not_negative),
+    Setting("poll_interval", float, 1.0, "Seconds between stat() checks of tailed files "
+            "(inotify events wake the tailer sooner).", check=_positive),
+    Setting("log_level", str, "info", "Logging level.", choices=LOG_LEVELS),
+    Setting("log_format_output", str, "text", "Form of logwarden's own log lines on stderr: "
+            "text, or json (one object per line: time, level, logger, event, fields).",
+            choices=("text", "json")),
+    Setting("dry_run", bool, False, "Read, decide and count refreshes, but send none "
+            "(benchmarks, trying a config)."),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated, effective configuration. Built by :func:`load_config` only."""
+
+    access_log: tuple[str, ...]
+    syslog: tuple[str, ...]
+    syslog_tag: str
+    syslog_rcvbuf: int
+    syslog_allow: tuple[str, ...]
+    log_format: str
+    log_format_escape: str
+    nginx_conf: str | None
+    default_host: str | None
+    from_start: bool
+    self_url: str | None
+    peer: tuple[str, ...]
+    peers_file: str | None
+    peers_dns: tuple[str, ...]
+    dns_refresh: float
+    refresh_from_self: bool
+    bus: str | None
+    bus_channel: str
+    local: str
+    statuses: tuple[str, ...]
+    dedup_window: float
+    dedup_max_urls: int
+    refresh_method: str
+    refresh_header: str = field(repr=False)
+    refresh_header_file: str | None
+    mode: str
+    purge_method: str
+    purge_then_refresh: bool
+    retries: int
+    retry_backoff: float
+    breaker_failures: int
+    breaker_cooldown: float
+    max_refresh_rate: float
+    max_refresh_burst: int
+    only: tuple[str, ...]
+    skip: tuple[str, ...]
+    max_target_bytes: int
+    peer_ca: str | None
+    insecure_peer_tls: bool
+    concurrency: int
+    peer_concurrency: int
+    timeout: float
+    queue_size: int
+    metrics_listen: str
+    origin_host_labels: int
+    shutdown_timeout: float
+    positions: str | None
+    positions_interval: float
+    max_line_bytes: int
+    max_line_age: float
+    rotate_wait: float
+    poll_interval: float
+    log_level: str
+    log_format_output: str
+    dry_run: bool
+    nginx_access_logs: tuple[AccessLog, ...] = field(default=(), repr=False, compare=False)
+    """Every access log --nginx-conf found (``check`` prints them)."""
+    parser: LogFormat | None = field(default=None, repr=False, compare=False)
+    """``log_format`` compiled, once (None for ``warm`` without a format)."""
+    metrics_address: tuple[str, int] | None = field(default=None, repr=False, compare=False)
+    """``metrics_listen`` parsed; None for ``off``."""
+
+    @property
+    def refresh_mode(self) -> Mode:
+        """What a refresh sends to a peer (``--mode``, deliver/modes.py)."""
+        return MODES[self.mode](self)
+
+    @property
+    def refresh_header_pair(self) -> tuple[str, str]:
+        name, _, value = self.refresh_header.partition(":")
+        return name.strip(), value.strip()
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The static peers a refresh goes to: every ``--peer`` but this node itself
+        (``--self``, and its listener of the other scheme on the same address)."""
+        return tuple(p for p in self.peer if not is_self(p, self.self_url))
+
+    @property
+    def source(self) -> tuple[str, str] | None:
+        """(scheme, ``ADDRESS:PORT``) of this node as refreshes name it for origin offload
+        (``--refresh-from-self``; the port spelled out, as the peers' nginx.conf map lists it)."""
+        if not (self.refresh_from_self and self.self_url):
+            return None
+        host, port = host_port(self.self_url)
+        host = f"[{host}]" if ":" in host else host
+        return urlsplit(self.self_url).scheme, f"{host}:{port}"
+
+    @property
+    def positions_path(self) -> Path | None:
+        if self.positions == "off":
+            return None
+        return Path(self.positions) if self.positions else default_positions_path()
+
+    def log_format_parser(self) -> LogFormat:
+        """The compiled format (the commands that read lines require one)."""
+        assert self.parser is not None, "this command's Needs lack log_format"
+        return self.parser
+
+    def to_toml(self) -> str:
+        """The effective configuration as a TOML document that ``--config`` accepts back."""
+        lines = []
+        for s in SETTINGS:
+            value = getattr(self, s.field)
+            if s.name == "refresh_header" and self.refresh_header_file:
+                continue  # the secret stays in its file
+            if s.name == "nginx_conf":
+                continue  # what it stood for is printed instead: stdin cannot be read twice
+            if value is not None:
+                lines.append(f"{s.name} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a command needs of the configuration; checked before anything starts."""
+
+    sources: bool = False
+    """An access log or a syslog listener to read."""
+    log_format: bool = False
+    """A format to parse lines with (when one is given, it is checked anyway)."""
+    peers: bool = False
+    """A node to refresh other than this one: a peer, a peers file or DNS name, or the bus."""
+    nodes: bool = False
+    """Any node at all, this one (``--self``) included."""
+
+
+RUN = Needs(sources=True, log_format=True, peers=True)
+REPLAY = Needs(log_format=True)
+WARM = Needs(nodes=True)
+
+
+def load_config(
+    flags: Mapping[str, Any],
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    needs: Needs = RUN,
+    stdin: Callable[[], str] | None = None,
+) -> Config:
+    """Merge the layers (defaults < file < env < flags) and validate the result for a
+    command that ``needs`` what it says. ``stdin`` gives the text of ``--nginx-conf -``."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+    if config_file:
+        values.update(_read_toml(config_file))
+    values.update(_read_env(environ))
+    values.update({k: v for k, v in flags.items() if v is not None and v != ()})
+    if values["nginx_conf"]:
+        values.update(_from_nginx_conf(values, stdin))
+    return _validate(values, needs)
+
+
+def _from_nginx_conf(v: dict[str, Any], stdin: Callable[[], str] | None) -> dict[str, Any]:
+    """The access logs, format and escaping the NGINX config gives; ``--access-log`` and
+    ``--syslog`` pick among them."""
+    source = v["nginx_conf"]
+    if v["log_format"]:
+        raise ConfigError("log_format", v["log_format"], "and nginx_conf both give the format: "
+                          "drop --log-format, the one in the NGINX config is used")
+    try:
+        found = read_nginx_conf(source, stdin)
+        chosen = choose_access_logs(found, source, access_log=v["access_log"],
+                                    syslog=v["syslog"])
+    except NginxConfError as exc:
+        raise ConfigError("nginx_conf", source, str(exc)) from None
+    return {"access_log": chosen.access_log, "syslog": chosen.syslog,
+            "syslog_tag": chosen.syslog_tag or v["syslog_tag"], "log_format": chosen.log_format,
+            "log_format_escape": chosen.escape, "nginx_access_logs": found}
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError("config", path, f"cannot be read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", path, f"is not valid TOML: {exc}") from exc
+    return {name: _coerce(_setting(name, f"in {path}"), raw) for name, raw in doc.items()}
+
+
+def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+            continue
+        setting = _setting(var[len(ENV_PREFIX):].lower(), "in the environment", shown=var)
+        out[setting.name] = _coerce(setting, raw, key=var, text=True)
+    return out
+
+
+def _setting(name: str, where: str, shown: str | None = None) -> Setting:
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    close = difflib.get_close_matches(name, _BY_NAME, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(shown or name, name, f"is not a known setting ({where}){hint}")
+
+
+def _split(raw: str) -> list[str]:
+    return [part for part in re.split(r"[,\s]+", raw) if part]
+
+
+def _coerce(setting: Setting, raw: Any, key: str | None = None, text: bool = False) -> Any:
+    """Turn a TOML value, or an environment string (``text``), into the setting's type."""
+    key = key or setting.name
+    if setting.multiple:
+        items = _split(raw) if text else raw
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(key, raw, "must be a list of strings")
+        return tuple(items)
+    if setting.kind is bool:
+        return _coerce_bool(key, raw, text)
+    if setting.kind in (int, float) and text:
+        try:
+            return setting.kind(raw)
+        except ValueError:
+            raise ConfigError(key, raw, f"must be a number ({setting.kind.__name__})") from None
+    if setting.kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if not isinstance(raw, setting.kind) or isinstance(raw, bool) != (setting.kind is bool):
+        raise ConfigError(key, raw, f"must be of type {setting.kind.__name__}")
+    return raw
+
+
+def _coerce_bool(key: str, raw: Any, text: bool) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if text and raw.lower() in _TRUE + _FALSE:
+        return raw.lower() in _TRUE
+    raise ConfigError(key, raw, "must be true or false")
+
+
+def _validate(v: dict[str, Any], needs: Needs) -> Config:
+    parsed = {}
+    for s in SETTINGS:
+        if s.check is not None:
+            parsed[s.name] = s.check(s.name, v[s.name])
+        if s.choices and v[s.name] not in s.choices:
+            raise ConfigError(s.name, v[s.name], f"must be one of {', '.join(s.choices)}")
+    v["statuses"] = _normalise_statuses(v["statuses"])
+    if needs.sources and not v["access_log"] and not v["syslog"]:
+        raise ConfigError("access_log", "",
+                          "is required: the access log file to tail (or a syslog listener)")
+    parser = _check_format(v) if v["log_format"] or needs.log_format else None
+    if v["refresh_header_file"]:
+        v["refresh_header"] = _read_header_file("refresh_header_file", v["refresh_header_file"])
+    if v["refresh_from_self"] and not v["self"]:
+        raise ConfigError("refresh_from_self", True, "needs self: the address peers fetch from")
+    config = Config(**{_BY_NAME[name].field if name in _BY_NAME else name: value
+                       for name, value in v.items()},
+                    parser=parser, metrics_address=parsed["metrics_listen"])  # type: ignore[arg-type]
+    if needs.nodes and not (config.peer or config.self_url or config.peers_file
+                            or config.peers_dns):
+        raise ConfigError("peer", "", "is required: the nodes to warm")
+    if needs.peers and not (config.targets or config.peers_file or config.peers_dns
+                            or config.bus):
+        raise ConfigError("peer", ",".join(v["peer"]), "names no peer other than self "
+                          "(and there is no --peers-file, --peers-dns or --bus)")
+    return config
+
+
+def _check_format(v: dict[str, Any]) -> LogFormat:
+    """The format, compiled: it must parse and carry what the other settings rely on
+    (``warm`` reads no log, so it checks a format only when one is given, e.g. in the shared
+    TOML file)."""
+    if not v["log_format"]:
+        raise ConfigError("log_format", "", "is required: the log_format string from nginx.conf")
+    fmt = _compile_format(v["log_format"], v["log_format_escape"])
+    if "host" not in fmt.variables and "http_host" not in fmt.variables and not v["default_host"]:
+        raise ConfigError("log_format", v["log_format"],
+                          "has neither $host nor $http_host: set default_host")
+    if "BYPASS" in v["statuses"] and "http_user_agent" not in fmt.variables:
+        raise ConfigError("statuses", ",".join(v["statuses"]),
+                          "includes BYPASS, but the format lacks $http_user_agent, so logwarden "
+                          "cannot tell its own refreshes apart: nodes would ping-pong")
+    names = set(fmt.variables)
+    if v["mode"] == "purge" and not ("http_user_agent" in names
+                                     and names & {"request", "request_method"}):
+        raise ConfigError("mode", "purge", "needs $http_user_agent and the method ($request or "
+                          "$request_method) in the format: the refill after logwarden's own "
+                          "PURGE is told apart by them, else nodes purge each other in a loop")
+    return fmt
+
+
+def _compile_format(fmt: str, escape: str) -> LogFormat:
+    try:
+        return LogFormat.compile(fmt, escape)
+    except LogFormatError as exc:
+        raise ConfigError("log_format", fmt, str(exc)) from None
+
+
+def _normalise_statuses(raw: tuple[str, ...]) -> tuple[str, ...]:
+    statuses = tuple(dict.fromkeys(s.upper() for item in raw for s in _split(item)))
+    for s in statuses:
+        if s not in CACHE_STATUSES:
+            raise ConfigError("statuses", s, f"is not a cache status ({', '.join(CACHE_STATUSES)})")
+    if not statuses:
+        raise ConfigError("statuses", "", "must name at least one cache status")
+    return statuses
 
 
 def _toml_value(value: Any) -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from lab.accounting import equations, samples_of, violations
 from logwarden.config import load_config
-from logwarden.daemon import Daemon
 from tests.agents import start_daemon
 from tests.peers import RecordingPeer, silent_url
 
@@ -33,34 +32,31 @@ MIX = b"".join([
 ])
 
 
-def test_accounting_equations_hold_on_a_mix(tmp_path: Path) -> None:
+async def test_accounting_equations_hold_on_a_mix(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     log.write_bytes(b"")
 
-    async def go() -> Daemon:
-        peer = await RecordingPeer().start()
-        with silent_url() as silent:
-            config = load_config({
-                "access_log": (str(log),), "log_format": FMT, "self": "http://127.0.0.1:1",
-                "peer": ("http://127.0.0.1:1", peer.url, silent), "metrics_listen": "off",
-                "poll_interval": 0.05, "positions": "off", "max_line_bytes": 1000,
-                "max_refresh_rate": 0.001, "max_refresh_burst": 5, "skip": ("^/skipme/",),
-                "timeout": 0.2, "retries": 0, "breaker_failures": 2, "queue_size": 3,
-                "shutdown_timeout": 0.5,
-            }, None, {})
-            daemon, task = await start_daemon(config)
-            with open(log, "ab") as fh:
-                fh.write(MIX)
-            value = daemon.metrics.registry.get_sample_value
-            async with asyncio.timeout(5):
-                while (value("logwarden_lines_total") or 0) < 48 or len(peer.heads) < 3:
-                    await asyncio.sleep(0.01)
-            daemon.stopping.set()  # SIGTERM: the silent peer's queue is cut at the deadline
-            assert await task == 0
-        await peer.close()
-        return daemon
-
-    daemon = asyncio.run(go())
+    peer = await RecordingPeer().start()
+    with silent_url() as silent:
+        config = load_config({
+            "access_log": (str(log),), "log_format": FMT, "self": "http://127.0.0.1:1",
+            "peer": ("http://127.0.0.1:1", peer.url, silent), "metrics_listen": "off",
+            "poll_interval": 0.05, "positions": "off", "max_line_bytes": 1000,
+            "max_refresh_rate": 0.001, "max_refresh_burst": 5, "skip": ("^/skipme/",),
+            "timeout": 0.2, "retries": 0, "breaker_failures": 2, "queue_size": 3,
+            "shutdown_timeout": 0.5,
+        }, None, {})
+        daemon, task = await start_daemon(config)
+        with open(log, "ab") as fh:
+            fh.write(MIX)
+        value = daemon.metrics.registry.get_sample_value
+        async with asyncio.timeout(5):
+            while (value("logwarden_lines_total") or 0) < 48 or len(peer.heads) < 3:
+                await asyncio.sleep(0.01)
+        daemon.stopping.set()  # SIGTERM: the silent peer's queue is cut at the deadline
+        assert await task == 0
+    await peer.close()
+    daemon = daemon
     samples = samples_of(daemon.metrics.registry)
     assert violations(samples) == [], equations(samples)
     value = daemon.metrics.registry.get_sample_value

@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 from logwarden.config import load_config
-from logwarden.daemon import Daemon
 from tests.agents import start_daemon
 from tests.peers import RecordingPeer
 
@@ -25,37 +24,34 @@ def line(target: str, status: str = "MISS", ua: str = "curl/8", host: str = "www
     return f'{host} "GET {target} HTTP/1.1" {code} {status} "{ua}"\n'.encode()
 
 
-def test_pipeline_counts_every_line(tmp_path: Path) -> None:
+async def test_pipeline_counts_every_line(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     log.write_bytes(b"")
 
-    async def go() -> tuple[Daemon, RecordingPeer, dict[str, object]]:
-        peer = await RecordingPeer().start()
-        config = load_config({
-            "access_log": (str(log),), "log_format": FMT, "self": "http://127.0.0.1:1",
-            "peer": ("http://127.0.0.1:1", peer.url), "metrics_listen": "127.0.0.1:0",
-            "poll_interval": 0.05, "positions": str(tmp_path / "positions.json"),
-        }, None, {})
-        daemon, task = await start_daemon(config)
-        with open(log, "ab") as fh:
-            fh.write(line("/a?x=1") + line("/a?x=1", "EXPIRED")  # second one: deduplicated
-                     + line("/hit", "HIT") + b"garbage\n"
-                     + line("/own", "BYPASS", ua="logwarden/0.1.0")
-                     + line("/err", "EXPIRED", code=502) + line("/b%31", "STALE")
-                     + b"x" * (1 << 20) + b"\n"  # over --max-line-bytes: skipped, counted
-                     + line("/u").replace(b"curl/8", b"curl/\xff\xfe")  # not UTF-8: fine
-                     + b"\xff\x80\xc3(\n")  # not UTF-8 and not the format: malformed
-        async with asyncio.timeout(5):
-            while len(peer.heads) < 3:
-                await asyncio.sleep(0.01)
-        assert daemon.metrics_address is not None
-        health = await asyncio.to_thread(_get_json, daemon.metrics_address, "/healthz")
-        daemon.stopping.set()  # what SIGTERM does
-        assert await task == 0
-        await peer.close()
-        return daemon, peer, health
-
-    daemon, peer, health = asyncio.run(go())
+    peer = await RecordingPeer().start()
+    config = load_config({
+        "access_log": (str(log),), "log_format": FMT, "self": "http://127.0.0.1:1",
+        "peer": ("http://127.0.0.1:1", peer.url), "metrics_listen": "127.0.0.1:0",
+        "poll_interval": 0.05, "positions": str(tmp_path / "positions.json"),
+    }, None, {})
+    daemon, task = await start_daemon(config)
+    with open(log, "ab") as fh:
+        fh.write(line("/a?x=1") + line("/a?x=1", "EXPIRED")  # second one: deduplicated
+                 + line("/hit", "HIT") + b"garbage\n"
+                 + line("/own", "BYPASS", ua="logwarden/0.1.0")
+                 + line("/err", "EXPIRED", code=502) + line("/b%31", "STALE")
+                 + b"x" * (1 << 20) + b"\n"  # over --max-line-bytes: skipped, counted
+                 + line("/u").replace(b"curl/8", b"curl/\xff\xfe")  # not UTF-8: fine
+                 + b"\xff\x80\xc3(\n")  # not UTF-8 and not the format: malformed
+    async with asyncio.timeout(5):
+        while len(peer.heads) < 3:
+            await asyncio.sleep(0.01)
+    assert daemon.metrics_address is not None
+    health = await asyncio.to_thread(_get_json, daemon.metrics_address, "/healthz")
+    daemon.stopping.set()  # what SIGTERM does
+    assert await task == 0
+    await peer.close()
+    daemon, peer, health = daemon, peer, health
     assert sorted(peer.request_lines()) == [
         b"HEAD /a?x=1 HTTP/1.1", b"HEAD /b%31 HTTP/1.1", b"HEAD /u HTTP/1.1"]
     value = daemon.metrics.registry.get_sample_value

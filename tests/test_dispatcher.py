@@ -1,5 +1,5 @@
 """Dispatcher against real HTTP peers on loopback: exact bytes, isolation, retries, breaker,
-purge mode, coalescing, storm control, outcomes, drain."""
+refresh modes, coalescing, the router's refusals in front of it, outcomes, drain."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import time
 
 import pytest
 
-from logwarden.deliver.dispatcher import Breaker, Dispatcher, DispatchSettings
+from logwarden.deliver.breaker import Breaker
+from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
+from logwarden.deliver.modes import Bypass, Purge
 from logwarden.model import USER_AGENT, Refresh, host_ok
 from logwarden.ops.metrics import Metrics
 from logwarden.parse.logformat import LogFormat
+from logwarden.route.router import Router
 from logwarden.route.storm import StormControl
 from tests.peers import RecordingPeer, dead_url, silent_url
 
@@ -40,23 +43,20 @@ def value(m: Metrics, name: str, **labels: str) -> float:
     return m.registry.get_sample_value(name, labels) or 0.0
 
 
-def test_target_host_and_headers_are_sent_exactly() -> None:
+async def test_target_host_and_headers_are_sent_exactly() -> None:
     targets = [b"/basic/enc1?a=1&b=2", b"/basic/enc1?b=2&a=1", b"/basic/enc%31?a=1",
                b"/basic/./enc1?a=1", b"/basic//enc1?a=1", b"/x/%0d%0a?q=%22x%22", b"/q?\"x\"|{}`^"]
 
-    async def go() -> RecordingPeer:
-        peer = await RecordingPeer().start()
-        m = Metrics()
-        d = Dispatcher((peer.url,), DispatchSettings(header=("X-Refresh", "1")), m)
-        d.start()
-        for t in targets:
-            assert d.submit(refresh(t, host="static.example.com"))
-        await settle(d, m, len(targets))
-        await d.close(1)
-        await peer.close()
-        return peer
-
-    peer = asyncio.run(go())
+    peer = await RecordingPeer().start()
+    m = Metrics()
+    d = Dispatcher((peer.url,), DispatchSettings(mode=Bypass(header=("X-Refresh", "1"))), m)
+    d.start()
+    for t in targets:
+        d.submit(refresh(t, host="static.example.com"))
+    await settle(d, m, len(targets))
+    await d.close(1)
+    await peer.close()
+    peer = peer
     assert sorted(peer.request_lines()) == sorted(b"HEAD %s HTTP/1.1" % t for t in targets)
     h = peer.headers(0)
     assert h[b"host"] == b"static.example.com"
@@ -64,131 +64,114 @@ def test_target_host_and_headers_are_sent_exactly() -> None:
     assert h[b"user-agent"] == USER_AGENT.encode()
 
 
-def test_get_method_and_custom_header() -> None:
-    async def go() -> RecordingPeer:
-        peer = await RecordingPeer().start()
-        m = Metrics()
-        d = Dispatcher((peer.url,), DispatchSettings(method="GET", header=("X-Warm", "yes")), m)
-        d.start()
-        d.submit(refresh())
-        await settle(d, m, 1)
-        await d.close(1)
-        await peer.close()
-        assert count(m, peer.url, "ok") == 1
-        return peer
-
-    peer = asyncio.run(go())
+async def test_get_method_and_custom_header() -> None:
+    peer = await RecordingPeer().start()
+    m = Metrics()
+    d = Dispatcher((peer.url,), DispatchSettings(mode=Bypass("GET", ("X-Warm", "yes"))), m)
+    d.start()
+    d.submit(refresh())
+    await settle(d, m, 1)
+    await d.close(1)
+    await peer.close()
+    assert count(m, peer.url, "ok") == 1
+    peer = peer
     assert peer.request_lines() == [b"GET /a?b=1 HTTP/1.1"]
     assert peer.headers(0)[b"x-warm"] == b"yes"
 
 
-def test_injection_is_refused_and_counted() -> None:
-    async def go() -> None:
-        peer = await RecordingPeer().start()
-        m = Metrics()
-        d = Dispatcher((peer.url,), DispatchSettings(), m)
-        d.start()
-        assert not d.submit(refresh(b"/a\r\nX-Evil: 1"))
-        assert not d.submit(refresh(b"/a b"))
-        assert not d.submit(refresh(b"/a", host="evil\r\nx: y"))
-        assert not d.submit(refresh(b"/a\x00"))
-        assert not d.submit(refresh(b"/caf\xc3\xa9"))
-        assert not d.submit(refresh(b"/a", host="caf\u00e9.example"))  # no Host, no SNI
-        await d.close(1)
+async def test_injection_is_refused_and_counted() -> None:
+    peer = await RecordingPeer().start()
+    m = Metrics()
+    d = Dispatcher((peer.url,), DispatchSettings(), m)
+    route = Router(d, m).route
+    d.start()
+    assert route(refresh(b"/a\r\nX-Evil: 1")) == "refused"
+    assert route(refresh(b"/a b")) == "refused"
+    assert route(refresh(b"/a", host="evil\r\nx: y")) == "refused"
+    assert route(refresh(b"/a\x00")) == "refused"
+    assert route(refresh(b"/caf\xc3\xa9")) == "refused"
+    assert route(refresh(b"/a", host="caf\u00e9.example")) == "refused"  # no Host, no SNI
+    await d.close(1)
+    await peer.close()
+    assert count(m, peer.url, "refused") == 6
+    assert peer.heads == []
+
+
+async def test_dead_and_stalled_peers_do_not_hold_up_the_live_one() -> None:
+    live = await RecordingPeer().start()
+    stalled = await RecordingPeer(delay=30).start()
+    failing = await RecordingPeer(status=503).start()
+    dead = dead_url()
+    m = Metrics()
+    d = Dispatcher((dead, stalled.url, live.url, failing.url),
+                   DispatchSettings(timeout=0.5, peer_concurrency=2, retries=0,
+                                    breaker_failures=100), m)
+    d.start()
+    for i in range(5):
+        d.submit(refresh(b"/%d" % i))
+    # The live peer is done long before the stalled one's first timeout.
+    async with asyncio.timeout(0.4):
+        while count(m, live.url, "ok") < 5:
+            await asyncio.sleep(0.01)
+    await settle(d, m, 20, timeout=10)
+    assert count(m, dead, "connect_error") == 5
+    assert count(m, stalled.url, "timeout") == 5
+    assert count(m, failing.url, "http_error") == 5
+    await d.close(1)
+    for p in (live, stalled, failing):
+        await p.close()
+
+
+async def test_full_peer_queue_drops_and_counts() -> None:
+    stalled = await RecordingPeer(delay=30).start()
+    m = Metrics()
+    d = Dispatcher((stalled.url,), DispatchSettings(timeout=5, peer_concurrency=1,
+                                                    queue_size=3), m)
+    d.start()
+    d.submit(refresh(b"/0"))
+    await asyncio.sleep(0.05)
+    for i in range(1, 10):
+        d.submit(refresh(b"/%d" % i))
+    await asyncio.sleep(0.1)
+    # one in flight, three queued, six dropped on arrival
+    assert count(m, stalled.url, "dropped") == 6
+    cut = await d.close(0.2)
+    assert cut == 4
+    assert count(m, stalled.url, "dropped") == 10
+    await stalled.close()
+
+
+async def test_close_finishes_queued_work_within_deadline() -> None:
+    slowish = await RecordingPeer(delay=0.05).start()
+    m = Metrics()
+    d = Dispatcher((slowish.url,), DispatchSettings(peer_concurrency=2), m)
+    d.start()
+    for i in range(10):
+        d.submit(refresh(b"/%d" % i))
+    assert await d.close(5) == 0
+    assert count(m, slowish.url, "ok") == 10
+    await slowish.close()
+
+
+async def test_retries_502_503_504_but_never_other_4xx() -> None:
+    flaky = await RecordingPeer(statuses=[503, 502]).start()
+    failing = await RecordingPeer(status=504).start()
+    missing = await RecordingPeer(status=404).start()
+    m = Metrics()
+    d = Dispatcher((flaky.url, failing.url, missing.url),
+                   DispatchSettings(retries=2, retry_backoff=0.01), m)
+    d.start()
+    d.submit(refresh())
+    await settle(d, m, 3)
+    await d.close(1)
+    for peer in (flaky, failing, missing):
         await peer.close()
-        assert count(m, peer.url, "refused") == 6
-        assert peer.heads == []
-
-    asyncio.run(go())
-
-
-def test_dead_and_stalled_peers_do_not_hold_up_the_live_one() -> None:
-    async def go() -> None:
-        live = await RecordingPeer().start()
-        stalled = await RecordingPeer(delay=30).start()
-        failing = await RecordingPeer(status=503).start()
-        dead = dead_url()
-        m = Metrics()
-        d = Dispatcher((dead, stalled.url, live.url, failing.url),
-                       DispatchSettings(timeout=0.5, peer_concurrency=2, retries=0,
-                                        breaker_failures=100), m)
-        d.start()
-        for i in range(5):
-            d.submit(refresh(b"/%d" % i))
-        # The live peer is done long before the stalled one's first timeout.
-        async with asyncio.timeout(0.4):
-            while count(m, live.url, "ok") < 5:
-                await asyncio.sleep(0.01)
-        await settle(d, m, 20, timeout=10)
-        assert count(m, dead, "connect_error") == 5
-        assert count(m, stalled.url, "timeout") == 5
-        assert count(m, failing.url, "http_error") == 5
-        await d.close(1)
-        for p in (live, stalled, failing):
-            await p.close()
-
-    asyncio.run(go())
-
-
-def test_full_peer_queue_drops_and_counts() -> None:
-    async def go() -> None:
-        stalled = await RecordingPeer(delay=30).start()
-        m = Metrics()
-        d = Dispatcher((stalled.url,), DispatchSettings(timeout=5, peer_concurrency=1,
-                                                        queue_size=3), m)
-        d.start()
-        d.submit(refresh(b"/0"))
-        await asyncio.sleep(0.05)
-        for i in range(1, 10):
-            d.submit(refresh(b"/%d" % i))
-        await asyncio.sleep(0.1)
-        # one in flight, three queued, six dropped on arrival
-        assert count(m, stalled.url, "dropped") == 6
-        cut = await d.close(0.2)
-        assert cut == 4
-        assert count(m, stalled.url, "dropped") == 10
-        await stalled.close()
-
-    asyncio.run(go())
-
-
-def test_close_finishes_queued_work_within_deadline() -> None:
-    async def go() -> None:
-        slowish = await RecordingPeer(delay=0.05).start()
-        m = Metrics()
-        d = Dispatcher((slowish.url,), DispatchSettings(peer_concurrency=2), m)
-        d.start()
-        for i in range(10):
-            d.submit(refresh(b"/%d" % i))
-        assert await d.close(5) == 0
-        assert count(m, slowish.url, "ok") == 10
-        await slowish.close()
-
-    asyncio.run(go())
-
-
-def test_retries_502_503_504_but_never_other_4xx() -> None:
-    async def go() -> None:
-        flaky = await RecordingPeer(statuses=[503, 502]).start()
-        failing = await RecordingPeer(status=504).start()
-        missing = await RecordingPeer(status=404).start()
-        m = Metrics()
-        d = Dispatcher((flaky.url, failing.url, missing.url),
-                       DispatchSettings(retries=2, retry_backoff=0.01), m)
-        d.start()
-        d.submit(refresh())
-        await settle(d, m, 3)
-        await d.close(1)
-        for peer in (flaky, failing, missing):
-            await peer.close()
-        retries = "logwarden_refresh_retries_total"
-        assert (len(flaky.heads), count(m, flaky.url, "ok"), value(m, retries, peer=flaky.url)) \
-            == (3, 1, 2)
-        assert (len(failing.heads), count(m, failing.url, "http_error")) == (3, 1)
-        assert (len(missing.heads), count(m, missing.url, "http_error")) == (1, 1)
-        assert value(m, retries, peer=missing.url) == 0
-
-    asyncio.run(go())
+    retries = "logwarden_refresh_retries_total"
+    assert (len(flaky.heads), count(m, flaky.url, "ok"), value(m, retries, peer=flaky.url)) \
+        == (3, 1, 2)
+    assert (len(failing.heads), count(m, failing.url, "http_error")) == (3, 1)
+    assert (len(missing.heads), count(m, missing.url, "http_error")) == (1, 1)
+    assert value(m, retries, peer=missing.url) == 0
 
 
 def test_breaker_opens_after_consecutive_failures_and_one_probe_closes_it() -> None:
@@ -207,29 +190,26 @@ def test_breaker_opens_after_consecutive_failures_and_one_probe_closes_it() -> N
     assert b.allow()  # one failure is not enough
 
 
-def test_open_breaker_skips_without_requests_then_probes() -> None:
-    async def go() -> None:
-        peer = await RecordingPeer(status=503).start()
-        m = Metrics()
-        d = Dispatcher((peer.url,), DispatchSettings(retries=0, breaker_failures=2,
-                                                    breaker_cooldown=0.3), m)
-        d.start()
-        up = "logwarden_peer_up"
-        assert value(m, up, peer=peer.url) == 1
-        for i in range(4):
-            d.submit(refresh(b"/%d" % i))
-            await settle(d, m, i + 1)
-        assert (count(m, peer.url, "http_error"), count(m, peer.url, "skipped")) == (2, 2)
-        assert len(peer.heads) == 2 and value(m, up, peer=peer.url) == 0
-        peer.status = 200
-        await asyncio.sleep(0.35)
-        d.submit(refresh(b"/probe"))
-        await settle(d, m, 5)
-        assert count(m, peer.url, "ok") == 1 and value(m, up, peer=peer.url) == 1
-        await d.close(1)
-        await peer.close()
-
-    asyncio.run(go())
+async def test_open_breaker_skips_without_requests_then_probes() -> None:
+    peer = await RecordingPeer(status=503).start()
+    m = Metrics()
+    d = Dispatcher((peer.url,), DispatchSettings(retries=0, breaker_failures=2,
+                                                breaker_cooldown=0.3), m)
+    d.start()
+    up = "logwarden_peer_up"
+    assert value(m, up, peer=peer.url) == 1
+    for i in range(4):
+        d.submit(refresh(b"/%d" % i))
+        await settle(d, m, i + 1)
+    assert (count(m, peer.url, "http_error"), count(m, peer.url, "skipped")) == (2, 2)
+    assert len(peer.heads) == 2 and value(m, up, peer=peer.url) == 0
+    peer.status = 200
+    await asyncio.sleep(0.35)
+    d.submit(refresh(b"/probe"))
+    await settle(d, m, 5)
+    assert count(m, peer.url, "ok") == 1 and value(m, up, peer=peer.url) == 1
+    await d.close(1)
+    await peer.close()
 
 
 async def _latencies(d: Dispatcher, m: Metrics, peer: RecordingPeer, tag: bytes,
@@ -246,92 +226,83 @@ async def _latencies(d: Dispatcher, m: Metrics, peer: RecordingPeer, tag: bytes,
     return out
 
 
-def test_faulty_peers_retry_break_and_leave_the_healthy_one_as_fast() -> None:
+async def test_faulty_peers_retry_break_and_leave_the_healthy_one_as_fast() -> None:
     """A dead peer, one that answers 503 twice then recovers, one that hangs, beside a healthy
     one, with a global pool of 2 slots they could starve. The healthy peer answers after 20 ms,
     so its latency is dominated by a stable part and the 2x comparison is not timer noise."""
     settings = DispatchSettings(timeout=0.3, retries=2, retry_backoff=0.02, breaker_failures=4,
                                 breaker_cooldown=60, concurrency=2, peer_concurrency=2)
 
-    async def go() -> None:
-        healthy = await RecordingPeer(delay=0.02).start()
-        alone_m = Metrics()
-        alone = Dispatcher((healthy.url,), settings, alone_m)
-        alone.start()
-        baseline = statistics.median(await _latencies(alone, alone_m, healthy, b"alone"))
-        await alone.close(1)
+    healthy = await RecordingPeer(delay=0.02).start()
+    alone_m = Metrics()
+    alone = Dispatcher((healthy.url,), settings, alone_m)
+    alone.start()
+    baseline = statistics.median(await _latencies(alone, alone_m, healthy, b"alone"))
+    await alone.close(1)
 
-        hanging = await RecordingPeer(delay=30).start()
-        flaky = await RecordingPeer(statuses=[503, 503]).start()
-        dead = dead_url()
-        m = Metrics()
-        d = Dispatcher((dead, hanging.url, flaky.url, healthy.url), settings, m)
-        d.start()
-        with_faults = statistics.median(await _latencies(d, m, healthy, b"faults"))
-        print(f"healthy peer latency: {baseline * 1000:.1f} ms alone, "
-              f"{with_faults * 1000:.1f} ms with faulty peers")
-        assert with_faults < 2 * baseline, (with_faults, baseline)
+    hanging = await RecordingPeer(delay=30).start()
+    flaky = await RecordingPeer(statuses=[503, 503]).start()
+    dead = dead_url()
+    m = Metrics()
+    d = Dispatcher((dead, hanging.url, flaky.url, healthy.url), settings, m)
+    d.start()
+    with_faults = statistics.median(await _latencies(d, m, healthy, b"faults"))
+    print(f"healthy peer latency: {baseline * 1000:.1f} ms alone, "
+          f"{with_faults * 1000:.1f} ms with faulty peers")
+    assert with_faults < 2 * baseline, (with_faults, baseline)
 
-        await settle(d, m, 4 * 15, timeout=10)  # the hanging peer's breaker opens too
-        up = "logwarden_peer_up"
-        for peer in (dead, hanging.url):  # 3 attempts, then 1 more: 4 failures open it
-            assert value(m, up, peer=peer) == 0
-            assert count(m, peer, "skipped") == 13
-        assert count(m, dead, "connect_error") == 2
-        assert count(m, hanging.url, "timeout") == 2 and len(hanging.heads) == 4
-        assert count(m, flaky.url, "ok") == 15 and value(m, up, peer=flaky.url) == 1
-        assert value(m, "logwarden_refresh_retries_total", peer=flaky.url) == 2
-        assert count(m, healthy.url, "ok") == 15
-        await d.close(1)
-        for peer in (healthy, hanging, flaky):
-            await peer.close()
-
-    asyncio.run(go())
+    await settle(d, m, 4 * 15, timeout=10)  # the hanging peer's breaker opens too
+    up = "logwarden_peer_up"
+    for peer in (dead, hanging.url):  # 3 attempts, then 1 more: 4 failures open it
+        assert value(m, up, peer=peer) == 0
+        assert count(m, peer, "skipped") == 13
+    assert count(m, dead, "connect_error") == 2
+    assert count(m, hanging.url, "timeout") == 2 and len(hanging.heads) == 4
+    assert count(m, flaky.url, "ok") == 15 and value(m, up, peer=flaky.url) == 1
+    assert value(m, "logwarden_refresh_retries_total", peer=flaky.url) == 2
+    assert count(m, healthy.url, "ok") == 15
+    await d.close(1)
+    for peer in (healthy, hanging, flaky):
+        await peer.close()
 
 
 @pytest.mark.parametrize(("status", "outcome"), [
     (200, "ok"), (204, "ok"), (404, "not_cached"), (412, "not_cached"), (403, "http_error"),
 ])
-def test_purge_outcomes_are_final(status: int, outcome: str) -> None:
-    async def go() -> RecordingPeer:
-        peer = await RecordingPeer(status=status).start()
-        m = Metrics()
-        d = Dispatcher((peer.url,), DispatchSettings(purge_method="PURGE"), m)
-        d.start()
-        d.submit(refresh())
-        await settle(d, m, 1)
-        await d.close(1)
-        await peer.close()
-        assert count(m, peer.url, outcome) == 1
-        return peer
-
-    peer = asyncio.run(go())
+async def test_purge_outcomes_are_final(status: int, outcome: str) -> None:
+    peer = await RecordingPeer(status=status).start()
+    m = Metrics()
+    d = Dispatcher((peer.url,), DispatchSettings(mode=Purge()), m)
+    d.start()
+    d.submit(refresh())
+    await settle(d, m, 1)
+    await d.close(1)
+    await peer.close()
+    assert count(m, peer.url, outcome) == 1
+    peer = peer
     assert peer.request_lines() == [b"PURGE /a?b=1 HTTP/1.1"]
     assert peer.headers(0)[b"user-agent"] == USER_AGENT.encode()
 
 
-def test_purge_then_refresh_and_forbidden_is_logged_once(
+async def test_purge_then_refresh_and_forbidden_is_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def go() -> tuple[RecordingPeer, RecordingPeer]:
-        warm = await RecordingPeer(statuses=[404]).start()
-        acl = await RecordingPeer(status=403).start()
-        m = Metrics()
-        d = Dispatcher((warm.url, acl.url), DispatchSettings(
-            purge_method="PURGE", purge_then_refresh=True, header=("X-Refresh", "s3")), m)
-        d.start()
-        for i in range(3):
-            d.submit(refresh(b"/%d" % i))
-        await settle(d, m, 6)
-        await d.close(1)
-        await warm.close()
-        await acl.close()
-        assert count(m, warm.url, "not_cached") == 1 and count(m, warm.url, "ok") == 2
-        assert count(m, acl.url, "http_error") == 3
-        return warm, acl
-
-    with caplog.at_level(logging.ERROR, "logwarden.deliver.dispatcher"):
-        warm, acl = asyncio.run(go())
+    caplog.set_level(logging.ERROR, "logwarden.deliver.dispatcher")
+    warm = await RecordingPeer(statuses=[404]).start()
+    acl = await RecordingPeer(status=403).start()
+    m = Metrics()
+    secret = ("X-Refresh", "s3")
+    d = Dispatcher((warm.url, acl.url), DispatchSettings(
+        mode=Purge(header=secret, then_refresh=Bypass(header=secret))), m)
+    d.start()
+    for i in range(3):
+        d.submit(refresh(b"/%d" % i))
+    await settle(d, m, 6)
+    await d.close(1)
+    await warm.close()
+    await acl.close()
+    assert count(m, warm.url, "not_cached") == 1 and count(m, warm.url, "ok") == 2
+    assert count(m, acl.url, "http_error") == 3
     lines = sorted(warm.request_lines())
     assert lines == sorted(b"%s /%d HTTP/1.1" % (m, i) for m in (b"PURGE", b"HEAD")
                            for i in range(3))
@@ -341,29 +312,26 @@ def test_purge_then_refresh_and_forbidden_is_logged_once(
     assert "403" in record.getMessage() and acl.url in record.getMessage()
 
 
-def test_queued_refresh_coalesces_repeats_but_one_in_flight_does_not() -> None:
-    async def go() -> None:
-        slow = await RecordingPeer(delay=0.2).start()
-        m = Metrics()
-        d = Dispatcher((slow.url,), DispatchSettings(), m)
-        d.start()
-        for _ in range(3):  # queued together: one request
-            d.submit(refresh())
-        await settle(d, m, 1)
-        assert count(m, slow.url, "coalesced") == 2
-        d.submit(refresh())  # in flight now: it may predate the change this repeat saw
-        async with asyncio.timeout(2):
-            while len(slow.heads) < 2:
-                await asyncio.sleep(0.01)
-        d.submit(refresh())  # while that one is out: sent as well, once
+async def test_queued_refresh_coalesces_repeats_but_one_in_flight_does_not() -> None:
+    slow = await RecordingPeer(delay=0.2).start()
+    m = Metrics()
+    d = Dispatcher((slow.url,), DispatchSettings(), m)
+    d.start()
+    for _ in range(3):  # queued together: one request
         d.submit(refresh())
-        await settle(d, m, 3)
-        await d.close(1)
-        await slow.close()
-        assert len(slow.heads) == 3
-        assert count(m, slow.url, "coalesced") == 3
-
-    asyncio.run(go())
+    await settle(d, m, 1)
+    assert count(m, slow.url, "coalesced") == 2
+    d.submit(refresh())  # in flight now: it may predate the change this repeat saw
+    async with asyncio.timeout(2):
+        while len(slow.heads) < 2:
+            await asyncio.sleep(0.01)
+    d.submit(refresh())  # while that one is out: sent as well, once
+    d.submit(refresh())
+    await settle(d, m, 3)
+    await d.close(1)
+    await slow.close()
+    assert len(slow.heads) == 3
+    assert count(m, slow.url, "coalesced") == 3
 
 
 def test_storm_control_bounds_filters_and_rate() -> None:
@@ -382,29 +350,26 @@ def test_storm_control_bounds_filters_and_rate() -> None:
     assert StormControl(rate=0, burst=1, max_target_bytes=9).refusal(refresh()) is None
 
 
-def test_dispatcher_counts_what_storm_control_and_schemes_turn_away() -> None:
-    async def go() -> None:
-        peer = await RecordingPeer().start()
-        m = Metrics()
-        d = Dispatcher((peer.url,), DispatchSettings(), m,
-                       StormControl(rate=1, burst=2, max_target_bytes=100))
-        d.start()
-        results = [d.submit(refresh(b"/%d" % i)) for i in range(5)]
-        assert not d.submit(Refresh("https", "www.example.com", b"/tls", "MISS"))
-        await settle(d, m, 2)
-        await d.close(1)
-        await peer.close()
-        assert results == [True, True, False, False, False]
-        dropped = "logwarden_storm_dropped_total"
-        assert value(m, dropped, reason="rate") == 3
-        assert value(m, dropped, reason="no_listener") == 1
-        assert value(m, "logwarden_refresh_fanouts_total") == 2
-        assert len(peer.heads) == 2
-
-    asyncio.run(go())
+async def test_router_counts_what_storm_control_and_schemes_turn_away() -> None:
+    peer = await RecordingPeer().start()
+    m = Metrics()
+    d = Dispatcher((peer.url,), DispatchSettings(), m)
+    route = Router(d, m, storm=StormControl(rate=1, burst=2, max_target_bytes=100)).route
+    d.start()
+    results = [route(refresh(b"/%d" % i)) for i in range(5)]
+    assert route(Refresh("https", "www.example.com", b"/tls", "MISS")) == "no_listener"
+    await settle(d, m, 2)
+    await d.close(1)
+    await peer.close()
+    assert results == [None, None, "rate", "rate", "rate"]
+    dropped = "logwarden_storm_dropped_total"
+    assert value(m, dropped, reason="rate") == 3
+    assert value(m, dropped, reason="no_listener") == 1
+    assert value(m, "logwarden_refresh_fanouts_total") == 2
+    assert len(peer.heads) == 2
 
 
-def test_cr_lf_after_unescaping_is_refused_but_escaped_text_is_sent() -> None:
+async def test_cr_lf_after_unescaping_is_refused_but_escaped_text_is_sent() -> None:
     """NGINX logs a raw CR LF in the target as ``\\x0D\\x0A``; the parser turns it back into
     the bytes, which must never reach a request line. ``%0d%0a`` is plain text: sent as is."""
     fmt = LogFormat.compile('$host "$request" $status $upstream_cache_status')
@@ -413,83 +378,73 @@ def test_cr_lf_after_unescaping_is_refused_but_escaped_text_is_sent() -> None:
     assert evil is not None and evil.target == b"/a\r\nX-Evil: 1"
     assert text is not None and text.target == b"/a%0d%0aX-Evil:%201"
 
-    async def go() -> RecordingPeer:
-        peer = await RecordingPeer().start()
-        m = Metrics()
-        d = Dispatcher((peer.url,), DispatchSettings(), m)
-        d.start()
-        assert not d.submit(refresh(evil.target))
-        assert d.submit(refresh(text.target))
-        await settle(d, m, 1)
-        await d.close(1)
+    peer = await RecordingPeer().start()
+    m = Metrics()
+    d = Dispatcher((peer.url,), DispatchSettings(), m)
+    route = Router(d, m).route
+    d.start()
+    assert route(refresh(evil.target)) == "refused"
+    assert route(refresh(text.target)) is None
+    await settle(d, m, 1)
+    await d.close(1)
+    await peer.close()
+    assert count(m, peer.url, "refused") == 1
+    _result = peer
+    assert _result.request_lines() == [b"HEAD /a%0d%0aX-Evil:%201 HTTP/1.1"]
+
+
+async def test_set_peers_keeps_queued_work_starts_new_peers_and_cuts_removed_ones() -> None:
+    stays = await RecordingPeer(delay=0.05).start()
+    leaves = await RecordingPeer(delay=30).start()
+    joins = await RecordingPeer().start()
+    m = Metrics()
+    d = Dispatcher((stays.url, leaves.url), DispatchSettings(peer_concurrency=1), m)
+    d.start()
+    for i in range(4):
+        d.submit(refresh(b"/before/%d" % i))
+    await asyncio.sleep(0.02)  # one request in flight to each
+    d.set_peers((stays.url, joins.url, joins.url, stays.url))
+    assert d.urls == (stays.url, joins.url)
+    d.submit(refresh(b"/after"))
+    await settle(d, m, 6)
+    await asyncio.sleep(0.05)  # the removed peer's cut-off is counted by its own task
+    assert count(m, stays.url, "ok") == 5  # its queued work survived the change
+    assert count(m, joins.url, "ok") == 1 and joins.request_lines() == [
+        b"HEAD /after HTTP/1.1"]
+    assert count(m, leaves.url, "dropped") == 4 and len(leaves.heads) == 1
+    assert value(m, "logwarden_peer_up", peer=leaves.url) == 0  # the series is gone
+    await d.close(1)
+    for peer in (stays, leaves, joins):
         await peer.close()
-        assert count(m, peer.url, "refused") == 1
-        return peer
-
-    assert asyncio.run(go()).request_lines() == [b"HEAD /a%0d%0aX-Evil:%201 HTTP/1.1"]
 
 
-def test_set_peers_keeps_queued_work_starts_new_peers_and_cuts_removed_ones() -> None:
-    async def go() -> None:
-        stays = await RecordingPeer(delay=0.05).start()
-        leaves = await RecordingPeer(delay=30).start()
-        joins = await RecordingPeer().start()
+async def test_propagation_is_observed_when_the_last_peer_answers() -> None:
+    fast = await RecordingPeer().start()
+    slow = await RecordingPeer(delay=0.2).start()
+    m = Metrics()
+    d = Dispatcher((fast.url, slow.url), DispatchSettings(), m, propagation=True)
+    d.start()
+    d.submit(Refresh("http", "www.example.com", b"/p", "MISS", time.time() - 0.5))
+    d.submit(Refresh("http", "www.example.com", b"/no-time", "MISS"))
+    await settle(d, m, 4)
+    await d.close(1)
+    await fast.close()
+    await slow.close()
+    assert value(m, "logwarden_propagation_seconds_count") == 1
+    assert 0.7 <= value(m, "logwarden_propagation_seconds_sum") < 5
+
+
+async def test_a_host_that_is_no_tls_server_name_costs_one_request_not_a_worker() -> None:
+    with silent_url("https") as url:  # TCP connects; the TLS handshake never completes
         m = Metrics()
-        d = Dispatcher((stays.url, leaves.url), DispatchSettings(peer_concurrency=1), m)
+        d = Dispatcher((url,), DispatchSettings(retries=0, timeout=0.2,
+                                                peer_concurrency=1), m)
         d.start()
-        for i in range(4):
-            d.submit(refresh(b"/before/%d" % i))
-        await asyncio.sleep(0.02)  # one request in flight to each
-        d.set_peers((stays.url, joins.url, joins.url, stays.url))
-        assert d.urls == (stays.url, joins.url)
-        d.submit(refresh(b"/after"))
-        await settle(d, m, 6)
-        await asyncio.sleep(0.05)  # the removed peer's cut-off is counted by its own task
-        assert count(m, stays.url, "ok") == 5  # its queued work survived the change
-        assert count(m, joins.url, "ok") == 1 and joins.request_lines() == [
-            b"HEAD /after HTTP/1.1"]
-        assert count(m, leaves.url, "dropped") == 4 and len(leaves.heads) == 1
-        assert value(m, "logwarden_peer_up", peer=leaves.url) == 0  # the series is gone
+        d.submit(Refresh("https", "a..b", b"/1", "MISS"))  # the idna codec refuses it
+        d.submit(Refresh("https", "www.example.com", b"/2", "MISS"))
+        await settle(d, m, 2)
         await d.close(1)
-        for peer in (stays, leaves, joins):
-            await peer.close()
-
-    asyncio.run(go())
-
-
-def test_propagation_is_observed_when_the_last_peer_answers() -> None:
-    async def go() -> None:
-        fast = await RecordingPeer().start()
-        slow = await RecordingPeer(delay=0.2).start()
-        m = Metrics()
-        d = Dispatcher((fast.url, slow.url), DispatchSettings(), m, propagation=True)
-        d.start()
-        d.submit(Refresh("http", "www.example.com", b"/p", "MISS", time.time() - 0.5))
-        d.submit(Refresh("http", "www.example.com", b"/no-time", "MISS"))
-        await settle(d, m, 4)
-        await d.close(1)
-        await fast.close()
-        await slow.close()
-        assert value(m, "logwarden_propagation_seconds_count") == 1
-        assert 0.7 <= value(m, "logwarden_propagation_seconds_sum") < 5
-
-    asyncio.run(go())
-
-
-def test_a_host_that_is_no_tls_server_name_costs_one_request_not_a_worker() -> None:
-    async def go() -> None:
-        with silent_url("https") as url:  # TCP connects; the TLS handshake never completes
-            m = Metrics()
-            d = Dispatcher((url,), DispatchSettings(retries=0, timeout=0.2,
-                                                    peer_concurrency=1), m)
-            d.start()
-            d.submit(Refresh("https", "a..b", b"/1", "MISS"))  # the idna codec refuses it
-            d.submit(Refresh("https", "www.example.com", b"/2", "MISS"))
-            await settle(d, m, 2)
-            await d.close(1)
-            assert (count(m, url, "tls_error"), count(m, url, "timeout")) == (1, 1)
-
-    asyncio.run(go())
+        assert (count(m, url, "tls_error"), count(m, url, "timeout")) == (1, 1)
 
 
 def _host_ok_by_character(host: str) -> bool:
@@ -511,37 +466,34 @@ def test_host_ok_every_single_character() -> None:
             assert host_ok(host) == _host_ok_by_character(host), hex(code)
 
 
-def test_a_peer_back_from_an_outage_gets_every_refresh_and_shows_up_without_traffic() -> None:
+async def test_a_peer_back_from_an_outage_gets_every_refresh_and_shows_up_without_traffic() -> None:
     """After the cool-down, refreshes arriving while the probe is out wait for its answer
     instead of being skipped; and with no refresh at all, a connect probe brings it back."""
 
-    async def go() -> None:
-        url = dead_url()
-        port = int(url.rsplit(":", 1)[1])
-        m = Metrics()
-        d = Dispatcher((url,), DispatchSettings(retries=0, breaker_failures=1,
-                                               breaker_cooldown=0.2), m)
-        d.start()
-        d.submit(refresh(b"/down"))
-        await settle(d, m, 1)
-        assert value(m, "logwarden_peer_up", peer=url) == 0
-        peer = await RecordingPeer(port=port).start()
-        await asyncio.sleep(0.25)  # past the cool-down, before the idle probe
-        for i in range(10):  # the first is the probe, the rest arrive while it is out
-            d.submit(refresh(b"/back/%d" % i))
-        await settle(d, m, 11)
-        assert (count(m, url, "ok"), count(m, url, "skipped")) == (10, 0)
+    url = dead_url()
+    port = int(url.rsplit(":", 1)[1])
+    m = Metrics()
+    d = Dispatcher((url,), DispatchSettings(retries=0, breaker_failures=1,
+                                           breaker_cooldown=0.2), m)
+    d.start()
+    d.submit(refresh(b"/down"))
+    await settle(d, m, 1)
+    assert value(m, "logwarden_peer_up", peer=url) == 0
+    peer = await RecordingPeer(port=port).start()
+    await asyncio.sleep(0.25)  # past the cool-down, before the idle probe
+    for i in range(10):  # the first is the probe, the rest arrive while it is out
+        d.submit(refresh(b"/back/%d" % i))
+    await settle(d, m, 11)
+    assert (count(m, url, "ok"), count(m, url, "skipped")) == (10, 0)
 
-        for i in range(2):  # down again, then back with no traffic at all
-            d.submit(refresh(b"/500/%d" % i))
-        peer.status = 503
-        await settle(d, m, 13)
-        assert value(m, "logwarden_peer_up", peer=url) == 0
-        peer.status = 200
-        async with asyncio.timeout(2):
-            while value(m, "logwarden_peer_up", peer=url) != 1:
-                await asyncio.sleep(0.02)
-        await d.close(1)
-        await peer.close()
-
-    asyncio.run(go())
+    for i in range(2):  # down again, then back with no traffic at all
+        d.submit(refresh(b"/500/%d" % i))
+    peer.status = 503
+    await settle(d, m, 13)
+    assert value(m, "logwarden_peer_up", peer=url) == 0
+    peer.status = 200
+    async with asyncio.timeout(2):
+        while value(m, "logwarden_peer_up", peer=url) != 1:
+            await asyncio.sleep(0.02)
+    await d.close(1)
+    await peer.close()

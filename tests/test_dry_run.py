@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 
 from logwarden.config import load_config
-from logwarden.daemon import Daemon
 from tests.agents import start_daemon
 from tests.peers import RecordingPeer
 
@@ -17,30 +16,27 @@ def _line(target: str, status: str) -> bytes:
     return f'www.example.com "GET {target} HTTP/1.1" 200 {status} "curl/8"\n'.encode()
 
 
-def test_dry_run_decides_and_sends_nothing(tmp_path: Path) -> None:
+async def test_dry_run_decides_and_sends_nothing(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     log.write_bytes(b"")
 
-    async def go() -> tuple[Daemon, RecordingPeer]:
-        peer = await RecordingPeer().start()
-        config = load_config({
-            "access_log": (str(log),), "log_format": FMT, "peer": (peer.url,),
-            "dry_run": True, "metrics_listen": "off", "poll_interval": 0.05,
-            "positions": "off",
-        }, None, {})
-        daemon, task = await start_daemon(config)
-        with open(log, "ab") as fh:
-            fh.write(_line("/a", "MISS") + _line("/b", "EXPIRED") + _line("/c", "HIT"))
-        value = daemon.metrics.registry.get_sample_value
-        async with asyncio.timeout(5):
-            while (value("logwarden_triggers_total", {"cache_status": "EXPIRED"}) or 0) < 1:
-                await asyncio.sleep(0.01)
-        daemon.stopping.set()
-        assert await task == 0
-        await peer.close()
-        return daemon, peer
-
-    daemon, peer = asyncio.run(go())
+    peer = await RecordingPeer().start()
+    config = load_config({
+        "access_log": (str(log),), "log_format": FMT, "peer": (peer.url,),
+        "dry_run": True, "metrics_listen": "off", "poll_interval": 0.05,
+        "positions": "off",
+    }, None, {})
+    daemon, task = await start_daemon(config)
+    with open(log, "ab") as fh:
+        fh.write(_line("/a", "MISS") + _line("/b", "EXPIRED") + _line("/c", "HIT"))
+    value = daemon.metrics.registry.get_sample_value
+    async with asyncio.timeout(5):
+        while (value("logwarden_triggers_total", {"cache_status": "EXPIRED"}) or 0) < 1:
+            await asyncio.sleep(0.01)
+    daemon.stopping.set()
+    assert await task == 0
+    await peer.close()
+    daemon, peer = daemon, peer
     value = daemon.metrics.registry.get_sample_value
     assert value("logwarden_triggers_total", {"cache_status": "MISS"}) == 1
     assert value("logwarden_records_ignored_total", {"reason": "cache_status"}) == 1

@@ -5,21 +5,25 @@ from __future__ import annotations
 import asyncio
 import os
 
-from logwarden.decide.triggers import Triggers
+from logwarden.config import REPLAY, load_config
 from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
 from logwarden.model import Refresh
 from logwarden.ops.metrics import Metrics
+from logwarden.route.router import Recorder, Router
 from tests.peers import RecordingPeer
 
 
 def test_dedup_memory_is_bounded_by_its_size() -> None:
-    triggers = Triggers(("MISS",), dedup_window=3600, max_keys=10_000)
+    config = load_config({"log_format": "$host $request $upstream_cache_status",
+                          "dedup_window": 3600, "dedup_max_urls": 10_000,
+                          "max_refresh_rate": 0}, needs=REPLAY)
+    router = Router.from_config(config, Recorder(), Metrics())
     for i in range(1_000_000):
-        assert triggers.first_in_window(Refresh("http", "h", b"/u/%d" % i, "MISS"))
-    assert triggers.remembered == 10_000
+        assert router.route(Refresh("http", "h", b"/u/%d" % i, "MISS")) is None
+    assert router.dedup is not None and len(router.dedup) == 10_000
     # The newest are the ones kept: a repeat of the last URL is still folded.
-    assert not triggers.first_in_window(Refresh("http", "h", b"/u/999999", "MISS"))
-    assert triggers.first_in_window(Refresh("http", "h", b"/u/0", "MISS"))
+    assert router.route(Refresh("http", "h", b"/u/999999", "MISS")) == "deduplicated"
+    assert router.route(Refresh("http", "h", b"/u/0", "MISS")) is None
 
 
 class CountingPeer(RecordingPeer):
@@ -45,28 +49,24 @@ def _exists(fd: str) -> bool:
     return True
 
 
-def test_connections_to_a_peer_are_bounded_by_its_pool() -> None:
+async def test_connections_to_a_peer_are_bounded_by_its_pool() -> None:
     pool = 4
 
-    async def go() -> tuple[int, int, int]:
-        peer = await CountingPeer(delay=0.005).start()
-        metrics = Metrics()
-        dispatcher = Dispatcher([peer.url], DispatchSettings(
-            method="HEAD", header=("X-Refresh", "1"), peer_concurrency=pool), metrics)
-        dispatcher.start()
-        before = _open_sockets()
-        for i in range(500):
-            dispatcher.submit(Refresh("http", "www.example.com", b"/p/%d" % i, "MISS"))
-        most = 0
-        async with asyncio.timeout(10):
-            while len(peer.heads) < 500:
-                most = max(most, _open_sockets() - before)
-                await asyncio.sleep(0.002)
-        await dispatcher.close(1)
-        await peer.close()
-        return peer.most_open, most, _open_sockets() - before
-
-    peer_side, client_side, left = asyncio.run(go())
+    peer = await CountingPeer(delay=0.005).start()
+    metrics = Metrics()
+    dispatcher = Dispatcher([peer.url], DispatchSettings(peer_concurrency=pool), metrics)
+    dispatcher.start()
+    before = _open_sockets()
+    for i in range(500):
+        dispatcher.submit(Refresh("http", "www.example.com", b"/p/%d" % i, "MISS"))
+    most = 0
+    async with asyncio.timeout(10):
+        while len(peer.heads) < 500:
+            most = max(most, _open_sockets() - before)
+            await asyncio.sleep(0.002)
+    await dispatcher.close(1)
+    await peer.close()
+    peer_side, client_side, left = peer.most_open, most, _open_sockets() - before
     # Each client socket shows twice here (client end and the peer's end): 2 per connection.
     assert peer_side <= pool, peer_side
     assert client_side <= 2 * pool, client_side

@@ -10,22 +10,25 @@ import sys
 import time
 from pathlib import Path
 
-from lab import wait_until
+from lab import free_port, wait_until
 from lab.agent import Agent
 from logwarden.commands.replay import Replay
-from logwarden.config import load_config
+from logwarden.config import REPLAY, load_config
 from tests.agents import LOG_FORMAT
 
-# The agent logs each decision before storm control; the token bucket is tested below. Its
-# dedup window runs on arrival time, replay's on the lines' time (equal for lines read live,
-# not for a file read at once): a window longer than both makes them comparable here.
-NO_RATE = ["--max-refresh-rate", "0", "--dedup-window", "3600"]
+# Both decide with one Router. Its dedup window and token bucket run on arrival time live and
+# on the lines' time in replay (equal for lines read live, not for a file read at once); so the
+# window is longer than both runs, and the bucket holds 60 tokens and refills next to nothing
+# in either: both admit the same first 60 fan-outs and drop the rest as ``rate``.
+ADMISSION = ["--dedup-window", "3600", "--max-refresh-rate", "0.001",
+             "--max-refresh-burst", "60", "--max-target-bytes", "200", "--skip", "^/p/3"]
 STATUSES = ["HIT"] * 6 + ["MISS", "EXPIRED", "STALE", "UPDATING", "BYPASS", "REVALIDATED", "-"]
 
 
 def generated_log(path: Path, lines: int, start: float, seed: int = 7) -> None:
     """Lines of the example format: repeated URLs, every status, own refreshes, POSTs, origin
-    errors, https, garbage; one line per millisecond from ``start``."""
+    errors, https, raw UTF-8 targets (escaped as NGINX writes them), over-long targets,
+    garbage; one line per millisecond from ``start``."""
     rnd = random.Random(seed)
     out = []
     for i in range(lines):
@@ -37,51 +40,64 @@ def generated_log(path: Path, lines: int, start: float, seed: int = 7) -> None:
         upstream = rnd.choice(["200"] * 6 + ["-", "502", "304"])
         agent = rnd.choice(["curl/7.88.1"] * 9 + ["logwarden/0.1"])
         scheme, port = rnd.choice([("http", "80")] * 3 + [("https", "443")])
-        target = f"/p/{rnd.randrange(40)}?v={rnd.randrange(3)}"
+        target = rnd.choice([f"/p/{rnd.randrange(40)}?v={rnd.randrange(3)}"] * 18
+                            + [f"/caf\\xC3\\xA9/{rnd.randrange(5)}",
+                               f"/long/{rnd.randrange(5)}/" + "x" * 300])
         out.append(("\t".join([f"{start + i / 1000:.3f}", scheme, "www.example.com", port,
                                method, target, "200", status, upstream, "0.001", "-", agent])
                     + "\n").encode())
     path.write_bytes(b"".join(out))
 
 
-def test_replay_decides_like_the_live_agent(tmp_path: Path) -> None:
+def test_replay_decides_and_admits_like_the_live_agent(tmp_path: Path) -> None:
+    """One log through ``run`` and through ``replay``: the same refreshes in the same order,
+    and the same refusals by every admission rule (dedup, no listener for https, a raw UTF-8
+    target refused, too long, filtered, rate)."""
     log = tmp_path / "access.log"
     generated_log(log, 3000, start=time.time())
-    agent = Agent(log, LOG_FORMAT, "http://127.0.0.11:80", ["http://127.0.0.12:80"],
-                  extra=["--from-start", "--dry-run", "--log-level", "debug", *NO_RATE],
+    closed = f"http://127.0.0.12:{free_port('127.0.0.12')}"  # refreshes fail: not the subject
+    agent = Agent(log, LOG_FORMAT, "http://127.0.0.11:80", [closed],
+                  extra=["--from-start", "--log-level", "debug", "--retries", "0",
+                         "--shutdown-timeout", "0", *ADMISSION],
                   stderr=tmp_path / "agent.log").start()
     try:
         wait_until(lambda: agent.value("logwarden_lines_total") == 3000, timeout=15,
                    what="the agent to read every line")
-        live = {
-            "triggers": {lbl[0][1]: v for (name, lbl), v in agent.samples().items()
-                         if name == "logwarden_triggers_total"},
-            "deduplicated": agent.value("logwarden_triggers_deduplicated_total"),
-            "malformed": agent.value("logwarden_lines_malformed_total"),
-        }
+        samples = agent.samples()
     finally:
         assert agent.stop() == 0
-    decided = re.findall(r"DEBUG logwarden\.daemon: (\w+ \S+)$",
+    live = {
+        "triggers": {dict(lbl)["cache_status"]: v for (name, lbl), v in samples.items()
+                     if name == "logwarden_triggers_total" and v},
+        "not_sent": {dict(lbl)["reason"]: v for (name, lbl), v in samples.items()
+                     if name == "logwarden_storm_dropped_total" and v},
+        "refused": samples[("logwarden_refreshes_total",
+                            (("outcome", "refused"), ("peer", closed)))],
+        "fanouts": samples[("logwarden_refresh_fanouts_total", ())],
+    }
+    decided = re.findall(r"DEBUG logwarden\.route\.router: (\w+ \S+)$",
                          (tmp_path / "agent.log").read_text(), re.M)
 
     out = subprocess.run(
         [sys.executable, "-m", "logwarden", "replay", str(log), "--json", "--log-format",
-         LOG_FORMAT, "--peer", "http://127.0.0.12:80", "--peer", "https://127.0.0.12:443",
-         *NO_RATE],
+         LOG_FORMAT, "--peer", closed, *ADMISSION],
         capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     *refreshes, last = [json.loads(line) for line in out.stdout.splitlines()]
     summary = last["summary"]
     assert [f"{r['cache_status']} {r['url']}" for r in refreshes] == decided
-    assert len(decided) > 100  # the log is a real test: many triggers, many repeats
-    assert summary["triggers"] == {k: v for k, v in live["triggers"].items() if v}
-    assert summary["deduplicated"] == live["deduplicated"] > 100
-    assert summary["malformed"] == live["malformed"] > 0
+    assert len(decided) == 60  # the bucket's burst: the rest of the log is rate-limited
+    assert summary["triggers"] == live["triggers"]
+    assert summary["deduplicated"] == samples[("logwarden_triggers_deduplicated_total", ())] \
+        > 100
+    assert summary["not_sent"] == {**live["not_sent"], "refused": live["refused"]}
+    assert set(summary["not_sent"]) == {"no_listener", "refused", "too_long", "filtered",
+                                        "rate"}
+    assert summary["refreshes"] + live["refused"] == live["fanouts"]
+    assert summary["malformed"] == samples[("logwarden_lines_malformed_total", ())] > 0
     assert summary["lines"] == 3000 and summary["refreshes"] == len(refreshes)
     assert {r["methods"][0] for r in refreshes} == {"HEAD"}
-    assert all(r["peers"] == [r["url"].split("/")[0] + "//127.0.0.12:"
-                              + ("80" if r["url"].startswith("http:") else "443")]
-               for r in refreshes)
+    assert all(r["peers"] == [closed] for r in refreshes)
 
 
 def test_dedup_and_rate_follow_the_logs_own_time(tmp_path: Path) -> None:
@@ -92,13 +108,13 @@ def test_dedup_and_rate_follow_the_logs_own_time(tmp_path: Path) -> None:
         lines.append(f"{1795334000 + i * 0.5:.3f}\thttp\th\t80\tGET\t/same\t200\tMISS\t200\t"
                      "0.001\t-\tcurl\n")
     log.write_text("".join(lines))
-    config = load_config({"log_format": LOG_FORMAT}, offline=True)
+    config = load_config({"log_format": LOG_FORMAT}, needs=REPLAY)
     replay = Replay(config)
     with log.open("rb") as fh:
         assert len(list(replay.run(fh))) == 5
     assert replay.summary()["deduplicated"] == 5
     rated = load_config({"log_format": LOG_FORMAT, "dedup_window": 0.0, "max_refresh_rate": 1.0,
-                         "max_refresh_burst": 1}, offline=True)
+                         "max_refresh_burst": 1}, needs=REPLAY)
     replay = Replay(rated)
     with log.open("rb") as fh:
         assert len(list(replay.run(fh))) == 5  # one token per second of log

@@ -18,7 +18,7 @@ import pytest
 
 from lab import Cluster, NginxNode, Origin, find_nginx, wait_until
 from lab.agent import Agent
-from logwarden.config import ENV_PREFIX, SETTINGS, load_config
+from logwarden.config import ENV_PREFIX, REPLAY, SETTINGS, load_config
 from tests.agents import LOG_FORMAT
 from tests.test_tail_nginx import Client
 
@@ -228,7 +228,7 @@ def test_dockerfile_builds_a_slim_non_root_image_of_logwarden() -> None:
                 assert (ROOT / source).exists(), source
                 assert f"!{source.rstrip('/')}" in (ROOT / ".dockerignore").read_text()
     env = dict(pair.split("=", 1) for op, args in final if op == "ENV" for pair in args.split())
-    config = load_config({"log_format": LOG_FORMAT}, offline=True, environ=env)
+    config = load_config({"log_format": LOG_FORMAT}, needs=REPLAY, environ=env)
     assert config.positions_path == Path(env["STATE_DIRECTORY"]) / "positions.json"
     port = config.metrics_listen.rsplit(":", 1)[1]
     assert config.metrics_listen.startswith("0.0.0.0:") and dict(final)["EXPOSE"] == port

@@ -1,4 +1,5 @@
-"""Trigger rules and the dedup window, as pure functions over Records."""
+"""Trigger rules as pure functions over Records, and the bounded time window behind the
+triggers' and the router's memory."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logwarden.decide.triggers import Triggers, _Window
+from logwarden.decide.triggers import Triggers
+from logwarden.decide.window import Window
 from logwarden.model import USER_AGENT, Record
 
 DEFAULT = ("MISS", "EXPIRED", "UPDATING", "STALE")
@@ -32,7 +34,7 @@ class Clock:
 
 @pytest.mark.parametrize("status", DEFAULT)
 def test_default_statuses_trigger(status: str) -> None:
-    t = Triggers(DEFAULT, dedup_window=1)
+    t = Triggers(DEFAULT)
     r = rec(cache_status=status, upstream_status="-" if status in ("STALE", "UPDATING") else "200")
     assert t.skip_reason(r) is None
 
@@ -58,21 +60,21 @@ def test_default_statuses_trigger(status: str) -> None:
     ],
 )
 def test_skip_reasons(record: Record, reason: str) -> None:
-    assert Triggers(DEFAULT, dedup_window=1).skip_reason(record) == reason
+    assert Triggers(DEFAULT).skip_reason(record) == reason
 
 
 def test_failover_to_a_good_upstream_still_triggers() -> None:
-    t = Triggers(DEFAULT, dedup_window=1)
+    t = Triggers(DEFAULT)
     assert t.skip_reason(rec(cache_status="MISS", upstream_status="502, 200")) is None
 
 
 def test_missing_fields_do_not_block() -> None:
-    t = Triggers(DEFAULT, dedup_window=1)
+    t = Triggers(DEFAULT)
     assert t.skip_reason(rec(status=None, upstream_status=None, user_agent=None)) is None
 
 
 def test_default_host_and_scheme() -> None:
-    t = Triggers(DEFAULT, dedup_window=1, default_host="static.example.com")
+    t = Triggers(DEFAULT, default_host="static.example.com")
     r = rec(host=None, scheme=None)
     assert t.skip_reason(r) is None
     refresh = t.refresh_for(r)
@@ -80,44 +82,12 @@ def test_default_host_and_scheme() -> None:
     assert refresh.target == b"/a?b=1"
 
 
-def test_dedup_window() -> None:
-    clock = Clock()
-    t = Triggers(DEFAULT, dedup_window=1.0, clock=clock)
-    a = t.refresh_for(rec())
-    other = t.refresh_for(rec(target=b"/a?b=2"))
-    https = t.refresh_for(rec(scheme="https"))
-    assert t.first_in_window(a)
-    assert not t.first_in_window(a)
-    assert t.first_in_window(other)
-    assert t.first_in_window(https)
-    clock.now += 0.999
-    assert not t.first_in_window(a)
-    clock.now += 0.002
-    assert t.first_in_window(a)
-
-
-def test_dedup_memory_is_bounded() -> None:
-    clock = Clock()
-    t = Triggers(DEFAULT, dedup_window=60, clock=clock, max_keys=100)
-    for i in range(1000):
-        assert t.first_in_window(t.refresh_for(rec(target=b"/%d" % i)))
-    assert len(t._dedup._seen) == 100
-    assert not t.first_in_window(t.refresh_for(rec(target=b"/999")))
-    assert t.first_in_window(t.refresh_for(rec(target=b"/0")))  # evicted, so admitted again
-
-
-def test_zero_window_never_dedups() -> None:
-    t = Triggers(DEFAULT, dedup_window=0)
-    a = t.refresh_for(rec())
-    assert t.first_in_window(a) and t.first_in_window(a)
-
-
 @pytest.mark.parametrize(("age", "reason"), [(301.0, "too_old"), (299.0, None), (None, None)])
 def test_a_backlog_older_than_max_age_does_not_trigger(age: float | None,
                                                        reason: str | None) -> None:
     """Lines read late (catching up after downtime) are stale news; a format without a time
     cannot tell, so its lines always count."""
-    t = Triggers(DEFAULT, dedup_window=1, max_age=300, wall_clock=lambda: 10_000.0)
+    t = Triggers(DEFAULT, max_age=300, wall_clock=lambda: 10_000.0)
     r = rec(time=None if age is None else 10_000.0 - age)
     assert t.skip_reason(r) == reason
 
@@ -126,7 +96,7 @@ def test_a_failed_background_update_does_not_fan_out() -> None:
     """log_subrequest on: the failed fetch's STALE 500 line marks its client's STALE '-' line,
     which would otherwise read as a good background update (nginx-facts, issue 10)."""
     clock = Clock()
-    t = Triggers(DEFAULT, dedup_window=0, clock=clock)
+    t = Triggers(DEFAULT, clock=clock)
 
     def decide(r: Record) -> str | None:
         return t.after_purges(r, t.skip_reason(r))
@@ -180,7 +150,7 @@ def test_window_decides_as_the_reference(window: float, max_keys: int,
     """Same answers and same keys after every admit/discard, also when the clock steps back
     (replay's line clock)."""
     now = [100.0]
-    ours, ref = _Window(window, max_keys, lambda: now[0]), \
+    ours, ref = Window(window, max_keys, lambda: now[0]), \
         _ReferenceWindow(window, max_keys, lambda: now[0])
     for admit, key, step in ops:
         now[0] += step

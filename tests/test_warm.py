@@ -20,8 +20,8 @@ from logwarden.commands.warm import (
     url_list,
     url_refresh,
 )
-from logwarden.config import ConfigError, load_config
-from logwarden.deliver.dispatcher import _probe_outcome
+from logwarden.config import WARM, ConfigError, load_config
+from logwarden.deliver.modes import probed
 from logwarden.deliver.peerhttp import Answer
 from logwarden.model import Refresh
 from tests.peers import dead_url
@@ -113,7 +113,7 @@ def test_a_sitemap_index_is_followed_one_level(tmp_path: Path) -> None:
 ])
 def test_only_missing_probe(status: int, cache: bytes | None, outcome: str) -> None:
     headers = [(b"x-cache-status", cache)] if cache is not None else []
-    assert _probe_outcome(Answer(status, headers, b"")) == outcome
+    assert probed(Answer(status, headers, b"")) == outcome
 
 
 def test_report_names_each_node_and_fails_on_any_failure() -> None:
@@ -128,10 +128,10 @@ def test_report_names_each_node_and_fails_on_any_failure() -> None:
 
 
 def test_warm_needs_nodes_but_no_log() -> None:
-    config = load_config({"peer": ("http://127.0.0.11:80",)}, None, {}, warm=True)
+    config = load_config({"peer": ("http://127.0.0.11:80",)}, None, {}, needs=WARM)
     assert config.access_log == () and config.log_format is None
     with pytest.raises(ConfigError, match="peer: '' is required: the nodes to warm"):
-        load_config({}, None, {}, warm=True)
+        load_config({}, None, {}, needs=WARM)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,6 +212,16 @@ def test_dry_run_reads_the_sources_and_sends_nothing(tmp_path: Path) -> None:
                "--peer", down)
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"{down}: 2 to warm (dry run: nothing sent)\n"
+    # The router's admission, as a real warm would apply it: a URL no node can take, and
+    # a target that cannot be sent byte for byte, are said, and fail the run.
+    (tmp_path / "urls.txt").write_text("http://www.example.com/a\nhttps://www.example.com/s\n"
+                                       "http://www.example.com/caf\u00e9\n")
+    out = warm(str(tmp_path / "urls.txt"), "--dry-run", "--peer", down)
+    assert out.returncode == 1, out.stderr
+    assert out.stdout.splitlines() == [
+        f"{down}: 1 to warm (dry run: nothing sent)",
+        "1 URL(s) would not be sent: no_listener (https)",
+        "1 URL(s) would not be sent: refused"]
 
 
 def test_unreadable_source_exits_2(tmp_path: Path) -> None:

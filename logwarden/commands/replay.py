@@ -1,11 +1,11 @@
 """``logwarden replay FILE``: read an access log once and show what the agent would send.
 
 No network: this is how an operator tries a format, the statuses and the filters on a real
-log before turning logwarden on. Lines are decided by the daemon's own path
-(:class:`logwarden.decide.process.Processor`); what the dispatcher would still turn away (a target
-or host that cannot be replayed exactly, storm control) is applied in the same order as
-``Dispatcher.submit``. Time is the log's own (``$msec``, ``$time_local``…): the dedup window
-and the token bucket span it, and ``--max-line-age`` is off, since every line is history.
+log before turning logwarden on. Lines are decided by the daemon's own processor and admitted
+by the daemon's own router (:class:`logwarden.route.router.Router`: dedup, no listener,
+refused targets, storm control), whose target here records instead of sending. Time is the
+log's own (``$msec``, ``$time_local``…): the dedup window and the token bucket span it, and
+``--max-line-age`` is off, since every line is history.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 
 from logwarden.config import Config
 from logwarden.decide.process import LineClock, Processor, Tally, triggers_for
-from logwarden.model import Refresh, host_ok, request_target_ok
-from logwarden.route.storm import StormControl
+from logwarden.model import Refresh
+from logwarden.ops.metrics import Metrics
+from logwarden.route.router import Recorder, Router
 from logwarden.sources import Batch
 
 BATCH_LINES = 4096
@@ -32,12 +33,15 @@ class Replay:
         self.config = config
         self.clock = LineClock()
         self.parser = config.log_format_parser()
+        self.mode = config.refresh_mode
         self.processor = Processor(self.parser, triggers_for(config, self.clock), self.clock)
-        self.storm = StormControl(rate=config.max_refresh_rate, burst=config.max_refresh_burst,
-                                  max_target_bytes=config.max_target_bytes, only=config.only,
-                                  skip=config.skip, clock=self.clock)
+        self._sent: list[Refresh] = []
+        self.recorder = Recorder(config.targets, dynamic=bool(config.peers_file
+                                                              or config.peers_dns),
+                                 on_submit=self._sent.append)
+        self.router = Router.from_config(config, self.recorder, Metrics(), clock=self.clock)
         self.tally = Tally(skipped=0)
-        self.lines = self.too_long = self.refreshes = 0
+        self.lines = self.too_long = self.refreshes = self.deduplicated = 0
         self.not_sent: Counter[str] = Counter()
 
     def run(self, lines: Iterable[bytes]) -> Iterator[Refresh]:
@@ -46,43 +50,28 @@ class Replay:
             self.lines += len(batch)
             kept = [line for line in batch if len(line) <= self.config.max_line_bytes]
             self.too_long += len(batch) - len(kept)
-            lines = Batch.of(line.removesuffix(b"\n") for line in kept)
-            refreshes, tally = self.processor.batch(lines)
+            refreshes, tally = self.processor.batch(
+                Batch.of(line.removesuffix(b"\n") for line in kept))
             self.tally.add(tally)
             for refresh in refreshes:
-                reason = self._refusal(refresh)
-                if reason:
+                if refresh.logged_at is not None:  # the batch is decided: back to its time
+                    self.clock.now = refresh.logged_at
+                reason = self.router.route(refresh)
+                if reason == "deduplicated":
+                    self.deduplicated += 1
+                elif reason is not None:
                     self.not_sent[reason] += 1
-                    continue
-                self.refreshes += 1
-                yield refresh
-
-    def _refusal(self, refresh: Refresh) -> str | None:
-        static_only = not (self.config.peers_file or self.config.peers_dns)
-        if self.config.targets and static_only and not self._peers(refresh):
-            return "no_listener"
-        if not (request_target_ok(refresh.target) and host_ok(refresh.host)):
-            return "refused"
-        if refresh.logged_at is not None:  # the batch is decided: the clock is at its end
-            self.clock.now = refresh.logged_at
-        return self.storm.refusal(refresh)
+            self.refreshes += len(self._sent)
+            yield from self._sent
+            self._sent.clear()
 
     def describe(self, refresh: Refresh) -> dict[str, Any]:
-        cfg = self.config
-        methods = [cfg.refresh_method]
-        if cfg.mode == "purge":
-            methods = [cfg.purge_method] + ([cfg.refresh_method] if cfg.purge_then_refresh
-                                            else [])
         target = refresh.target.decode("latin-1")
         return {
-            "cache_status": refresh.cache_status, "methods": methods,
-            "url": f"{refresh.scheme}://{refresh.host}{target}", "host": refresh.host,
-            "target": target, "time": refresh.logged_at,
-            "peers": self._peers(refresh),
+            "cache_status": refresh.cache_status, "methods": list(self.mode.methods),
+            "url": refresh.url, "host": refresh.host, "target": target,
+            "time": refresh.logged_at, "peers": self.recorder.peers_of(refresh.scheme),
         }
-
-    def _peers(self, refresh: Refresh) -> list[str]:
-        return [p for p in self.config.targets if p.startswith(refresh.scheme + "://")]
 
     def summary(self) -> dict[str, Any]:
         t = self.tally
@@ -91,7 +80,7 @@ class Replay:
         return {
             "lines": self.lines, "too_long": self.too_long, "malformed": t.malformed,
             "ignored": dict(ignored), "triggers": dict(t.triggers),
-            "deduplicated": t.deduplicated, "not_sent": dict(self.not_sent),
+            "deduplicated": self.deduplicated, "not_sent": dict(self.not_sent),
             "refreshes": self.refreshes, "line_time": self._has_time(),
         }
 

@@ -3,12 +3,14 @@
 A new URL otherwise takes its first burst of traffic as a MISS on every node in turn. The URLs
 come from a file (one absolute URL or path per line), stdin, or a sitemap (file or URL; a
 sitemap index is followed one level, ``.gz`` is read). Every node, this one included, gets the
-same refresh request a fan-out sends, through the same :class:`Dispatcher` (concurrency,
-refresh header, retries, breaker, TLS), without storm control: the list is the storm asked
+same refresh request a fan-out sends (the bypass mode: warming refreshes in place, a purge
+would empty every cache instead), admitted by the router (no node of its scheme, a target that
+cannot be sent exactly) and sent through the same :class:`Dispatcher` (concurrency, refresh
+header, retries, breaker, TLS), without dedup or storm control: the list is the storm asked
 for. It is fed in chunks of ``--queue-size``, so nothing is dropped for a full queue.
 
-With ``only_missing`` each node is asked a plain ``HEAD`` first (see dispatcher
-``_probe_outcome``): a ``HIT`` needs nothing, and a ``MISS`` was stored by that ``HEAD`` itself.
+With ``only_missing`` each node is asked a plain ``HEAD`` first (the probe-first mode,
+``modes.probed``): a ``HIT`` needs nothing, and a ``MISS`` was stored by that ``HEAD`` itself.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
@@ -31,10 +33,12 @@ import click
 
 from logwarden.config import Config
 from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings, tls_context
+from logwarden.deliver.modes import Bypass, Mode, ProbeFirst
 from logwarden.deliver.peerhttp import PeerClient, PeerError, host_port
 from logwarden.model import USER_AGENT, Refresh
 from logwarden.ops.metrics import Metrics
 from logwarden.route.discovery import PeerSource
+from logwarden.route.router import Recorder, Router
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -226,17 +230,16 @@ class Warmer:
         self.progress = progress
 
     async def run(self, urls: Sequence[Refresh]) -> Report:
-        dispatcher = Dispatcher(self.nodes, self.settings, self.metrics, None)
+        dispatcher = Dispatcher(self.nodes, self.settings, self.metrics)
+        router = Router(dispatcher, self.metrics)
         dispatcher.start()
         report = Report({}, len(urls))
         ticker = asyncio.create_task(self._tick(dispatcher, len(urls)))
         try:
             for chunk in _chunks(urls, self.settings.queue_size):
                 for refresh in chunk:
-                    if refresh.scheme not in {p.scheme for p in dispatcher.peers}:
+                    if router.route(refresh) == "no_listener":
                         report.no_node[refresh.scheme] += 1
-                    else:
-                        dispatcher.submit(refresh)
                 await asyncio.gather(*(peer.queue.join() for peer in dispatcher.peers))
         finally:
             ticker.cancel()
@@ -326,7 +329,23 @@ async def nodes_of(config: Config) -> list[str]:
                         dns=config.peers_dns, own_addresses=set)
     source.reload_file()
     await source.resolve()
-    return list(dict.fromkeys([*([config.self] if config.self else []), *source.current()]))
+    return list(dict.fromkeys([*([config.self_url] if config.self_url else []), *source.current()]))
+
+
+def _dry_run(nodes: Sequence[str], urls: Sequence[Refresh], out: TextIO) -> int:
+    """What the router would admit for each node; exit 1 when some URL could not be sent."""
+    recorder = Recorder(nodes)
+    router, refused = Router(recorder, Metrics()), Counter[str]()
+    for refresh in urls:
+        reason = router.route(refresh)
+        if reason is not None:
+            refused[f"{reason} ({refresh.scheme})" if reason == "no_listener" else reason] += 1
+    for node in recorder.peers:
+        click.echo(f"{node}: {recorder.submitted[node]} to warm (dry run: nothing sent)",
+                   file=out)
+    for reason, n in sorted(refused.items()):
+        click.echo(f"{n} URL(s) would not be sent: {reason}", file=out)
+    return 1 if refused else 0
 
 
 def warm(config: Config, sources: Sequence[str], *, only_missing: bool,
@@ -340,9 +359,8 @@ def warm(config: Config, sources: Sequence[str], *, only_missing: bool,
 async def _warm(config: Config, sources: Sequence[str], only_missing: bool,
                 out: TextIO, err: TextIO) -> int:
     nodes = await nodes_of(config)
-    # Warming refreshes in place: a purge would empty every node's cache instead.
-    settings = replace(DispatchSettings.from_config(config), purge_method=None,
-                       only_missing=only_missing)
+    mode: Mode = Bypass.from_config(config)
+    settings = DispatchSettings.from_config(config, ProbeFirst(mode) if only_missing else mode)
     try:
         urls = await Sources(config.default_host, NodeFetcher(nodes, settings)).urls(sources)
     except WarmError as exc:
@@ -350,10 +368,8 @@ async def _warm(config: Config, sources: Sequence[str], only_missing: bool,
         return 2
     click.echo(f"warming {len(urls)} URL(s) on {len(nodes)} node(s)"
                + (", only where missing" if only_missing else ""), file=err)
-    if config.dry_run:  # the sources are read and checked, nothing is sent
-        for node in nodes:
-            click.echo(f"{node}: {len(urls)} to warm (dry run: nothing sent)", file=out)
-        return 0
+    if config.dry_run:  # the sources are read and admitted, nothing is sent
+        return _dry_run(nodes, urls, out)
     progress = Progress(err)
     started = time.monotonic()
     report = await Warmer(nodes, settings, progress).run(urls)

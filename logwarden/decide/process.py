@@ -1,9 +1,11 @@
-"""The processing stage's pure core: a batch of lines in, the refreshes to fan out and a tally
-of every line's fate out.
+"""The processing stage: batches of lines in, the refreshes they ask for out to the router.
 
-The daemon runs it on each batch the sources deliver; ``logwarden replay`` on a file read once.
-Both decide with this one path (prefilter, parse, rules, purge memory, dedup), so a replay
-shows what the live agent would have done.
+    lines queue ─Batch─▶ ProcessStage ─▶ Processor.batch (sift, parse, rules) ─▶ Router
+
+:class:`Processor` is the pure core (a batch in; its triggering refreshes and a tally of every
+line's fate out); ``logwarden replay`` runs it on a file read once, :class:`ProcessStage` on
+what the sources deliver. Both hand the refreshes to the same router, so a replay shows what
+the live agent would have done.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ from logwarden.decide.triggers import Triggers
 from logwarden.model import OWN_AGENT_MARK, Refresh
 from logwarden.ops.metrics import Metrics
 from logwarden.parse.logformat import LogFormat
-from logwarden.sources import Batch
+from logwarden.route.router import Router
+from logwarden.sources import Batch, LineQueue
+from logwarden.sources.positions import Positions
 
 
 def triggers_for(config: Config, clock: Callable[[], float] | None = None) -> Triggers:
-    """The rules and dedup memory ``config`` asks for. A ``clock`` (replay's line time) is
-    also the wall clock, and the age limit is off: replayed lines are all history."""
+    """The rules ``config`` asks for. A ``clock`` (replay's line time) is also the wall
+    clock, and the age limit is off: replayed lines are all history."""
     timing: dict[str, Any] = {"max_age": config.max_line_age}
     if clock is not None:
         timing = {"max_age": 0.0, "clock": clock, "wall_clock": clock}
-    return Triggers(config.statuses, dedup_window=config.dedup_window,
-                    max_keys=config.dedup_max_urls, default_host=config.default_host, **timing)
+    return Triggers(config.statuses, max_keys=config.dedup_max_urls,
+                    default_host=config.default_host, **timing)
 
 
 class Processor:
@@ -75,10 +79,9 @@ class Processor:
                 continue
             refresh = triggers.refresh_for(record)
             tally.triggers[refresh.cache_status] += 1
-            if not triggers.first_in_window(refresh):
-                tally.deduplicated += 1
-                continue
             refreshes.append(refresh)
+        if origin:
+            origin.flush()
         return refreshes, tally
 
 
@@ -99,7 +102,7 @@ class Tally:
 
     def __init__(self, skipped: int) -> None:
         self.skipped = skipped
-        self.malformed = self.deduplicated = 0
+        self.malformed = 0
         self.ignored: Counter[str] = Counter()
         self.triggers: Counter[str] = Counter()
 
@@ -107,7 +110,6 @@ class Tally:
         """Sum ``other`` into this tally (replay's totals)."""
         self.skipped += other.skipped
         self.malformed += other.malformed
-        self.deduplicated += other.deduplicated
         self.ignored.update(other.ignored)
         self.triggers.update(other.triggers)
 
@@ -119,5 +121,32 @@ class Tally:
             m.triggers.labels(status).inc(n)
         if self.malformed:
             m.lines_malformed.inc(self.malformed)
-        if self.deduplicated:
-            m.triggers_deduplicated.inc(self.deduplicated)
+
+
+class ProcessStage:
+    """Takes batches off the lines queue until its ``None``: decides them, routes their
+    refreshes, adds the tally to the metrics and commits each batch's checkpoint once its
+    lines are handled. Ends when the queue does (the daemon puts the ``None``)."""
+
+    def __init__(self, processor: Processor, lines: LineQueue, router: Router,
+                 metrics: Metrics, positions: Positions,
+                 refresh_depth: Callable[[], int]) -> None:
+        self.processor = processor
+        self.lines = lines
+        self.router = router
+        self.metrics = metrics
+        self.positions = positions
+        self.refresh_depth = refresh_depth
+
+    async def run(self) -> None:
+        m = self.metrics
+        lines_depth, refreshes_depth = m.queue_depth.labels("lines"), \
+            m.queue_depth.labels("refreshes")
+        while (batch := await self.lines.get()) is not None:
+            lines_depth.set(self.lines.qsize())
+            refreshes, tally = self.processor.batch(batch)
+            self.router.route_all(refreshes)
+            tally.add_to(m)
+            if batch.checkpoint is not None:
+                self.positions.commit(batch.checkpoint)
+            refreshes_depth.set(self.refresh_depth())

@@ -1,18 +1,18 @@
-"""Decide which records are worth propagating to the peers: pure rules plus a dedup window.
+"""Decide which records are worth propagating to the peers: pure rules plus a little memory.
 
 The rules follow what NGINX actually logs (see README "Trigger rules"): a triggering
 ``$upstream_cache_status`` on a GET/HEAD that succeeded, not served while the origin was
 failing, and not caused by logwarden (that would make nodes ping-pong): neither its own
-refresh requests, nor the first MISS after one of its purges emptied the entry.
+refresh requests, nor the first MISS after one of its purges emptied the entry. Repeats of
+one URL are the router's to fold (its dedup window), after every rule here.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from logwarden.decide.window import Window
 from logwarden.model import Record, Refresh, final_upstream_status, is_5xx
 
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD"})
@@ -23,13 +23,13 @@ PURGE_MEMORY_SECONDS = 3600.0
 
 
 class Triggers:
-    """Turns records into refreshes. Owns the dedup memory; everything else is a pure rule."""
+    """Turns records into refreshes. Owns the memory of logwarden's own purges and of failed
+    background updates (bounded to ``max_keys`` each); everything else is a pure rule."""
 
     def __init__(
         self,
         statuses: Iterable[str],
         *,
-        dedup_window: float,
         default_host: str | None = None,
         max_age: float = 0.0,
         max_keys: int = 50_000,
@@ -40,9 +40,8 @@ class Triggers:
         self.default_host = default_host
         self.max_age = max_age
         self.wall_clock = wall_clock
-        self._dedup = _Window(dedup_window, max_keys, clock)
-        self._purged = _Window(PURGE_MEMORY_SECONDS, max_keys, clock)
-        self._failed = _Window(FAILED_UPDATE_SECONDS, max_keys, clock)
+        self._purged = Window(PURGE_MEMORY_SECONDS, max_keys, clock)
+        self._failed = Window(FAILED_UPDATE_SECONDS, max_keys, clock)
 
     def skip_reason(self, record: Record) -> str | None:
         """Why this record must not trigger, or ``None`` when it should (pure rules only)."""
@@ -112,72 +111,9 @@ class Triggers:
         return Refresh(record.scheme or "http", host, record.target, record.cache_status,
                        record.time)
 
-    def first_in_window(self, refresh: Refresh) -> bool:
-        """True unless the same URL already fanned out within the dedup window."""
-        return self._dedup.admit(refresh.key)
-
-    @property
-    def remembered(self) -> int:
-        """URLs the dedup window holds now (at most ``max_keys``)."""
-        return len(self._dedup)
-
 
 def _origin_failed(upstream_status: str | None) -> bool:
     """True when the last upstream answer was a 5xx (a ``"502, 200"`` list ends with the final)."""
     if not upstream_status:
         return False
     return is_5xx(final_upstream_status(upstream_status))
-
-
-class _Window:
-    """Keys seen within the last ``window`` seconds, bounded to ``max_keys`` (oldest evicted).
-
-    Insertion order is time order, so expired keys are all at the front; ``_head``, the time of
-    the front key, spares looking there on the calls where nothing expires. An OrderedDict, not
-    a dict: evicting its oldest key is O(1), where a dict scans the deleted slots at its front."""
-
-    def __init__(self, window: float, max_keys: int, clock: Callable[[], float]) -> None:
-        self.window = window
-        self.max_keys = max_keys
-        self.clock = clock
-        self._seen: OrderedDict[object, float] = OrderedDict()
-        self._head = math.inf
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def admit(self, key: object) -> bool:
-        now = self.clock()
-        if now - self._head >= self.window:
-            self._expire(now)
-        seen = self._seen
-        if key in seen:
-            return False
-        seen[key] = now
-        if len(seen) > self.max_keys:
-            seen.popitem(last=False)
-            self._head = next(iter(seen.values()), math.inf)
-        elif len(seen) == 1:
-            self._head = now
-        return True
-
-    def discard(self, key: object) -> bool:
-        """Forget ``key``; True if it was seen within the window."""
-        now = self.clock()
-        if now - self._head >= self.window:
-            self._expire(now)
-        seen = self._seen
-        if seen.pop(key, None) is None:
-            return False
-        self._head = next(iter(seen.values()), math.inf)
-        return True
-
-    def _expire(self, now: float) -> None:
-        seen = self._seen
-        while seen:
-            key, t = next(iter(seen.items()))
-            if now - t < self.window:
-                self._head = t
-                return
-            del seen[key]
-        self._head = math.inf

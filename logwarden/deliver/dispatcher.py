@@ -24,24 +24,24 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from prometheus_client import Histogram
 
+from logwarden.deliver.breaker import Breaker
+from logwarden.deliver.modes import Bypass, Mode, Request
 from logwarden.deliver.peerhttp import (
-    Answer,
     ConnectError,
     PeerClient,
     PeerError,
     TLSError,
     host_port,
 )
-from logwarden.model import USER_AGENT, Refresh, replayable
-from logwarden.ops.metrics import REFRESH_OUTCOMES, STORM_REASONS, Metrics
-from logwarden.route.storm import StormControl
+from logwarden.model import Refresh
+from logwarden.ops.metrics import REFRESH_OUTCOMES, Metrics
 
 if TYPE_CHECKING:  # config imports discovery, bus...: keep the dispatcher free of them
     from logwarden.config import Config
@@ -49,8 +49,6 @@ if TYPE_CHECKING:  # config imports discovery, bus...: keep the dispatcher free 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({502, 503, 504})
-_PURGED = frozenset({200, 204})
-_NOT_CACHED = frozenset({404, 412})  # ngx_cache_purge 2.3 answers 404, later forks 412
 _TRANSPORT_FAILURES = frozenset({"connect_error", "timeout"})
 SOURCE_HEADER = "X-Logwarden-Source"
 """Names the node holding the new copy (origin offload); examples/nginx.conf maps it to a
@@ -61,11 +59,8 @@ known node, never to the address as sent."""
 class DispatchSettings:
     """What the dispatcher needs from the config, and nothing else."""
 
-    method: str = "HEAD"
-    header: tuple[str, str] = ("X-Refresh", "1")
-    purge_method: str | None = None
-    """Send this method (e.g. ``PURGE``) instead of a refresh; ``None``: refresh mode."""
-    purge_then_refresh: bool = False
+    mode: Mode = field(default_factory=Bypass)
+    """What one refresh sends to a peer and how its answers are judged."""
     timeout: float = 5.0
     retries: int = 2
     retry_backoff: float = 0.2
@@ -76,24 +71,17 @@ class DispatchSettings:
     queue_size: int = 10000
     peer_ca: str | None = None
     insecure_tls: bool = False
-    only_missing: bool = False
-    """``warm --only-missing``: a plain HEAD first; see :func:`_probe_outcome`."""
 
     @classmethod
-    def from_config(cls, cfg: Config) -> DispatchSettings:
-        """What the dispatcher takes from the config (``run`` and ``warm`` alike)."""
+    def from_config(cls, cfg: Config, mode: Mode | None = None) -> DispatchSettings:
+        """What the dispatcher takes from the config; ``mode`` instead of the configured one
+        (``warm`` refreshes in place)."""
         return cls(
-            method=cfg.refresh_method, header=cfg.refresh_header_pair,
-            purge_method=cfg.purge_method if cfg.mode == "purge" else None,
-            purge_then_refresh=cfg.purge_then_refresh, timeout=cfg.timeout,
+            mode=mode or cfg.refresh_mode, timeout=cfg.timeout,
             retries=cfg.retries, retry_backoff=cfg.retry_backoff,
             breaker_failures=cfg.breaker_failures, breaker_cooldown=cfg.breaker_cooldown,
             concurrency=cfg.concurrency, peer_concurrency=cfg.peer_concurrency,
             queue_size=cfg.queue_size, peer_ca=cfg.peer_ca, insecure_tls=cfg.insecure_peer_tls)
-
-
-_STORED_BY_HEAD = frozenset({b"MISS", b"EXPIRED", b"REVALIDATED"})
-_REFRESH = "refresh"
 
 
 def tls_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
@@ -103,51 +91,6 @@ def tls_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-
-
-class Breaker:
-    """Closed until ``failures`` failed attempts in a row; then open: nothing is sent until
-    ``cooldown`` seconds have passed and one probe is let through. Its success closes it, its
-    failure restarts the cool-down."""
-
-    def __init__(self, failures: int, cooldown: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.failures = failures
-        self.cooldown = cooldown
-        self.clock = clock
-        self.streak = 0
-        self.opened_at: float | None = None
-        self.probing = False
-
-    @property
-    def is_open(self) -> bool:
-        return self.opened_at is not None
-
-    def cooling(self) -> bool:
-        """True while refreshes must be skipped: open, and its cool-down not over."""
-        return self.opened_at is not None and self.clock() < self.opened_at + self.cooldown
-
-    def waiting(self) -> bool:
-        """True while no request may go out: cooling down, or another caller's probe is out."""
-        return self.probing or self.cooling()
-
-    def allow(self) -> bool:
-        """May a request go out now? When open, the first caller after the cool-down probes."""
-        if self.waiting():
-            return False
-        self.probing = self.is_open
-        return True
-
-    def record(self, failed: bool) -> bool:
-        """Note an attempt's result; True when this changed whether the breaker is open."""
-        was_open, self.probing = self.is_open, False
-        if not failed:
-            self.streak, self.opened_at = 0, None
-            return was_open
-        self.streak += 1
-        if was_open or self.streak >= self.failures:
-            self.opened_at = self.clock()
-        return self.is_open != was_open
 
 
 class FanOut:
@@ -170,27 +113,6 @@ class FanOut:
 _Item = tuple[Refresh, FanOut | None]
 
 
-def _probe_outcome(answer: Answer) -> str:
-    """What a plain HEAD says about a URL on a node (``X-Cache-Status``, examples/nginx.conf):
-    ``hit``: cached already; ``ok``: that HEAD stored it (NGINX fetches and stores the whole
-    object for a HEAD it cannot answer from the cache); else a refresh is needed (also when
-    the node does not say)."""
-    cache = answer.header(b"x-cache-status")
-    if answer.status >= 400 or cache is None:
-        return _REFRESH
-    if cache == b"HIT":
-        return "hit"
-    return "ok" if cache in _STORED_BY_HEAD else _REFRESH
-
-
-def _outcome(status: int, purge: bool) -> str:
-    if not purge:
-        return "ok" if status < 400 else "http_error"
-    if status in _PURGED:
-        return "ok"
-    return "not_cached" if status in _NOT_CACHED else "http_error"
-
-
 class Peer:
     """One peer listener: its queue, breaker, workers and connections."""
 
@@ -206,8 +128,6 @@ class Peer:
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
         self.client = PeerClient(*host_port(url), tls if self.scheme == "https" else None,
                                  settings.peer_concurrency)
-        self.headers = [settings.header, ("User-Agent", USER_AGENT)]
-        self._probe_headers = [("User-Agent", USER_AGENT)]
         self.workers: list[asyncio.Task[None]] = []
         self.failing = False
         self._pending: set[tuple[str, str, bytes]] = set()
@@ -216,7 +136,7 @@ class Peer:
         self._own_slot = asyncio.Semaphore(1)
         self._probed = asyncio.Event()  # set while no probe is out
         self._probed.set()
-        self._told_forbidden = False
+        self._told_forbidden: set[str] = set()
         metrics.init_peer(url)
         # Looked up once: a labels() call costs more than deciding a log line.
         self._outcomes = {o: metrics.refreshes.labels(url, o) for o in REFRESH_OUTCOMES}
@@ -294,27 +214,20 @@ class Peer:
                 async with asyncio.timeout(self.settings.timeout):
                     await self.client.reachable()
             except (OSError, TimeoutError):
-                self._record("connect_error", None, "")
+                self._record("connect_error", None)
             else:
-                self._record("ok", None, "")
+                self._record("ok", None)
 
     async def deliver(self, refresh: Refresh, slot: asyncio.Semaphore) -> str:
-        """Purge and/or refresh ``refresh`` on this peer, with retries; returns the outcome."""
-        s = self.settings
-        if s.only_missing:
-            found = await self._with_retries("HEAD", refresh, slot, purge=False, probe=True)
-            if found != _REFRESH:
-                return found
-        if s.purge_method is None:
-            return await self._with_retries(s.method, refresh, slot, purge=False)
-        outcome = await self._with_retries(s.purge_method, refresh, slot, purge=True)
-        if outcome not in ("ok", "not_cached") or not s.purge_then_refresh:
-            return outcome
-        warm = await self._with_retries(s.method, refresh, slot, purge=False)
-        return outcome if warm == "ok" else warm
+        """What the mode sends for ``refresh`` on this peer, each request with retries."""
 
-    async def _with_retries(self, method: str, refresh: Refresh, slot: asyncio.Semaphore,
-                            *, purge: bool, probe: bool = False) -> str:
+        async def send(request: Request, refresh: Refresh) -> str:
+            return await self._with_retries(request, refresh, slot)
+
+        return await self.settings.mode.deliver(refresh, send)
+
+    async def _with_retries(self, request: Request, refresh: Refresh,
+                            slot: asyncio.Semaphore) -> str:
         """Retry connect errors, timeouts and 502/503/504 with exponential backoff and jitter,
         while the breaker stays closed; other answers are final."""
         for attempt in range(self.settings.retries + 1):
@@ -322,26 +235,19 @@ class Peer:
                 self.metrics.refresh_retries.labels(self.url).inc()
                 delay = self.settings.retry_backoff * 2 ** (attempt - 1)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            headers = self._probe_headers if probe else \
-                self._headers(refresh, first=not attempt and not purge)
-            outcome, status = await self._attempt(method, refresh, slot, purge, headers, probe)
+            headers = list(request.headers)
+            if request.names_source and not attempt and refresh.source:
+                headers.append((SOURCE_HEADER, refresh.source))
+            outcome, status = await self._attempt(request, refresh, slot, headers)
             retry = outcome in _TRANSPORT_FAILURES or status in RETRY_STATUSES
             if not retry or self.breaker.is_open:
                 break
         return outcome
 
-    def _headers(self, refresh: Refresh, *, first: bool) -> list[tuple[str, str]]:
-        """Only a refresh's first attempt names the source node: a retry after a 502/504
-        (the source did not answer) or a timeout fetches from the origin instead."""
-        if first and refresh.source:
-            return [*self.headers, (SOURCE_HEADER, refresh.source)]
-        return self.headers
-
-    async def _attempt(self, method: str, refresh: Refresh, slot: asyncio.Semaphore,
-                       purge: bool, headers: list[tuple[str, str]],
-                       probe: bool = False) -> tuple[str, int | None]:
+    async def _attempt(self, request: Request, refresh: Refresh, slot: asyncio.Semaphore,
+                       headers: list[tuple[str, str]]) -> tuple[str, int | None]:
         """One request; returns (outcome, status). Never raises for I/O errors."""
-        status = None
+        status, method = None, request.method
         async with slot:
             started = time.perf_counter()
             try:
@@ -363,14 +269,16 @@ class Peer:
                               refresh.target.decode("latin-1"), refresh.host)
                 outcome = "http_error"
             else:
-                outcome = _probe_outcome(answer) if probe else _outcome(status, purge)
+                outcome = request.judge(answer)
             self._duration.observe(time.perf_counter() - started)
         log.debug("%s %s%s host=%s -> %s %s", method, self.url, refresh.target.decode("latin-1"),
                   refresh.host, status or "-", outcome)
-        self._record(outcome, status, method)
+        self._record(outcome, status)
+        if status == 403:
+            self._forbidden(request)
         return outcome, status
 
-    def _record(self, outcome: str, status: int | None, method: str) -> None:
+    def _record(self, outcome: str, status: int | None) -> None:
         """Feed the breaker: transport failures and 5xx count, any other answer is a success."""
         failed = (outcome in _TRANSPORT_FAILURES or (status or 0) >= 500
                   or (status is None and outcome == "http_error"))
@@ -381,11 +289,13 @@ class Peer:
             self._healthy.set()
         if self.breaker.record(failed):
             self._breaker_changed(outcome)
-        if status == 403 and method == self.settings.purge_method and not self._told_forbidden:
-            self._told_forbidden = True
-            log.error("peer %s refuses %s (403): list this node's address in the peer's "
-                      "geo $logwarden_peer and give both the same refresh secret "
-                      "(examples/nginx.conf, location @purge)", self.url, method)
+
+    def _forbidden(self, request: Request) -> None:
+        """Say once per peer and method what a 403 usually means, with the line to fix."""
+        if request.forbidden_hint and request.method not in self._told_forbidden:
+            self._told_forbidden.add(request.method)
+            log.error("peer %s refuses %s (403): %s", self.url, request.method,
+                      request.forbidden_hint)
 
     def _breaker_changed(self, outcome: str) -> None:
         up = not self.breaker.is_open
@@ -424,21 +334,19 @@ class Peer:
 
 
 class Dispatcher:
-    """Admits fan-outs (safety, storm control) and hands each to the peers of its scheme.
+    """Hands each admitted refresh to the peers of its scheme (admission is the router's).
 
     A refresh of an ``https`` URL goes to the ``https://`` peer URLs only, an ``http`` one to
     the ``http://`` URLs: NGINX keeps separate cache entries per scheme.
     """
 
     def __init__(self, peers: Sequence[str], settings: DispatchSettings, metrics: Metrics,
-                 storm: StormControl | None = None, *, propagation: bool = False) -> None:
+                 *, propagation: bool = False) -> None:
         """``propagation``: observe ``logwarden_propagation_seconds`` (the line times are
         precise: the format has ``$msec``)."""
         self.settings = settings
         self.metrics = metrics
-        self.storm = storm
         self.propagation = propagation
-        self._dropped = {r: metrics.storm_dropped.labels(r) for r in STORM_REASONS}
         self.peers: list[Peer] = []
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tls: ssl.SSLContext | None = None
@@ -483,26 +391,26 @@ class Dispatcher:
         for peer in self.peers:
             peer.start()
 
-    def submit(self, refresh: Refresh) -> bool:
-        """Queue the refresh for every peer of its scheme; False if it was not admitted."""
-        peers = self._by_scheme.get(refresh.scheme, [])
-        if peers and not replayable(refresh):
-            # A fan-out whose every request is refused: the accounting stays per peer.
-            self.metrics.fanouts.inc()
-            for peer in peers:
-                peer.count("refused")
-            return False
-        reason = "no_listener" if not peers else self.storm and self.storm.refusal(refresh)
-        if reason:
-            self._dropped[reason].inc()
-            return False
+    def has_listener(self, scheme: str) -> bool:
+        """Whether a peer of ``scheme`` is there to refresh."""
+        return scheme in self._by_scheme
+
+    def refuse(self, refresh: Refresh) -> None:
+        """A fan-out whose every request is refused (its target or host cannot be sent byte
+        for byte): counted per peer, so that fan-outs = outcomes of each peer still holds."""
+        self.metrics.fanouts.inc()
+        for peer in self._by_scheme.get(refresh.scheme, ()):
+            peer.count("refused")
+
+    def submit(self, refresh: Refresh) -> None:
+        """Queue the refresh for every peer of its scheme (the router checked there is one)."""
+        peers = self._by_scheme.get(refresh.scheme, ())
         self.metrics.fanouts.inc()
         fanout = None
         if self.propagation and refresh.logged_at:
             fanout = FanOut(len(peers), refresh.logged_at, self.metrics.propagation)
         for peer in peers:
             peer.offer(refresh, fanout)
-        return True
 
     def depth(self) -> int:
         return sum(peer.queue.qsize() for peer in self.peers)

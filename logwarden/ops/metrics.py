@@ -20,7 +20,7 @@ REFRESH_OUTCOMES = ("ok", "not_cached", "http_error", "timeout", "connect_error"
                     "skipped", "coalesced", "dropped", "refused", "hit")
 """``hit``: ``warm --only-missing`` found the node holding the URL already; nothing sent."""
 STORM_REASONS = ("rate", "filtered", "too_long", "no_listener")
-BUS_PUBLISH_OUTCOMES = ("ok", "bus_unavailable", "dropped")
+BUS_PUBLISH_OUTCOMES = ("ok", "bus_unavailable", "dropped", "refused")
 BUS_RECEIVE_OUTCOMES = ("ok", "own", "refused", "unknown_version", "malformed")
 
 
@@ -88,7 +88,8 @@ class Metrics:
         self.bus_published = Counter(
             "logwarden_bus_published", "Triggers for the bus, by outcome: ok (published), "
             "bus_unavailable (the bus was down: direct fan-out if peers are configured), "
-            "dropped (publish queue full).", ["outcome"], registry=r)
+            "dropped (publish queue full), refused (a target or host that cannot be sent "
+            "byte for byte: not published).", ["outcome"], registry=r)
         self.bus_received = Counter(
             "logwarden_bus_received", "Bus messages received, by outcome: ok (local refresh "
             "queued), own (this node's), refused (not replayable here), unknown_version, "

@@ -126,7 +126,9 @@ def _text(msg: dict[str, Any], key: str) -> str:
 class Bus:
     """Publishes this node's triggers and hands the other nodes' to ``receive``.
 
-    ``receive`` (the local dispatcher's ``submit``) returns False when it refused a refresh;
+    A router's target (:class:`logwarden.route.router.Target`): the router admits what is
+    published. ``receive`` (the receiving side's admission of a message, to the local
+    dispatcher) returns False when it refused a refresh;
     ``fallback`` gets the triggers that could not be published. ``accept_source``: keep the
     publisher's address (origin offload), else refresh the local NGINX from the origin.
     """
@@ -156,7 +158,15 @@ class Bus:
 
         self._errors = (RedisError, OSError)
 
-    def publish(self, refresh: Refresh) -> None:
+    def has_listener(self, scheme: str) -> bool:
+        """Any scheme: the receiving nodes admit what their own NGINX can take."""
+        return True
+
+    def refuse(self, refresh: Refresh) -> None:
+        """Not published: every receiver would refuse it too."""
+        self._published["refused"].inc()
+
+    def submit(self, refresh: Refresh) -> None:
         """Queue ``refresh`` for the bus; never waits. While the bus is down it goes to the
         fallback at once."""
         if not self.connected:

@@ -17,11 +17,16 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from logwarden.deliver.peerhttp import host_port
+
+if TYPE_CHECKING:
+    from logwarden.deliver.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +172,25 @@ class PeerSource:
                 continue
             self._dns_peers[url] = tuple(_url(scheme, a, port) for a in addresses
                                          if a not in own)
+
+    async def follow(self, dispatcher: Dispatcher, reload: asyncio.Event, *,
+                     poll_interval: float, dns_refresh: float) -> None:
+        """Until cancelled: re-read the peers file when it changes, look the DNS names up
+        every ``dns_refresh`` seconds, both at once when ``reload`` is set (SIGHUP); hand a
+        changed peer list to the dispatcher."""
+        next_lookup = time.monotonic() + dns_refresh
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll_interval):
+                    await reload.wait()
+            forced = reload.is_set()
+            reload.clear()
+            if forced or self.file_changed():
+                self.reload_file()
+            if self.dns and (forced or time.monotonic() >= next_lookup):
+                next_lookup = time.monotonic() + dns_refresh
+                await self.resolve()
+            peers = self.current()
+            if peers != dispatcher.urls:
+                log.info("peers now: %s", ", ".join(peers) or "none")
+                dispatcher.set_peers(peers)

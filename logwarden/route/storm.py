@@ -1,9 +1,10 @@
 """Storm control: which fan-outs may go out at all, before any peer is asked.
 
 A fan-out multiplies one request into N-1 origin fetches, and anybody on the internet can
-request endless unique URLs. So, after the dedup window in :mod:`logwarden.decide.triggers`, every
-fan-out passes three bounds here, cheapest first: the target's length, the operator's path
-filters, and a global token bucket. What is turned away is counted by reason, never queued.
+request endless unique URLs. So, after the dedup window, every fan-out passes three bounds
+here, cheapest first: the target's length, the operator's path filters, and a global token
+bucket. The router (:mod:`logwarden.route.router`) applies them and counts what is turned
+away by reason; nothing refused is queued.
 """
 
 from __future__ import annotations

@@ -50,6 +50,10 @@ LineQueue = asyncio.Queue[Batch | None]
 """Bounded queue from the sources to the parser; ``None`` (put by the daemon) ends it."""
 
 
+class SourceError(Exception):
+    """A source cannot start (e.g. its address is taken); the message names the fix."""
+
+
 class Source(Protocol):
     """What the daemon needs of a source. ``run()`` until ``stop()``; it never puts ``None``."""
 
@@ -60,6 +64,9 @@ class Source(Protocol):
     def state(self) -> str:
         """``starting`` until lines can be received, then e.g. ``tailing``/``waiting``."""
         ...
+
+    def bind(self) -> None:
+        """Claim what the source needs before anything starts; SourceError if it cannot."""
 
     async def run(self) -> None: ...
 

@@ -157,6 +157,9 @@ class FileSource:
             return "starting"
         return "tailing" if self.current else "waiting"
 
+    def bind(self) -> None:
+        """Nothing to claim: a file that is not there yet is waited for."""
+
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()

@@ -1,0 +1,170 @@
+"""Refresh modes: which requests one refresh sends to one peer, and what each answer means.
+
+    route ─Refresh─▶ dispatcher (queues, lanes, retries, breaker) ─▶ mode.deliver(refresh, send)
+
+The dispatcher only delivers: it calls :meth:`Mode.deliver` with a ``send`` that carries one
+:class:`Request` to the peer (with retries, the breaker and a concurrency slot) and returns the
+outcome its :attr:`Request.judge` gave the answer. A mode decides what to send and in which
+order, and may send several requests for one refresh. To add one: a class here with
+``from_config`` and an entry in :data:`MODES` (the ``mode`` setting's choices come from it).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from logwarden.deliver.peerhttp import Answer
+from logwarden.model import USER_AGENT, Refresh
+
+if TYPE_CHECKING:  # config imports this module for the mode names
+    from logwarden.config import Config
+
+REFRESH = "refresh"
+"""A probe's outcome when the peer lacks the URL: go on with the refresh."""
+_PURGED = frozenset({200, 204})
+_NOT_CACHED = frozenset({404, 412})  # ngx_cache_purge 2.3 answers 404, later forks 412
+_STORED_BY_HEAD = frozenset({b"MISS", b"EXPIRED", b"REVALIDATED"})
+
+
+def refreshed(answer: Answer) -> str:
+    """A bypass request: any answer below 400 means the peer fetched and stored a new copy."""
+    return "ok" if answer.status < 400 else "http_error"
+
+
+def purged(answer: Answer) -> str:
+    if answer.status in _PURGED:
+        return "ok"
+    return "not_cached" if answer.status in _NOT_CACHED else "http_error"
+
+
+def probed(answer: Answer) -> str:
+    """What a plain HEAD says about a URL on a node (``X-Cache-Status``, examples/nginx.conf):
+    ``hit``: cached already; ``ok``: that HEAD stored it (NGINX fetches and stores the whole
+    object for a HEAD it cannot answer from the cache); else a refresh is needed (also when
+    the node does not say)."""
+    cache = answer.header(b"x-cache-status")
+    if answer.status >= 400 or cache is None:
+        return REFRESH
+    if cache == b"HIT":
+        return "hit"
+    return "ok" if cache in _STORED_BY_HEAD else REFRESH
+
+
+@dataclass(frozen=True)
+class Request:
+    """One kind of request a mode sends; the target and Host are the refresh's own."""
+
+    method: str
+    headers: tuple[tuple[str, str], ...]
+    judge: Callable[[Answer], str]
+    """The outcome of an answer (``ok``, ``http_error``, …); transport failures are the
+    dispatcher's."""
+    names_source: bool = False
+    """Its first attempt names the node holding the new copy (origin offload): a retry after
+    a 502/504 (the source did not answer) or a timeout fetches from the origin instead."""
+    forbidden_hint: str | None = None
+    """Logged once per peer when it answers 403: the usual wiring mistake and its fix."""
+
+
+Send = Callable[[Request, Refresh], Awaitable[str]]
+"""Carries one request for a refresh to the peer (retries included); returns its outcome."""
+
+
+class Mode(ABC):
+    """What one refresh is, as requests to one peer."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def requests(self) -> tuple[Request, ...]:
+        """Every request one refresh may send, in order (``replay`` shows their methods)."""
+
+    @abstractmethod
+    async def deliver(self, refresh: Refresh, send: Send) -> str:
+        """Send what ``refresh`` needs; the outcome to count for it."""
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(r.method for r in self.requests())
+
+
+DEFAULT_HEADER = ("X-Refresh", "1")
+
+
+class Bypass(Mode):
+    """A bypass request: the secret header the peers map to ``proxy_cache_bypass``, so the
+    peer fetches from its upstream and replaces its entry, even a fresh one."""
+
+    name = "refresh"
+
+    def __init__(self, method: str = "HEAD", header: tuple[str, str] = DEFAULT_HEADER) -> None:
+        self.refresh = Request(method, (header, ("User-Agent", USER_AGENT)), refreshed,
+                               names_source=True)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Bypass:
+        return cls(cfg.refresh_method, cfg.refresh_header_pair)
+
+    def requests(self) -> tuple[Request, ...]:
+        return (self.refresh,)
+
+    async def deliver(self, refresh: Refresh, send: Send) -> str:
+        return await send(self.refresh, refresh)
+
+
+class Purge(Mode):
+    """The purge method (ngx_cache_purge or a ``proxy_cache_purge`` location); with
+    ``then_refresh`` a bypass after it, so the peer's next client gets a HIT."""
+
+    name = "purge"
+
+    def __init__(self, method: str = "PURGE", header: tuple[str, str] = DEFAULT_HEADER,
+                 then_refresh: Bypass | None = None) -> None:
+        self.purge = Request(method, (header, ("User-Agent", USER_AGENT)), purged,
+                             forbidden_hint="list this node's address in the peer's geo "
+                             "$logwarden_peer and give both the same refresh secret "
+                             "(examples/nginx.conf, location @purge)")
+        self.then_refresh = then_refresh
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Purge:
+        then = Bypass.from_config(cfg) if cfg.purge_then_refresh else None
+        return cls(cfg.purge_method, cfg.refresh_header_pair, then)
+
+    def requests(self) -> tuple[Request, ...]:
+        return (self.purge, *(self.then_refresh.requests() if self.then_refresh else ()))
+
+    async def deliver(self, refresh: Refresh, send: Send) -> str:
+        outcome = await send(self.purge, refresh)
+        if self.then_refresh is None or outcome not in ("ok", "not_cached"):
+            return outcome
+        warmed = await self.then_refresh.deliver(refresh, send)
+        return outcome if warmed == "ok" else warmed
+
+
+class ProbeFirst(Mode):
+    """``warm --only-missing``: a plain HEAD first (see :func:`probed`); ``then`` only where
+    the node lacks the URL."""
+
+    name = "probe-first"
+
+    def __init__(self, then: Mode) -> None:
+        self.probe = Request("HEAD", (("User-Agent", USER_AGENT),), probed)
+        self.then = then
+
+    def requests(self) -> tuple[Request, ...]:
+        return (self.probe, *self.then.requests())
+
+    async def deliver(self, refresh: Refresh, send: Send) -> str:
+        found = await send(self.probe, refresh)
+        return found if found != REFRESH else await self.then.deliver(refresh, send)
+
+
+MODES: dict[str, Callable[[Config], Mode]] = {
+    Bypass.name: Bypass.from_config,
+    Purge.name: Purge.from_config,
+}
+"""The modes ``--mode`` chooses from."""

@@ -1,0 +1,150 @@
+"""The one admission path: from a decided refresh to where it goes.
+
+    decide ─Refresh─▶ Router.route ─▶ Target: the dispatcher (peers) | the bus | a Recorder
+
+``run`` (direct or bus mode), the bus's receiving side, ``replay``, ``warm`` and its dry run all
+admit refreshes through this class, so what replay shows cannot differ from what the agent
+does. The rules, in this order, cheapest first; the first that applies names the refusal:
+
+========================  =============================================================
+``deduplicated``          the same URL was admitted within ``--dedup-window``
+``no_listener``           no target for the URL's scheme (NGINX keys http and https apart)
+``refused``               the target or host cannot be sent byte for byte (model.replayable)
+``too_long``, ``filtered``,
+``rate``                  storm control (:mod:`logwarden.route.storm`)
+========================  =============================================================
+
+An admitted refresh names this node as the holder of the new copy when origin offload is on
+(``--refresh-from-self``, URLs of ``--self``'s scheme only), then goes to the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from logwarden.decide.window import Window
+from logwarden.model import Refresh, replayable
+from logwarden.ops.metrics import STORM_REASONS, Metrics
+from logwarden.route.storm import StormControl
+
+if TYPE_CHECKING:
+    from logwarden.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class Target(Protocol):
+    """Where admitted refreshes go."""
+
+    def has_listener(self, scheme: str) -> bool: ...
+
+    def refuse(self, refresh: Refresh) -> None:
+        """Account for a refresh refused as not replayable."""
+
+    def submit(self, refresh: Refresh) -> None: ...
+
+
+class Router:
+    """Admits refreshes (see the module docstring) and hands them to ``target``."""
+
+    def __init__(self, target: Target, metrics: Metrics, *, dedup: Window | None = None,
+                 storm: StormControl | None = None,
+                 source: tuple[str, str] | None = None) -> None:
+        """``dedup``/``storm``: off when None (refreshes admitted before, as on the bus's
+        receiving side, or a URL list meant as asked). ``source``: (scheme, ``ADDRESS:PORT``)
+        of this node for origin offload."""
+        self.target = target
+        self.dedup = dedup
+        self.storm = storm
+        self.source = source
+        self._deduplicated = metrics.triggers_deduplicated
+        self._dropped = {r: metrics.storm_dropped.labels(r) for r in STORM_REASONS}
+
+    @classmethod
+    def from_config(cls, cfg: Config, target: Target, metrics: Metrics,
+                    clock: Callable[[], float] = time.monotonic) -> Router:
+        """The admission ``run`` and ``replay`` apply: dedup window, storm control and origin
+        offload as configured. ``clock``: replay's line time, so both span the log's time."""
+        return cls(target, metrics, dedup=Window(cfg.dedup_window, cfg.dedup_max_urls, clock),
+                   storm=StormControl(rate=cfg.max_refresh_rate, burst=cfg.max_refresh_burst,
+                                      max_target_bytes=cfg.max_target_bytes, only=cfg.only,
+                                      skip=cfg.skip, clock=clock),
+                   source=cfg.source)
+
+    def refusal(self, refresh: Refresh) -> str | None:
+        """Why ``refresh`` may not go out, or None; every rule as in the module docstring.
+        Admitting spends dedup memory and a token: call it once per refresh."""
+        if self.dedup is not None and not self.dedup.admit(refresh.key):
+            return "deduplicated"
+        if not self.target.has_listener(refresh.scheme):
+            return "no_listener"
+        if not replayable(refresh):
+            return "refused"
+        return self.storm.refusal(refresh) if self.storm is not None else None
+
+    def route(self, refresh: Refresh) -> str | None:
+        """Admit ``refresh`` and hand it on, or count why not; returns the refusal."""
+        reason = self.refusal(refresh)
+        if reason is None:
+            source = self.source
+            if source is not None and source[0] == refresh.scheme:
+                refresh = refresh._replace(source=source[1])
+            self.target.submit(refresh)
+        elif reason == "deduplicated":
+            self._deduplicated.inc()
+        elif reason == "refused":
+            self.target.refuse(refresh)
+        else:
+            self._dropped[reason].inc()
+        return reason
+
+    def route_all(self, refreshes: Sequence[Refresh]) -> None:
+        """One batch's refreshes, in order. At debug level every decision is logged, so an
+        operator can see why a URL was refreshed, or why not."""
+        if not log.isEnabledFor(logging.DEBUG):
+            for refresh in refreshes:
+                self.route(refresh)
+            return
+        for refresh in refreshes:
+            reason = self.route(refresh)
+            log.debug("%s %s%s", refresh.cache_status, refresh.url,
+                      f" (not sent: {reason})" if reason else "")
+
+
+class Recorder:
+    """A target that sends nothing: what would go to each of ``peers`` (``replay``, ``run
+    --dry-run``, ``warm --dry-run``). With ``dynamic`` peers (a peers file, DNS) every scheme may have a
+    listener; with no peers at all (replay without a peer list) too: the log is the subject."""
+
+    def __init__(self, peers: Sequence[str] = (), *, dynamic: bool = False,
+                 on_submit: Callable[[Refresh], None] | None = None,
+                 metrics: Metrics | None = None) -> None:
+        """``metrics``: count what would be sent as fan-outs (``run --dry-run``), so the
+        accounting holds as for a real run."""
+        self.peers = tuple(dict.fromkeys(peers))
+        self.dynamic = dynamic
+        self.on_submit = on_submit
+        self._fanouts = metrics.fanouts if metrics is not None else None
+        self.submitted: Counter[str] = Counter()
+        """Refreshes per peer."""
+        self.refused = 0
+
+    def peers_of(self, scheme: str) -> list[str]:
+        return [p for p in self.peers if p.startswith(scheme + "://")]
+
+    def has_listener(self, scheme: str) -> bool:
+        return self.dynamic or not self.peers or bool(self.peers_of(scheme))
+
+    def refuse(self, refresh: Refresh) -> None:
+        self.refused += 1
+
+    def submit(self, refresh: Refresh) -> None:
+        self.submitted.update(self.peers_of(refresh.scheme))
+        if self._fanouts is not None:
+            self._fanouts.inc()
+        if self.on_submit is not None:
+            self.on_submit(refresh)

@@ -1,0 +1,112 @@
+"""The one admission path: every rule in its order, origin offload, and what each target is
+told; the same Router that ``run``, the bus, ``replay`` and ``warm`` use."""
+
+from __future__ import annotations
+
+import pytest
+
+from logwarden.config import REPLAY, load_config
+from logwarden.decide.window import Window
+from logwarden.model import Refresh
+from logwarden.ops.metrics import Metrics
+from logwarden.route.router import Recorder, Router
+from logwarden.route.storm import StormControl
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refresh(target: bytes = b"/a?b=1", scheme: str = "http",
+            host: str = "www.example.com") -> Refresh:
+    return Refresh(scheme, host, target, "MISS")
+
+
+def value(m: Metrics, name: str, **labels: str) -> float:
+    return m.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_dedup_window_folds_repeats_of_one_url_within_it() -> None:
+    clock, m = Clock(), Metrics()
+    route = Router(Recorder(), m, dedup=Window(1.0, 100, clock)).route
+    assert route(refresh()) is None
+    assert route(refresh()) == "deduplicated"
+    assert route(refresh(b"/a?b=2")) is None
+    assert route(refresh(scheme="https")) is None  # NGINX keys the schemes apart
+    clock.now += 0.999
+    assert route(refresh()) == "deduplicated"
+    clock.now += 0.002
+    assert route(refresh()) is None
+    assert value(m, "logwarden_triggers_deduplicated_total") == 2
+
+
+def test_dedup_memory_is_bounded_and_a_zero_window_never_folds() -> None:
+    clock = Clock()
+    router = Router(Recorder(), Metrics(), dedup=Window(60, 100, clock))
+    for i in range(1000):
+        assert router.route(refresh(b"/%d" % i)) is None
+    assert router.dedup is not None and len(router.dedup) == 100
+    assert router.route(refresh(b"/999")) == "deduplicated"
+    assert router.route(refresh(b"/0")) is None  # evicted, so admitted again
+    zero = Router(Recorder(), Metrics(), dedup=Window(0, 100, clock))
+    assert zero.route(refresh()) is None and zero.route(refresh()) is None
+
+
+def test_rules_apply_in_order_and_each_refusal_is_counted_once() -> None:
+    """dedup < no_listener < refused < too_long < filtered < rate: a refresh that breaks
+    several rules is refused by the first, and spends no token."""
+    clock, m = Clock(), Metrics()
+    recorder = Recorder(["http://10.0.0.2:80"])
+    router = Router(recorder, m, dedup=Window(3600, 100, clock),
+                    storm=StormControl(rate=0.001, burst=1, max_target_bytes=12,
+                                       skip=[r"^/skip"], clock=clock))
+    long_raw = b"/caf\xc3\xa9/" + b"x" * 20
+    assert [router.route(r) for r in (
+        refresh(b"/ok"), refresh(b"/ok"),            # second: deduplicated
+        refresh(long_raw, scheme="https"),           # no https peer: before refused
+        refresh(long_raw),                           # raw UTF-8: refused before too_long
+        refresh(b"/" + b"x" * 20),                   # too long
+        refresh(b"/skip/1"),                         # filtered
+        refresh(b"/other"),                          # the only token is spent: rate
+    )] == [None, "deduplicated", "no_listener", "refused", "too_long", "filtered", "rate"]
+    assert recorder.submitted == {"http://10.0.0.2:80": 1} and recorder.refused == 1
+    assert {r: value(m, "logwarden_storm_dropped_total", reason=r)
+            for r in ("no_listener", "too_long", "filtered", "rate")} == dict.fromkeys(
+        ("no_listener", "too_long", "filtered", "rate"), 1.0)
+
+
+def test_offload_names_this_node_only_for_its_scheme() -> None:
+    sent: list[Refresh] = []
+    router = Router(Recorder(on_submit=sent.append), Metrics(),
+                    source=("http", "10.0.0.1:80"))
+    router.route(refresh(b"/h"))
+    router.route(refresh(b"/s", scheme="https"))
+    assert [(r.target, r.source) for r in sent] == [(b"/h", "10.0.0.1:80"), (b"/s", None)]
+
+
+@pytest.mark.parametrize(("peers", "dynamic", "https_ok"), [
+    ((), False, True),                      # replay without peers: the log is the subject
+    (("http://a:80",), False, False),
+    (("http://a:80",), True, True),         # a peers file or DNS may bring an https peer
+    (("http://a:80", "https://a:443"), False, True),
+])
+def test_recorder_listeners(peers: tuple[str, ...], dynamic: bool, https_ok: bool) -> None:
+    assert Recorder(peers, dynamic=dynamic).has_listener("https") is https_ok
+
+
+def test_from_config_builds_the_configured_admission() -> None:
+    config = load_config({"log_format": "$host $request $upstream_cache_status",
+                          "max_refresh_rate": 1, "max_refresh_burst": 2,
+                          "max_target_bytes": 10, "only": ("^/a",), "dedup_window": 5.0},
+                         needs=REPLAY)
+    clock = Clock()
+    route = Router.from_config(config, Recorder(), Metrics(), clock=clock).route
+    assert [route(refresh(t)) for t in (b"/a1", b"/a1", b"/b", b"/a" + b"x" * 10, b"/a2",
+                                        b"/a3")] == [
+        None, "deduplicated", "filtered", "too_long", None, "rate"]
+    clock.now += 1  # a token per second of the clock given; the dedup window spans it too
+    assert [route(refresh(t)) for t in (b"/a3", b"/a4")] == ["deduplicated", None]
