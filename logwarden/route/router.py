@@ -117,8 +117,9 @@ class Router:
 
 class Recorder:
     """A target that sends nothing: what would go to each of ``peers`` (``replay``, ``run
-    --dry-run``, ``warm --dry-run``). With ``dynamic`` peers (a peers file, DNS) every scheme may have a
-    listener; with no peers at all (replay without a peer list) too: the log is the subject."""
+    --dry-run``, ``warm --dry-run``). With ``dynamic`` peers (a peers file, DNS) every scheme
+    may have a listener; with no peers at all (replay without a peer list) too: the log is
+    the subject."""
 
     def __init__(self, peers: Sequence[str] = (), *, dynamic: bool = False,
                  on_submit: Callable[[Refresh], None] | None = None,
