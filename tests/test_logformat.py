@@ -8,7 +8,7 @@ import random
 import pytest
 
 from logwarden.model import Record
-from logwarden.parse.logformat import LogFormat, LogFormatError, _tokens, _unquote
+from logwarden.parse.logformat import LogFormat, LogFormatError
 
 COMBINED = ('$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
             '"$http_referer" "$http_user_agent"')
@@ -245,7 +245,7 @@ def _render(compiled: LogFormat, values: dict[str, bytes], render: object, escap
              "time_local": b"22/Nov/2026:07:58:46 +0000", "request": b"GET /x?y=1 HTTP/1.1",
              "body_bytes_sent": b"52"}
     line = b""
-    for kind, text in _tokens(_unquote(compiled.format)):
+    for kind, text in compiled.tokens:
         if kind == "lit":
             line += text.encode()
         else:

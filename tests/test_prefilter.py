@@ -19,6 +19,7 @@ from lab.cluster import EXAMPLE_CONFIG
 from logwarden.decide.triggers import Triggers
 from logwarden.model import OWN_AGENT_MARK
 from logwarden.parse.logformat import LogFormat
+from logwarden.parse.prefilter import Prefilter
 
 STATUSES = ("MISS", "EXPIRED", "UPDATING", "STALE")
 SPACED = '$host "$request" $status $upstream_cache_status "$http_user_agent"'
@@ -29,7 +30,7 @@ EDGE_LAST = "$host $request $upstream_cache_status"
 
 
 def _triggers(statuses: tuple[str, ...] = STATUSES) -> Triggers:
-    return Triggers(statuses, dedup_window=0, max_age=0, default_host="default.example")
+    return Triggers(statuses, max_age=0, default_host="default.example")
 
 
 def full_decisions(fmt: LogFormat, lines: Iterable[bytes],
@@ -43,7 +44,7 @@ def fast_decisions(fmt: LogFormat, lines: Iterable[bytes],
                    statuses: tuple[str, ...] = STATUSES) -> list[object]:
     """The same, skipping the lines the prefilter rules out (own triggers: the memory differs)."""
     triggers = _triggers(statuses)
-    skip = fmt.skipper(triggers.statuses, keep_agent=OWN_AGENT_MARK)
+    skip = Prefilter(fmt, triggers.statuses, keep_agent=OWN_AGENT_MARK).skip
     return ["cache_status" if skip(line) else _decide(fmt, triggers, line) for line in lines]
 
 
@@ -98,45 +99,51 @@ def test_status_in_another_field_does_not_hide_the_real_one() -> None:
 def test_own_requests_reach_the_triggers() -> None:
     fmt = LogFormat.compile(gen.FORMAT)
     own = b"1.0\thttp\th\t80\tHEAD\t/a\t200\tBYPASS\t200\t0.001\t1\tlogwarden/0.1.0"
-    assert not fmt.skipper(STATUSES, keep_agent=OWN_AGENT_MARK)(own)
-    assert fmt.skipper(STATUSES)(own)
+    assert not Prefilter(fmt, STATUSES, keep_agent=OWN_AGENT_MARK).skip(own)
+    assert Prefilter(fmt, STATUSES).skip(own)
 
 
-def test_sifter_keeps_what_the_skipper_keeps() -> None:
+def test_sift_keeps_what_skip_keeps() -> None:
     fmt, lines = LogFormat.compile(gen.FORMAT), list(gen.lines(5000, seed=5))
-    skip, sift = (f(STATUSES, keep_agent=OWN_AGENT_MARK) for f in (fmt.skipper, fmt.sifter))
-    assert sift(lines) == [line for line in lines if not skip(line)]
+    prefilter = Prefilter(fmt, STATUSES, keep_agent=OWN_AGENT_MARK)
+    assert prefilter.sift(lines) == [line for line in lines if not prefilter.skip(line)]
     with_garbage = [*lines[:100], b"garbage", *lines[100:200]]  # goes line by line
-    assert sift(with_garbage) == [line for line in with_garbage if not skip(line)]
+    assert prefilter.sift(with_garbage) == [
+        line for line in with_garbage if not prefilter.skip(line)]
 
 
 def _block_sift(fmt: LogFormat, lines: list[bytes]) -> list[bytes]:
-    """What the block sifter keeps of ``lines`` read as one block, as the file source has it."""
-    sift = fmt.block_sifter(STATUSES, keep_agent=OWN_AGENT_MARK)
-    assert sift is not None
-    return sift(b"".join(line + b"\n" for line in lines), len(lines))
+    """What sift_block keeps of ``lines`` read as one block, as the sources hand them on."""
+    prefilter = Prefilter(fmt, STATUSES, keep_agent=OWN_AGENT_MARK)
+    return prefilter.sift_block(b"".join(line + b"\n" for line in lines), len(lines))
 
 
-def test_block_sifter_keeps_what_the_skipper_keeps() -> None:
+def test_sift_block_keeps_what_skip_keeps() -> None:
     fmt, lines = LogFormat.compile(gen.FORMAT), list(gen.lines(5000, seed=5))
     lines = [line.rstrip(b"\n") for line in lines]
-    skip = fmt.skipper(STATUSES, keep_agent=OWN_AGENT_MARK)
+    skip = Prefilter(fmt, STATUSES, keep_agent=OWN_AGENT_MARK).skip
     assert _block_sift(fmt, lines) == [line for line in lines if not skip(line)]
     with_garbage = [*lines[:100], b"garbage", b"", *lines[100:200]]  # goes line by line
     assert _block_sift(fmt, with_garbage) == [line for line in with_garbage if not skip(line)]
     assert _block_sift(fmt, []) == []
 
 
-def test_no_block_sifter_without_literals_or_with_a_newline_in_one() -> None:
-    assert LogFormat.compile("$host $status$upstream_cache_status $request").block_sifter(
-        STATUSES) is None
-    assert LogFormat.compile("$host\n$upstream_cache_status $request").block_sifter(
-        STATUSES) is None
+@pytest.mark.parametrize("format_", ["$host $status$upstream_cache_status $request",
+                                     "$host\n$upstream_cache_status $request"])
+def test_sift_block_splits_without_literals_or_with_a_newline_in_one(format_: str) -> None:
+    fmt = LogFormat.compile(format_)
+    lines = [b"h 200MISS GET / HTTP/1.1", b"h 200HIT GET / HTTP/1.1", b"h", b"HIT GET / HTTP/1.1"]
+    skip = Prefilter(fmt, STATUSES, keep_agent=OWN_AGENT_MARK).skip
+    assert _block_sift(fmt, lines) == [line for line in lines if not skip(line)]
 
 
 def test_no_literal_next_to_the_field_skips_nothing() -> None:
     fmt = LogFormat.compile("$host $status$upstream_cache_status $request")
-    assert not fmt.skipper(STATUSES)(b"h 200HIT GET / HTTP/1.1")
+    prefilter = Prefilter(fmt, STATUSES)
+    assert not prefilter.skip(b"h 200HIT GET / HTTP/1.1")
+    lines = [b"h 200HIT GET / HTTP/1.1", b"garbage"]
+    assert prefilter.sift(lines) == lines
+    assert _block_sift(fmt, lines) == lines
 
 
 # Lines assembled from the pieces that matter: delimiters, status words, look-alikes.
@@ -158,8 +165,8 @@ def _example_shaped() -> st.SearchStrategy[bytes]:
 def test_any_lines_decide_the_same(format_: str, lines: list[bytes]) -> None:
     fmt = LogFormat.compile(format_, "json" if format_ == JSON_FMT else "default")
     assert agree(fmt, lines)
-    skip = fmt.skipper(STATUSES, keep_agent=OWN_AGENT_MARK)
-    assert fmt.sifter(STATUSES, keep_agent=OWN_AGENT_MARK)(lines) == [
-        line for line in lines if not skip(line)]
+    prefilter = Prefilter(fmt, STATUSES, keep_agent=OWN_AGENT_MARK)
+    skip = prefilter.skip
+    assert prefilter.sift(lines) == [line for line in lines if not skip(line)]
     in_block = [piece for line in lines for piece in line.split(b"\n")]  # as the file splits
     assert _block_sift(fmt, in_block) == [line for line in in_block if not skip(line)]

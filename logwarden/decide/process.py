@@ -20,6 +20,7 @@ from logwarden.decide.triggers import Triggers
 from logwarden.model import OWN_AGENT_MARK, Refresh
 from logwarden.ops.metrics import Metrics
 from logwarden.parse.logformat import LogFormat
+from logwarden.parse.prefilter import Prefilter
 from logwarden.route.router import Router
 from logwarden.sources import Batch, LineQueue
 from logwarden.sources.positions import Positions
@@ -46,21 +47,16 @@ class Processor:
         self.triggers = triggers
         self.origin = origin
         watched = WATCHED_STATUSES if origin is not None and origin.enabled else frozenset()
-        self.sift = parser.sifter(triggers.statuses | watched, keep_agent=OWN_AGENT_MARK)
-        self.sift_block = parser.block_sifter(triggers.statuses | watched,
-                                              keep_agent=OWN_AGENT_MARK)
+        self.prefilter = Prefilter(parser, triggers.statuses | watched, keep_agent=OWN_AGENT_MARK)
         self.line_clock = line_clock
 
     def batch(self, lines: Batch) -> tuple[list[Refresh], Tally]:
         """Lines a cheap cache-status test rules out (mostly HITs) skip the full parse and count
-        as ignored (LogFormat.skipper says what that means for malformed lines). The batch is
-        tested without splitting it into lines (LogFormat.block_sifter) where the format
+        as ignored (logwarden.parse.prefilter says what that means for malformed lines). The
+        batch is tested without splitting it into lines (Prefilter.sift_block) where the format
         allows."""
         parse, triggers, origin = self.parse, self.triggers, self.origin
-        if self.sift_block is not None:
-            candidates = self.sift_block(lines.data, lines.count)
-        else:
-            candidates = self.sift(lines.lines())
+        candidates = self.prefilter.sift_block(lines.data, lines.count)
         tally = Tally(skipped=len(lines) - len(candidates))
         refreshes = []
         for line in candidates:

@@ -8,8 +8,8 @@ raw). So a value followed by such a delimiter can be matched with a negated clas
 both exact and fast; other values fall back to a lazy group anchored by the rest of the line.
 Values are unescaped back to the exact bytes NGINX saw (nginx-facts §6).
 
-Most lines are HITs that can never trigger, so :meth:`LogFormat.skipper` gives a cheap test
-that spares them the full parse (see its docstring for what that means for malformed lines).
+Most lines are HITs that can never trigger: :mod:`logwarden.parse.prefilter` spares them the
+full parse with a cheap test built from the format's literals (:attr:`LogFormat.tokens`).
 Patterns use the stdlib ``re``: on these patterns it measured 2-4x faster than the ``regex``
 package (bench/README.md).
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -84,10 +84,13 @@ class _Slots:
 class LogFormat:
     """A compiled format: ``parse(line)`` gives a Record, or None for a line it does not match."""
 
-    def __init__(self, fmt: str, escape: str, variables: tuple[str, ...],
-                 pattern: re.Pattern[bytes], groups: tuple[str, ...]) -> None:
+    def __init__(self, fmt: str, escape: str, tokens: tuple[tuple[str, str], ...],
+                 variables: tuple[str, ...], pattern: re.Pattern[bytes],
+                 groups: tuple[str, ...]) -> None:
         self.format = fmt
         self.escape = escape
+        self.tokens = tokens
+        """The format's pieces in order: ``("lit", text)`` and ``("var", name)``."""
         self.variables = variables
         self.pattern = pattern
         self._groups = groups
@@ -111,7 +114,7 @@ class LogFormat:
         variables = tuple(dict.fromkeys(t for kind, t in tokens if kind == "var"))
         _require(variables)
         pattern, groups = _pattern(tokens, escape)
-        return cls(fmt, escape, variables, re.compile(pattern, re.DOTALL), groups)
+        return cls(fmt, escape, tuple(tokens), variables, re.compile(pattern, re.DOTALL), groups)
 
     def fields(self, line: bytes) -> dict[str, bytes | None] | None:
         """Every variable's unescaped value; None when the line does not match."""
@@ -138,115 +141,6 @@ class LogFormat:
                       int(status) if status and status.isdigit() else None,
                       _text(v[s.upstream_status]), v[s.user_agent], self._time(v),
                       v[s.upstream_header_time], v[s.upstream_date])
-
-    def skipper(self, statuses: Iterable[str],
-                keep_agent: bytes | None = None) -> Callable[[bytes], bool]:
-        """A cheap test, True for a line that cannot trigger, so its full parse can be skipped.
-
-        A line is skipped when it shows a cache-status value between the literals that surround
-        ``$upstream_cache_status`` in the format, and none of ``statuses`` there. That is exact
-        for the trigger decision: NGINX writes the literals as they are, so a line whose field
-        holds a triggering status always contains ``<before>STATUS<after>`` and is parsed.
-        A skipped line is not checked any further: a line showing ``HIT`` but broken elsewhere
-        counts as ignored, not malformed (it could not trigger either way). A line showing no
-        cache-status value at all is parsed, so a garbage line is still counted as malformed.
-        Lines whose ``$http_user_agent`` starts with ``keep_agent`` (logwarden's own requests:
-        the triggers remember its purges) are always parsed. A format with no literal between
-        the field and its neighbours skips nothing.
-        """
-        tests = self._tests(statuses, keep_agent)
-        if tests is None:
-            return _parse_all
-        wanted, showing = tests
-
-        def skip(line: bytes) -> bool:
-            return wanted(line) is None and showing(line) is not None
-
-        return skip
-
-    def sifter(self, statuses: Iterable[str],
-               keep_agent: bytes | None = None) -> Callable[[list[bytes]], list[bytes]]:
-        """:meth:`skipper` for a whole batch: the lines it would not skip, in order.
-
-        Two scans run in C over the batch (does every line show a status? which lines hold a
-        triggering one or the kept agent?) instead of a Python call per line, which costs
-        more than the test itself; a batch with a line showing no status goes line by line."""
-        tests = self._tests(statuses, keep_agent)
-        if tests is None:
-            return list
-        wanted, showing = tests
-        skip = self.skipper(statuses, keep_agent)
-
-        def sift(batch: list[bytes]) -> list[bytes]:
-            if None in map(showing, batch):
-                return [line for line in batch if not skip(line)]
-            return list(filter(wanted, batch))
-
-        return sift
-
-    def block_sifter(self, statuses: Iterable[str], keep_agent: bytes | None = None
-                     ) -> Callable[[bytes, int], list[bytes]] | None:
-        """:meth:`sifter` for ``count`` lines still in the block the file source read (each line
-        followed by ``\\n``): the lines it would not skip, in order, sliced out of the block;
-        the others are never made into objects. None when the format does not allow it (split
-        the block and use :meth:`sifter`).
-
-        Two regex scans of the block: how many lines show a status (a match runs to the end of
-        its line, so there is at most one per line), and where the lines that must be parsed
-        are. A block with a line showing no status goes line by line."""
-        patterns = self._patterns(statuses, keep_agent, block=True)
-        if patterns is None:
-            return None
-        wanted = re.compile(b"(?:" + patterns[0] + rb")[^\n]*+").search
-        showing = re.compile(b"(?:" + patterns[1] + rb")[^\n]*+()").findall
-        sift = self.sifter(statuses, keep_agent)
-
-        def sift_block(block: bytes, count: int) -> list[bytes]:
-            if len(showing(block)) != count:
-                lines = block.split(b"\n")
-                lines.pop()  # after the last newline
-                return sift(lines)
-            kept, pos, line_start = [], 0, block.rfind
-            while match := wanted(block, pos):
-                pos = match.end()  # the end of that line
-                kept.append(block[line_start(b"\n", 0, match.start()) + 1:pos])
-            return kept
-
-        return sift_block
-
-    def _tests(self, statuses: Iterable[str], keep_agent: bytes | None) -> tuple[
-            Callable[[bytes], re.Match[bytes] | None],
-            Callable[[bytes], re.Match[bytes] | None]] | None:
-        """Searches for "must be parsed" and "shows a cache status"; None: cannot tell."""
-        patterns = self._patterns(statuses, keep_agent)
-        if patterns is None:
-            return None
-        return re.compile(patterns[0]).search, re.compile(patterns[1]).search
-
-    def _patterns(self, statuses: Iterable[str], keep_agent: bytes | None,
-                  block: bool = False) -> tuple[bytes, bytes] | None:
-        """The patterns of :meth:`_tests`; ``block``: for lines in a block, where no match
-        may cross a newline (None if a literal holds one)."""
-        tokens = _tokens(_unquote(self.format))
-        around = _around(tokens, "upstream_cache_status")
-        if around is None or _TOUCHING in around:
-            return None
-        before, after = around
-        assert not isinstance(before, str) and not isinstance(after, str)
-        words = sorted({s.encode() for s in statuses})
-        statuses_ = b"|".join(map(re.escape, words)) or b"(?!)"
-        wanted = [(before, b"(?:" + statuses_ + b")" + _edge(after, start=False, block=block))]
-        if keep_agent:
-            ua = _around(tokens, "http_user_agent")[0] if "http_user_agent" in self.variables \
-                else _TOUCHING
-            wanted.append((b"" if isinstance(ua, str) else ua, re.escape(keep_agent)))
-        if block and b"\n" in b"".join([before or b"", after or b"", keep_agent or b"", *words,
-                                         *(lit or b"" for lit, _ in wanted)]):
-            return None
-        shape = rb"[A-Z]*" if self.escape == "json" else rb"[A-Z]+|-"  # what NGINX writes
-        showing = _edge(before, start=True, block=block) + b"(?:" + shape + b")" \
-            + _edge(after, start=False, block=block)
-        return _alternatives(wanted, block), showing
 
     def _time(self, values: list[bytes | None]) -> float | None:
         slot, fmt = self._time_field
@@ -326,54 +220,6 @@ def _tokens(fmt: str) -> list[tuple[str, str]]:
     if pos < len(fmt):
         tokens.append(("lit", fmt[pos:]))
     return tokens
-
-
-_TOUCHING = "touching"
-"""A variable with another variable right beside it: no literal to search for."""
-
-
-def _around(tokens: list[tuple[str, str]],
-            name: str) -> tuple[bytes | str | None, bytes | str | None]:
-    """The literal text right before and after the first ``$name``: None at the line's start
-    or end, ``_TOUCHING`` where another variable is beside it."""
-    i = tokens.index(("var", name))
-    edges: list[bytes | str | None] = []
-    for j in (i - 1, i + 1):
-        if not 0 <= j < len(tokens):
-            edges.append(None)
-        else:
-            edges.append(tokens[j][1].encode() if tokens[j][0] == "lit" else _TOUCHING)
-    return edges[0], edges[1]
-
-
-def _edge(literal: bytes | str | None, start: bool, block: bool = False) -> bytes:
-    """The pattern of a literal found by :func:`_around` (never ``_TOUCHING`` here); ``block``:
-    the line is one of many in a block, each followed by a newline."""
-    if literal is None:
-        if block:
-            return rb"(?m:^)" if start else rb"(?m:$)"
-        return rb"\A" if start else rb"(?:\r?\n)?\Z"
-    assert isinstance(literal, bytes)
-    return re.escape(literal)
-
-
-def _alternatives(choices: list[tuple[bytes | None, bytes]], block: bool = False) -> bytes:
-    """``(literal, pattern)`` choices as one pattern, their common leading bytes factored out:
-    ``re`` then scans for that prefix in C; a bare alternation is ~3x slower (bench/README)."""
-    literals = [lit for lit, _ in choices if lit is not None]
-    if len(literals) < len(choices):
-        return b"|".join(_edge(lit, start=True, block=block) + pattern
-                         for lit, pattern in choices)
-    n = 0
-    while n < min(map(len, literals)) and len({lit[n] for lit in literals}) == 1:
-        n += 1
-    rests = [re.escape(lit[n:]) + pattern for lit, (_, pattern) in zip(literals, choices,
-                                                                        strict=True)]
-    return re.escape(literals[0][:n]) + b"(?:" + b"|".join(rests) + b")"
-
-
-def _parse_all(line: bytes) -> bool:
-    return False
 
 
 def _pattern(tokens: list[tuple[str, str]], escape: str) -> tuple[bytes, tuple[str, ...]]:

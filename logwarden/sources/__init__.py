@@ -13,7 +13,7 @@ class Batch:
     """Complete lines, in the order they were written, as one bytes object: ``data`` holds each
     line followed by its ``\\n``. The one thing on the lines queue, from every source.
 
-    The processor tests all the lines in the data at once (LogFormat.block_sifter) and makes
+    The processor tests all the lines in the data at once (Prefilter.sift_block) and makes
     objects only of the few it parses. A file source's batch is what one read gave; its
     ``checkpoint`` (where it ends in its file) is committed to the positions once the lines are
     handled. A syslog batch is one wake-up's datagrams.
