@@ -50,8 +50,13 @@ LineQueue = asyncio.Queue[Batch | None]
 """Bounded queue from the sources to the parser; ``None`` (put by the daemon) ends it."""
 
 
+class SourceError(Exception):
+    """A source cannot start; the message names the problem and the fix, in one line."""
+
+
 class Source(Protocol):
-    """What the daemon needs of a source. ``run()`` until ``stop()``; it never puts ``None``."""
+    """What the daemon needs of a source: ``bind()``, then ``run()`` until ``stop()``. It never
+    puts ``None``."""
 
     name: str
     """For logs and /healthz, e.g. the file path or the listen URL."""
@@ -59,6 +64,12 @@ class Source(Protocol):
     @property
     def state(self) -> str:
         """``starting`` until lines can be received, then e.g. ``tailing``/``waiting``."""
+        ...
+
+    def bind(self) -> None:
+        """Take what the source cannot run without, e.g. its socket, before the daemon starts any
+        task: a conflict is then a start-up error, not a source that dies later. Raises
+        :class:`SourceError`."""
         ...
 
     async def run(self) -> None: ...

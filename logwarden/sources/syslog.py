@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from logwarden.ops.metrics import Metrics
-from logwarden.sources import Batch, LineQueue
+from logwarden.sources import Batch, LineQueue, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,9 @@ def _unix_path(netloc: str, path: str, query: str, fragment: str) -> str:
 class SyslogSource:
     """Listens on one ``udp://`` or ``unix://`` URL; ``run()`` until ``stop()``.
 
-    Owns its socket: binds it in ``run()`` (a stale unix socket file is replaced), reads what
-    the kernel still holds at the stop, then closes it and removes its socket file.
+    Owns its socket: ``bind()`` binds it (a stale unix socket file is replaced), called by the
+    daemon before it starts anything, or else by ``run()``; ``run()`` reads what the kernel
+    still holds at the stop, then closes the socket and removes its socket file.
     """
 
     def __init__(
@@ -169,10 +170,12 @@ class SyslogSource:
     async def run(self) -> None:
         """Listen until ``stop()``; a socket that cannot be bound is logged and ends the run."""
         try:
-            sock = self.bind()
-        except OSError as exc:
-            log.error("cannot listen for syslog on %s: %s", self.name, exc)
+            self.bind()
+        except SourceError as exc:
+            log.error("%s", exc)
             return
+        sock = self.sock
+        assert sock is not None
         loop = asyncio.get_running_loop()
         loop.add_reader(sock.fileno(), self._receive)
         try:
@@ -189,12 +192,18 @@ class SyslogSource:
 
     # -- the socket ----------------------------------------------------------------------------
 
-    def bind(self) -> socket.socket:
-        """The bound socket, bound now if it is not yet: the daemon binds before it starts
-        anything, so that an address in use is a start-up error. Raises OSError."""
-        if self.sock is None:
+    def bind(self) -> None:
+        """Bind the socket now if it is not yet: the daemon binds before it starts anything, so
+        that an address in use is a start-up error. Raises SourceError."""
+        if self.sock is not None:
+            return
+        try:
             self.sock = self._open()
-        return self.sock
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise SourceError(
+                f"syslog: {self.name!r} cannot be bound ({reason}): does another process "
+                "(rsyslog, another logwarden) listen there? Give a free --syslog URL") from exc
 
     def _open(self) -> socket.socket:
         sock = _bind_udp(*self.address) if isinstance(self.address, tuple) else _bind_unix(
