@@ -18,7 +18,7 @@ from lab.agent import Agent, log_format_from_conf
 from logwarden.config import ConfigError, load_config
 from logwarden.ops.metrics import Metrics
 from logwarden.parse.logformat import LogFormat
-from logwarden.sources import LineQueue
+from logwarden.sources import LineQueue, SourceError
 from logwarden.sources.syslog import SyslogMessage, SyslogSource, parse_datagram, parse_url
 
 LOG_FORMAT = log_format_from_conf(EXAMPLE_CONFIG.read_text())
@@ -154,10 +154,14 @@ class Listening:
 
 
 @contextlib.asynccontextmanager
-async def listening(url: str, queue_size: int = 64, **options: Any) -> AsyncIterator[Listening]:
+async def listening(url: str, queue_size: int = 64, bind: bool = True,
+                    **options: Any) -> AsyncIterator[Listening]:
+    """A source bound first, as the daemon does; with ``bind=False``, by its ``run()``."""
     queue: LineQueue = asyncio.Queue(queue_size)
     metrics = Metrics()
     source = SyslogSource(url, queue, metrics, **options)
+    if bind:
+        source.bind()
     task = asyncio.create_task(source.run())
     try:
         async with asyncio.timeout(5):
@@ -248,7 +252,7 @@ def test_unix_socket_64k_datagram_and_socket_file_lifecycle(tmp_path: Path) -> N
     too_long = header + b"y" * (64 * 1024 + 1)
 
     async def go() -> None:
-        async with listening(f"unix://{path}") as lw:
+        async with listening(f"unix://{path}", bind=False) as lw:
             assert path.is_socket()
             send([big, too_long, UNIX_DATAGRAM], str(path), socket.AF_UNIX)
             await lw.until(lambda: lw.value("logwarden_syslog_datagrams_total") == 3)
@@ -267,23 +271,41 @@ def test_a_smaller_receive_buffer_than_asked_is_logged(caplog: pytest.LogCapture
     assert "the kernel granted" in caplog.text
 
 
-@pytest.mark.parametrize("occupant", ["live socket", "regular file"])
-def test_unix_socket_path_in_use_is_left_alone(tmp_path: Path, occupant: str) -> None:
+def test_a_port_in_use_is_a_source_error_naming_the_fix() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        url = f"udp://127.0.0.1:{taken.getsockname()[1]}"
+        source = SyslogSource(url, asyncio.Queue(1), Metrics())
+        with pytest.raises(SourceError) as err:
+            source.bind()
+    assert str(err.value) == (
+        f"syslog: {url!r} cannot be bound (Address already in use): does another process "
+        "(rsyslog, another logwarden) listen there? Give a free --syslog URL")
+    assert isinstance(err.value.__cause__, OSError)
+    assert source.state == "starting"
+
+
+@pytest.mark.parametrize(("occupant", "reason"), [
+    ("live socket", "Address already in use"), ("regular file", "File exists")])
+async def test_unix_socket_path_in_use_is_left_alone(
+    tmp_path: Path, occupant: str, reason: str, caplog: pytest.LogCaptureFixture,
+) -> None:
     path = tmp_path / "syslog.sock"
-
-    async def go() -> str:
-        source = SyslogSource(f"unix://{path}", asyncio.Queue(1), Metrics())
-        await source.run()  # returns at once: it could not listen
-        return source.state
-
+    url = f"unix://{path}"
     with contextlib.ExitStack() as stack:
         if occupant == "live socket":
             live = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
             live.bind(str(path))
         else:
             path.write_text("not a socket")
-        assert asyncio.run(go()) == "starting"
+        source = SyslogSource(url, asyncio.Queue(1), Metrics())
+        with pytest.raises(SourceError) as err:
+            source.bind()
+        assert str(err.value).startswith(f"syslog: '{url}' cannot be bound ({reason}): ")
+        await source.run()  # returns at once: it could not listen
+        assert source.state == "starting"
         assert path.exists()
+    assert f"syslog: '{url}' cannot be bound ({reason})" in caplog.text  # run() logs it
 
 
 # -- a burst, through a real logwarden process --------------------------------------------------

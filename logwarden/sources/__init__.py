@@ -51,11 +51,12 @@ LineQueue = asyncio.Queue[Batch | None]
 
 
 class SourceError(Exception):
-    """A source cannot start (e.g. its address is taken); the message names the fix."""
+    """A source cannot start; the message names the problem and the fix, in one line."""
 
 
 class Source(Protocol):
-    """What the daemon needs of a source. ``run()`` until ``stop()``; it never puts ``None``."""
+    """What the daemon needs of a source: ``bind()``, then ``run()`` until ``stop()``. It never
+    puts ``None``."""
 
     name: str
     """For logs and /healthz, e.g. the file path or the listen URL."""
@@ -66,7 +67,10 @@ class Source(Protocol):
         ...
 
     def bind(self) -> None:
-        """Claim what the source needs before anything starts; SourceError if it cannot."""
+        """Take what the source cannot run without, e.g. its socket, before the daemon starts any
+        task: a conflict is then a start-up error, not a source that dies later. Raises
+        :class:`SourceError`."""
+        ...
 
     async def run(self) -> None: ...
 

@@ -13,9 +13,9 @@ while logwarden was down is found by inode and finished first); at the start for
 appeared after logwarden started or rotated in while it was down; otherwise at the end, since
 replaying history would fire a storm of refreshes.
 
-Events are hints: watchdog (inotify) wakes the tailer early, a ``poll_interval`` stat() loop
-covers lost events and files that do not exist yet. The file is the buffer: reading waits for
-the bounded queue rather than dropping lines.
+When to look again is the waker's business (:mod:`logwarden.sources.watch`: watchdog events
+and a ``poll_interval`` timeout); each pass stat()s the paths to see what changed. The file is
+the buffer: reading waits for the bounded queue rather than dropping lines.
 """
 
 from __future__ import annotations
@@ -25,14 +25,8 @@ import fnmatch
 import glob
 import logging
 import os
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
 
 from logwarden.ops.metrics import Metrics
 from logwarden.sources import Batch, LineQueue
@@ -44,6 +38,7 @@ from logwarden.sources.positions import (
     fingerprint,
     same_head,
 )
+from logwarden.sources.watch import Waker, WatchdogWaker
 
 log = logging.getLogger(__name__)
 
@@ -101,26 +96,31 @@ class _OpenFile:
         os.close(self.fd)
 
 
-class _Waker(FileSystemEventHandler):
-    """Runs on watchdog's thread; wakes the tailer's loop without flooding it with calls."""
+@dataclass(frozen=True)
+class LogPattern:
+    """One path, or a glob in its file name (``/var/log/nginx/*.access.log``): the paths a pass
+    looks at, and whether a path in the positions file is one of ours."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
-        self.loop = loop
-        self.wake = wake
-        self.pending = threading.Event()
+    text: str
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if not self.pending.is_set():
-            self.pending.set()
-            self.loop.call_soon_threadsafe(self._wake)
+    @property
+    def is_glob(self) -> bool:
+        return bool(GLOB_CHARS & set(os.path.basename(self.text)))
 
-    def _wake(self) -> None:
-        self.pending.clear()
-        self.wake()
+    def paths(self) -> list[str]:
+        """The paths matching now; a plain path whether it exists or not (it is waited for)."""
+        return glob.glob(self.text) if self.is_glob else [self.text]
+
+    def matches(self, path: str) -> bool:
+        return path == self.text or (self.is_glob and fnmatch.fnmatchcase(path, self.text))
 
 
 class FileSource:
-    """Follows one path or file-name glob: ``run()`` until ``stop()``, then reads what is there."""
+    """Follows one path or file-name glob: ``run()`` until ``stop()``, then reads what is there.
+
+    Between passes it waits on ``waker``; the default one wakes on watchdog events in the
+    directory and every ``poll_interval`` seconds (``poll_interval`` is for it alone).
+    """
 
     def __init__(
         self,
@@ -133,21 +133,21 @@ class FileSource:
         poll_interval: float = 1.0,
         rotate_wait: float = 5.0,
         max_line_bytes: int = 64 * 1024,
+        waker: Waker | None = None,
     ) -> None:
         self.name = str(pattern)
-        self.is_glob = bool(GLOB_CHARS & set(os.path.basename(self.name)))
+        self.pattern = LogPattern(self.name)
         self.out = out
         self.metrics = metrics
         self.positions = positions or Positions(None)
         self._saved_paths = {e.path for e in self.positions.entries()}
         self.from_start = from_start
-        self.poll_interval = poll_interval
+        self.waker = WatchdogWaker(self.name, poll_interval) if waker is None else waker
         self.rotate_wait = rotate_wait
         self.max_line_bytes = max_line_bytes
         self.current: dict[str, _OpenFile] = {}
         self.draining: list[_OpenFile] = []
         self._failing: dict[str, str] = {}
-        self._wake = asyncio.Event()
         self._stopping = False
         self._first_scan = True
 
@@ -158,23 +158,22 @@ class FileSource:
         return "tailing" if self.current else "waiting"
 
     def bind(self) -> None:
-        """Nothing to claim: a file that is not there yet is waited for."""
+        """Nothing to take before the start: a missing or unreadable file is waited for, and
+        reported, by ``run()`` (the configuration has checked what can be checked)."""
 
     def stop(self) -> None:
         self._stopping = True
-        self._wake.set()
+        self.waker.wake()
 
     async def run(self) -> None:
-        observer = self._watch()
+        self.waker.start()
         try:
             while not self._stopping:
                 await self.poll()
-                await self._sleep()
+                await self.waker.wait()
             await self.poll()  # what was written before the stop is not lost
         finally:
-            if observer.is_alive():
-                observer.stop()
-                await asyncio.to_thread(observer.join)
+            await self.waker.close()
             self.close()
 
     def close(self) -> None:
@@ -188,7 +187,8 @@ class FileSource:
         """One pass: notice new, rotated and truncated files, then read everything available."""
         if self._first_scan:
             self._resume_saved()
-        for path in self._paths():
+        # And the open files' paths, matching or not: that is how a rename or delete is seen.
+        for path in sorted({*self.pattern.paths(), *self.current}):
             self._check(path)
         if self._first_scan:
             # Saved at once: after a crash within the first save interval, a restart must
@@ -196,31 +196,6 @@ class FileSource:
             self.positions.save()
         self._first_scan = False
         await self._read_all()
-
-    def _paths(self) -> list[str]:
-        if not self.is_glob:
-            return [self.name]
-        return sorted({*glob.glob(self.name), *self.current})
-
-    def _watch(self) -> BaseObserver:
-        observer = Observer()
-        handler = _Waker(asyncio.get_running_loop(), self._wake.set)
-        observer.schedule(handler, os.path.dirname(os.path.abspath(self.name)), recursive=False)
-        observer.daemon = True
-        try:
-            observer.start()
-        except OSError as exc:  # e.g. the directory does not exist yet: polling covers it
-            log.warning("cannot watch the directory of %s (%s); polling every %ss", self.name,
-                        exc, self.poll_interval)
-        return observer
-
-    async def _sleep(self) -> None:
-        try:
-            async with asyncio.timeout(self.poll_interval):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
-        self._wake.clear()
 
     # -- noticing changes at a path ------------------------------------------------------------
 
@@ -268,7 +243,7 @@ class FileSource:
         if cur is not None:  # deleted, or renamed without a new file yet: drain what we hold
             log.info("%s is gone (%s); draining the file we have open", path, exc.strerror)
             self._retire(cur, rotated=True)
-        elif self._first_scan and not self.is_glob:
+        elif self._first_scan and not self.pattern.is_glob:
             self._report(path, "missing", f"{path} does not exist yet; waiting for it")
 
     def _retire(self, f: _OpenFile, rotated: bool = False) -> None:
@@ -296,7 +271,7 @@ class FileSource:
     def _resume_saved(self) -> None:
         """Finish files that were rotated away while logwarden was not running (found by inode)."""
         for entry in self.positions.entries():
-            if not self._matches(entry.path) or self._at_path(entry):
+            if not self.pattern.matches(entry.path) or self._at_path(entry):
                 continue
             found = _find_rotated(entry)
             try:
@@ -317,9 +292,6 @@ class FileSource:
             f.path, f.offset = entry.path, entry.offset  # its history is under that name
             self.metrics.open_files.inc()
             self._retire(f)
-
-    def _matches(self, path: str) -> bool:
-        return path == self.name or (self.is_glob and fnmatch.fnmatchcase(path, self.name))
 
     @staticmethod
     def _at_path(entry: Entry) -> bool:

@@ -111,8 +111,9 @@ def _unix_path(netloc: str, path: str, query: str, fragment: str) -> str:
 class SyslogSource:
     """Listens on one ``udp://`` or ``unix://`` URL; ``run()`` until ``stop()``.
 
-    Owns its socket: binds it in ``run()`` (a stale unix socket file is replaced), reads what
-    the kernel still holds at the stop, then closes it and removes its socket file.
+    Owns its socket: ``bind()`` binds it (a stale unix socket file is replaced), called by the
+    daemon before it starts anything, or else by ``run()``; ``run()`` reads what the kernel
+    still holds at the stop, then closes the socket and removes its socket file.
     """
 
     def __init__(
@@ -192,8 +193,8 @@ class SyslogSource:
     # -- the socket ----------------------------------------------------------------------------
 
     def bind(self) -> None:
-        """Bind now if not yet: the daemon binds before it starts anything, so that an
-        address in use is a start-up error (SourceError)."""
+        """Bind the socket now if it is not yet: the daemon binds before it starts anything, so
+        that an address in use is a start-up error. Raises SourceError."""
         if self.sock is not None:
             return
         try:
