@@ -1,25 +1,25 @@
-"""What every benchmark shares: a result row, processes pinned to one core, metric scraping."""
+"""What every benchmark shares: a result row, processes pinned to one core, metric scraping.
+
+Children are run with :func:`lab.process.running`, samples summed with
+:func:`lab.accounting.total`, ports found with :func:`lab.free_port`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from lab.accounting import Key, parse_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 LOGWARDEN = [PYTHON, "-m", "logwarden"]
-_SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)", re.M)
 
 
 @dataclass(frozen=True)
@@ -40,26 +40,13 @@ def core() -> list[str]:
     return ["taskset", "-c", str(last)] if shutil.which("taskset") else []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def scrape(port: int, path: str = "/metrics") -> dict[str, float]:
-    """Prometheus text → {``name{labels}``: value}; {} while the server is not up."""
+def scrape(port: int, path: str = "/metrics") -> dict[Key, float]:
+    """Every sample on ``port``, keyed by (name, sorted labels); {} while the server is not up."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            text = resp.read().decode()
+            return parse_samples(resp.read().decode())
     except OSError:
         return {}
-    return {name + (labels or ""): float(value) for name, labels, value in _SAMPLE.findall(text)}
-
-
-def total(samples: dict[str, float], *names: str) -> float:
-    """Sum of every series of the given metric names, whatever their labels."""
-    return sum(v for k, v in samples.items() if k.partition("{")[0] in names)
 
 
 def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> float:
@@ -70,22 +57,6 @@ def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.02) 
             return time.monotonic()
         time.sleep(interval)
     raise TimeoutError(f"not done within {timeout}s")
-
-
-@contextlib.contextmanager
-def process(args: Sequence[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
-    """A child in its own session, stopped with SIGTERM (then SIGKILL) however the block ends."""
-    proc = subprocess.Popen(list(args), start_new_session=True, **kwargs)  # type: ignore[call-overload]
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def healthy(port: int) -> bool:

@@ -18,16 +18,16 @@ from bench.common import (
     ROOT,
     Row,
     core,
-    free_port,
     healthy,
-    process,
     rss_mib,
     scrape,
-    total,
     wait_for,
 )
 from bench.refresh import nginx
 from bench.throughput import LINES_DONE
+from lab import free_port
+from lab.accounting import total
+from lab.process import running
 
 TARGET_MIB = 80.0
 
@@ -47,7 +47,7 @@ def _measure(tmp: Path, peer: str, lines: int, distinct: int) -> tuple[float, fl
     args = [*core(), *LOGWARDEN, "run", "--access-log", str(log), "--log-format", gen.FORMAT,
             "--peer", peer, "--max-refresh-rate", "0", "--positions", "off",
             "--metrics-listen", f"127.0.0.1:{port}", "--log-level", "warning"]
-    with process(args, cwd=ROOT) as proc:
+    with running(args, cwd=ROOT) as proc:
         wait_for(lambda: healthy(port), timeout=30)
         gen.write(str(log), gen.triggering_lines(lines, distinct=distinct, start=time.time()))
         while total(scrape(port), *LINES_DONE) < lines:

@@ -17,7 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.clients import PROBES
-from bench.common import PYTHON, ROOT, Row, core, fmt_rate, free_port, process, wait_for
+from bench.common import PYTHON, ROOT, Row, core, fmt_rate, wait_for
+from lab import free_port
+from lab.process import running
 
 CONCURRENCY = 8  # DispatchSettings.peer_concurrency: what one peer gets by default
 NGINX_CONF = """worker_processes 1;
@@ -70,7 +72,7 @@ def nginx(tmp: Path) -> Iterator[str]:
     port = free_port()
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(tmp=tmp, port=port))
-    with process(["taskset", "-c", "0", "nginx", "-c", str(conf), "-p", str(tmp)]):
+    with running(["taskset", "-c", "0", "nginx", "-c", str(conf), "-p", str(tmp)]):
         wait_for(lambda: _answers(port), timeout=10)
         yield f"http://127.0.0.1:{port}"
 

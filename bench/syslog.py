@@ -19,14 +19,14 @@ from bench.common import (
     Row,
     core,
     fmt_rate,
-    free_port,
     healthy,
-    process,
     scrape,
-    total,
     wait_for,
 )
 from bench.throughput import LINES_DONE
+from lab import free_port
+from lab.accounting import total
+from lab.process import running
 
 HEADER = b"<190>Nov 23 12:00:00 web1 nginx: "
 DROPS = ("logwarden_syslog_queue_drops_total", "logwarden_syslog_kernel_drops_total")
@@ -57,7 +57,7 @@ def _round(rate: int, seconds: float) -> tuple[int, float, float]:
             "--positions", "off", "--metrics-listen", f"127.0.0.1:{metrics}",
             "--log-level", "warning"]
     lines = [HEADER + line.rstrip(b"\n") for line in gen.lines(20_000, start=time.time())]
-    with process(args, cwd=ROOT):
+    with running(args, cwd=ROOT):
         wait_for(lambda: healthy(metrics), timeout=30)
         sent = _send(port, lines, rate, seconds)
         done = time.monotonic() + 10

@@ -20,13 +20,13 @@ from bench.common import (
     Row,
     core,
     fmt_rate,
-    free_port,
     healthy,
-    process,
     scrape,
-    total,
     wait_for,
 )
+from lab import free_port
+from lab.accounting import total
+from lab.process import running
 
 MTAIL_PROGRAM = r"""# Count access-log lines by $upstream_cache_status (the 8th TAB field).
 counter lines_by_cache_status by cache_status
@@ -57,7 +57,7 @@ def logwarden_rate(tmp: Path, source: Path, lines: int) -> float:
     args = [*core(), *LOGWARDEN, "run", "--access-log", str(log), "--log-format", gen.FORMAT,
             "--peer", "http://127.0.0.1:9", "--dry-run", "--positions", "off",
             "--metrics-listen", f"127.0.0.1:{port}", "--log-level", "warning"]
-    with process(args, cwd=ROOT):
+    with running(args, cwd=ROOT):
         wait_for(lambda: healthy(port), timeout=30)
         return _timed_append(source, log, lines, lambda: total(scrape(port), *LINES_DONE))
 
@@ -69,11 +69,12 @@ def mtail_rate(tmp: Path, source: Path, lines: int) -> float:
     (progs / "cache_status.mtail").write_text(MTAIL_PROGRAM)
     args = [*core(), "mtail", "--progs", str(progs), "--logs", str(log), "--port", str(port),
             "--address", "127.0.0.1"]
-    with process(args, cwd=tmp):
+    with running(args, cwd=tmp):
         wait_for(lambda: bool(scrape(port)), timeout=30)
         time.sleep(0.5)  # let it open the file before the lines arrive
-        return _timed_append(source, log, lines,
-                             lambda: total(scrape(port), "lines_by_cache_status"))
+        # The Prometheus parser names a counter's samples ..._total; mtail may not.
+        return _timed_append(source, log, lines, lambda: total(
+            scrape(port), "lines_by_cache_status", "lines_by_cache_status_total"))
 
 
 def _timed_append(source: Path, log: Path, lines: int, counted: Callable[[], float]) -> float:

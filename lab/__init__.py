@@ -2,7 +2,8 @@
 
 Not part of the ``logwarden`` package. :mod:`lab.origin` serves versioned objects and records
 what it receives; :mod:`lab.cluster` renders ``examples/nginx.conf`` for loopback and runs NGINX
-nodes from it.
+nodes from it; :mod:`lab.process` stops what the lab, the benchmarks and the tests start, and
+:mod:`lab.accounting` reads and sums metric samples.
 """
 
 from lab.cluster import (

@@ -12,9 +12,9 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from lab.accounting import Key, parse_samples, total
 from lab.cluster import free_port
+from lab.process import stop_process
 
 
 def log_format_from_conf(conf_text: str, name: str = "logwarden") -> str:
@@ -75,27 +75,17 @@ class Agent:
         raise RuntimeError("logwarden did not become healthy in time")
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+        """SIGTERM, then SIGKILL after ``timeout`` s (exit code -9); None if never started."""
+        return None if self.proc is None else stop_process(self.proc, signal.SIGTERM, timeout)
 
-    def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def samples(self) -> dict[Key, float]:
         """Every sample of ``/metrics``, keyed by (name, sorted labels)."""
         with urllib.request.urlopen(self.base + "/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+            return parse_samples(resp.read().decode())
 
     def value(self, name: str, **labels: str) -> float:
         return self.samples().get((name, tuple(sorted(labels.items()))), 0.0)
 
     def total(self, name: str, **labels: str) -> float:
         """Sum of ``name`` over every series whose labels include ``labels``."""
-        want = set(labels.items())
-        return sum(v for (n, lbl), v in self.samples().items() if n == name and want <= set(lbl))
+        return total(self.samples(), name, **labels)

@@ -16,7 +16,6 @@ other IPv4 address.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import ipaddress
 import os
@@ -34,6 +33,7 @@ from typing import IO, NamedTuple
 from urllib.parse import urlsplit
 
 from lab.origin import Origin
+from lab.process import stop_process
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "nginx.conf"
 
@@ -106,7 +106,7 @@ class Response(NamedTuple):
 # helpers
 
 
-def free_port(host: str, kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+def free_port(host: str = "127.0.0.1", kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
     """A TCP (or ``SOCK_DGRAM``: UDP) port free on ``host`` now (bind port 0, read, release)."""
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind((host, 0))
@@ -351,17 +351,7 @@ class NginxNode:
         if proc is None:
             return
         try:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGQUIT)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    _killpg(proc.pid)
-                    proc.wait()
-            # The master waits for its workers, but if it died hard they may be orphans.
-            if _group_alive(proc.pid):
-                time.sleep(0.2)
-                _killpg(proc.pid)
+            stop_process(proc, signal.SIGQUIT, timeout, group=True)
         finally:
             self._proc = None
             if self._stderr is not None:
@@ -442,21 +432,6 @@ class NginxNode:
 
         wait_until(ready, timeout, what=f"{count} matching line(s) in {self.access_log}")
         return found
-
-
-def _killpg(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------------------------------------

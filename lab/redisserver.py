@@ -7,7 +7,6 @@ simulates a crash; :meth:`RedisServer.start` again brings it back on the same po
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import signal
 import socket
@@ -16,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from lab.cluster import free_port, wait_until
+from lab.process import stop_process
 
 
 def find_redis() -> str | None:
@@ -69,16 +69,8 @@ class RedisServer:
 
     def _signal(self, sig: signal.Signals) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, sig, 5)
 
     def __enter__(self) -> RedisServer:
         return self.start()

@@ -47,6 +47,7 @@ from pathlib import Path
 
 from lab import EXAMPLE_CONFIG, Cluster, NginxNode, accounting, find_nginx, free_port
 from lab.agent import Agent, log_format_from_conf
+from lab.process import kill_group
 
 HOST = "www.example.com"
 CHANGING = [f"/soak/change/{i}" for i in range(40)]
@@ -361,7 +362,7 @@ class Soak:
         assert pid is not None
         self.down.add("B")
         self.down_windows.append((time.time(), float("inf")))
-        os.killpg(pid, signal.SIGKILL)
+        kill_group(pid)
         node.stop()
 
     def restart(self) -> None:
@@ -478,22 +479,17 @@ class Soak:
 class Totals:
     """The counters the accounting equations use, from one scrape of an agent."""
 
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]
+    samples: dict[accounting.Key, float]
 
     @classmethod
     def scrape(cls, agent: Agent) -> Totals:
         return cls(agent.samples())
 
     def sum(self, name: str, **labels: str) -> float:
-        want = set(labels.items())
-        return sum(v for (n, lbl), v in self.samples.items() if n == name and want <= set(lbl))
+        return accounting.total(self.samples, name, **labels)
 
     def by(self, name: str, label: str, **labels: str) -> dict[str, float]:
-        want, out = set(labels.items()), defaultdict[str, float](float)
-        for (n, lbl), v in self.samples.items():
-            if n == name and want <= set(lbl):
-                out[dict(lbl)[label]] += v
-        return dict(out)
+        return accounting.by_label(self.samples, name, label, **labels)
 
     @property
     def lines(self) -> float:

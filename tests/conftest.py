@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from lab import Cluster, NginxNode, Origin, find_nginx
 from lab.agent import Agent
+from lab.process import group_alive
 from tests.agents import LOG_FORMAT, StartAgent
 
 
@@ -27,14 +27,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     names = pyfuncitem._fixtureinfo.argnames
     asyncio.run(pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names}))
-    return True
-
-
-def _process_group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
     return True
 
 
@@ -54,7 +46,7 @@ def cluster(origin: Origin, tmp_path: Path) -> Iterator[Cluster]:
     with Cluster(tmp_path / "cluster", nodes=3, origin=origin) as started:
         masters = [node.pid for node in started]
         yield started
-    left = [pid for pid in masters if pid is not None and _process_group_alive(pid)]
+    left = [pid for pid in masters if pid is not None and group_alive(pid)]
     assert not left, f"NGINX process groups still alive after stop(): {left}"
 
 

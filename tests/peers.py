@@ -8,6 +8,8 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from lab import free_port
+
 
 @dataclass
 class RecordingPeer:
@@ -63,10 +65,7 @@ class RecordingPeer:
 
 def dead_url() -> str:
     """A loopback URL with nothing listening (the port was free a moment ago)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @contextlib.contextmanager

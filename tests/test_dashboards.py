@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from lab import wait_until
 from lab.agent import Agent
 from logwarden.ops.metrics import REFRESH_OUTCOMES
 from tests.agents import LOG_FORMAT
+from tests.lines import example_line
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RULES = EXAMPLES / "prometheus-rules.yml"
@@ -39,9 +39,8 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """/metrics of a running logwarden that has read a few lines, as Prometheus fetches it."""
     tmp = tmp_path_factory.mktemp("scrape")
     log = tmp / "access.log"
-    log.write_text("".join(
-        f"{time.time():.3f}\thttp\twww.example.com\t80\tGET\t/{i}\t200\t{status}\t200\t"
-        "0.001\t-\tcurl\n" for i, status in enumerate(["MISS", "HIT", "EXPIRED"])) + "junk\n")
+    log.write_bytes(b"".join(example_line(f"/{i}", status)
+                             for i, status in enumerate(["MISS", "HIT", "EXPIRED"])) + b"junk\n")
     agent = Agent(log, LOG_FORMAT, "http://127.0.0.11:80", ["http://127.0.0.12:80"],
                   extra=["--from-start", "--dry-run"], stderr=tmp / "agent.log").start()
     try:

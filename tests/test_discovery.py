@@ -14,9 +14,8 @@ from logwarden.config import load_config
 from logwarden.daemon import Daemon
 from logwarden.route import discovery
 from logwarden.route.discovery import PeerSource, interface_addresses, read_peers_file
+from tests.lines import FMT, line
 from tests.peers import RecordingPeer
-
-FMT = '$host "$request" $status $upstream_cache_status "$http_user_agent"'
 
 
 class Answers:
@@ -36,7 +35,7 @@ class Answers:
         return list(self.addresses)
 
 
-def test_dns_peers_follow_the_answers_without_this_node(
+async def test_dns_peers_follow_the_answers_without_this_node(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(discovery, "LOOKUP_TIMEOUT", 0.05)
@@ -50,25 +49,22 @@ def test_dns_peers_follow_the_answers_without_this_node(
         await source.resolve()
         return source.current()
 
-    async def go() -> None:
-        assert await after(["127.0.0.11", "127.0.0.12", "127.0.0.1"]) == (
-            "http://127.0.0.50:8080", "http://127.0.0.12:8080")  # not self, not an interface
-        grown = await after(["127.0.0.12", "127.0.0.13", "::2"])
-        assert grown == ("http://127.0.0.50:8080", "http://127.0.0.12:8080",
-                         "http://127.0.0.13:8080", "http://[::2]:8080")
-        assert await after(None) == grown  # a failed lookup keeps the last answer
-        assert await after("hang") == grown  # so does one that takes too long
-        assert await after(["127.0.0.50"]) == ("http://127.0.0.50:8080",)  # listed once
-
-    asyncio.run(go())
+    assert await after(["127.0.0.11", "127.0.0.12", "127.0.0.1"]) == (
+        "http://127.0.0.50:8080", "http://127.0.0.12:8080")  # not self, not an interface
+    grown = await after(["127.0.0.12", "127.0.0.13", "::2"])
+    assert grown == ("http://127.0.0.50:8080", "http://127.0.0.12:8080",
+                     "http://127.0.0.13:8080", "http://[::2]:8080")
+    assert await after(None) == grown  # a failed lookup keeps the last answer
+    assert await after("hang") == grown  # so does one that takes too long
+    assert await after(["127.0.0.50"]) == ("http://127.0.0.50:8080",)  # listed once
     assert set(answers.asked) == {("cache.example", 8080)}
 
 
-def test_the_system_resolver_answers_for_localhost() -> None:
+async def test_the_system_resolver_answers_for_localhost() -> None:
     """Through getaddrinfo and the machine's own configuration, which is left untouched."""
     source = PeerSource((), self_url=None, dns=("http://localhost:8080",),
                         own_addresses=set)
-    asyncio.run(source.resolve())
+    await source.resolve()
     assert "http://127.0.0.1:8080" in source.current()
 
 
@@ -102,7 +98,7 @@ def test_peers_file_errors_name_the_line(tmp_path: Path) -> None:
         read_peers_file(str(path))
 
 
-def test_daemon_follows_dns_answers_across_lookups(tmp_path: Path) -> None:
+async def test_daemon_follows_dns_answers_across_lookups(tmp_path: Path) -> None:
     """Two peers on one port at two loopback addresses, found through an injected resolver;
     the answers also name 127.0.0.1, an interface address of this host: never a peer."""
     log = tmp_path / "access.log"
@@ -110,38 +106,30 @@ def test_daemon_follows_dns_answers_across_lookups(tmp_path: Path) -> None:
     port = free_port("127.0.0.41")
     answers = Answers()
     answers.addresses = ["127.0.0.41", "127.0.0.1"]
-
-    def miss(target: str) -> bytes:
-        return f'www.example.com "GET {target} HTTP/1.1" 200 MISS "curl/8"\n'.encode()
-
-    async def go() -> tuple[RecordingPeer, RecordingPeer]:
-        first = await RecordingPeer(host="127.0.0.41", port=port).start()
-        second = await RecordingPeer(host="127.0.0.42", port=port).start()
-        config = load_config({
-            "access_log": (str(log),), "log_format": FMT, "self": "http://127.0.0.11:80",
-            "peers_dns": (f"http://cache.test:{port}",), "dns_refresh": 0.1,
-            "poll_interval": 0.05, "metrics_listen": "off", "positions": "off",
-        }, None, {})
-        daemon = Daemon(config)
-        daemon.peer_source.resolver = answers
-        task = asyncio.create_task(daemon.run())
-        await until(lambda: daemon.health()["status"] == "ok")
-        assert daemon.health()["peers"] == [first.url]
-        with open(log, "ab") as fh:
-            fh.write(miss("/one"))
-        await until(lambda: len(first.heads) == 1)
-        answers.addresses = ["127.0.0.42", "127.0.0.1", "127.0.0.42"]
-        await until(lambda: daemon.health()["peers"] == [second.url])
-        with open(log, "ab") as fh:
-            fh.write(miss("/two"))
-        await until(lambda: len(second.heads) == 1)
-        daemon.stopping.set()
-        assert await task == 0
-        await first.close()
-        await second.close()
-        return first, second
-
-    first, second = asyncio.run(go())
+    first = await RecordingPeer(host="127.0.0.41", port=port).start()
+    second = await RecordingPeer(host="127.0.0.42", port=port).start()
+    config = load_config({
+        "access_log": (str(log),), "log_format": FMT, "self": "http://127.0.0.11:80",
+        "peers_dns": (f"http://cache.test:{port}",), "dns_refresh": 0.1,
+        "poll_interval": 0.05, "metrics_listen": "off", "positions": "off",
+    }, None, {})
+    daemon = Daemon(config)
+    daemon.peer_source.resolver = answers
+    task = asyncio.create_task(daemon.run())
+    await until(lambda: daemon.health()["status"] == "ok")
+    assert daemon.health()["peers"] == [first.url]
+    with open(log, "ab") as fh:
+        fh.write(line("/one"))
+    await until(lambda: len(first.heads) == 1)
+    answers.addresses = ["127.0.0.42", "127.0.0.1", "127.0.0.42"]
+    await until(lambda: daemon.health()["peers"] == [second.url])
+    with open(log, "ab") as fh:
+        fh.write(line("/two"))
+    await until(lambda: len(second.heads) == 1)
+    daemon.stopping.set()
+    assert await task == 0
+    await first.close()
+    await second.close()
     assert first.request_lines() == [b"HEAD /one HTTP/1.1"]
     assert second.request_lines() == [b"HEAD /two HTTP/1.1"]
 

@@ -4,7 +4,6 @@ of examples/nginx.conf, and a flood held to the token bucket."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
@@ -17,12 +16,14 @@ from urllib.request import urlopen
 import pytest
 
 from lab import EXAMPLE_CONFIG, OUTSIDER_ADDRESS, Cluster, NginxNode, Origin, free_port, wait_until
+from lab.accounting import by_label, samples_of
 from lab.agent import Agent
 from lab.cluster import CLIENT_ADDRESS, LAB_SECRET, current_user
 from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
 from logwarden.model import Refresh
 from logwarden.ops.metrics import Metrics
 from tests.agents import StartAgent, body_version, refreshes_seen, urls
+from tests.lines import example_line
 from tests.peers import dead_url, silent_url
 
 pytestmark = pytest.mark.nginx
@@ -232,27 +233,25 @@ def tls_node(tmp_path: Path, certs: Certs) -> Iterator[TlsNode]:
         yield node
 
 
-def dispatch(peers: Sequence[str], refreshes: Sequence[Refresh], **settings: object) -> Metrics:
+async def dispatch(peers: Sequence[str], refreshes: Sequence[Refresh],
+                   **settings: object) -> Metrics:
     """Send ``refreshes`` to ``peers`` with a fresh dispatcher; its metrics once all are done."""
-    async def go() -> Metrics:
-        m = Metrics()
-        d = Dispatcher(tuple(peers), DispatchSettings(retries=0, **settings), m)  # type: ignore[arg-type]
-        d.start()
-        for refresh in refreshes:
-            d.submit(refresh)
-        assert await d.close(5) == 0
-        return m
-
-    return asyncio.run(go())
+    m = Metrics()
+    d = Dispatcher(tuple(peers), DispatchSettings(retries=0, **settings), m)  # type: ignore[arg-type]
+    d.start()
+    for refresh in refreshes:
+        d.submit(refresh)
+    assert await d.close(5) == 0
+    return m
 
 
 def outcomes(m: Metrics, peer: str) -> dict[str, float]:
-    return {s.labels["outcome"]: s.value for family in m.registry.collect()
-            if family.name == "logwarden_refreshes" for s in family.samples
-            if s.labels.get("peer") == peer and s.value and s.name.endswith("_total")}
+    """The outcomes of the refreshes sent to ``peer`` that happened at all."""
+    counts = by_label(samples_of(m.registry), "logwarden_refreshes_total", "outcome", peer=peer)
+    return {outcome: n for outcome, n in counts.items() if n}
 
 
-def test_https_peer_gets_the_original_host_as_sni_and_is_verified(
+async def test_https_peer_gets_the_original_host_as_sni_and_is_verified(
     tls_node: TlsNode, certs: Certs,
 ) -> None:
     """The URL's scheme picks the listener; each host gets its own verified TLS connection."""
@@ -260,16 +259,16 @@ def test_https_peer_gets_the_original_host_as_sni_and_is_verified(
     refreshes = [Refresh("https", HOST, b"/s?a=1", "MISS"),
                  Refresh("https", "static.example.com", b"/t", "MISS"),
                  Refresh("http", HOST, b"/plain", "MISS")]
-    m = dispatch((node.url, node.tls_url), refreshes, peer_ca=str(certs.ca))
+    m = await dispatch((node.url, node.tls_url), refreshes, peer_ca=str(certs.ca))
     assert outcomes(m, node.tls_url) == {"ok": 2} and outcomes(m, node.url) == {"ok": 1}
     assert sorted(node.tls_log()) == sorted([
         ("https", HOST, HOST, "/s?a=1"),
         ("https", "static.example.com", "static.example.com", "/t"),
         ("http", "-", HOST, "/plain")])
 
-    unknown_ca = dispatch((node.tls_url,), refreshes[:1])  # the system CAs do not know ours
+    unknown_ca = await dispatch((node.tls_url,), refreshes[:1])  # the system CAs do not know ours
     assert outcomes(unknown_ca, node.tls_url) == {"tls_error": 1}
-    insecure = dispatch((node.tls_url,), refreshes[:1], insecure_tls=True)
+    insecure = await dispatch((node.tls_url,), refreshes[:1], insecure_tls=True)
     assert outcomes(insecure, node.tls_url) == {"ok": 1}
     assert len(node.tls_log()) == 4
 
@@ -347,12 +346,6 @@ BURST = 100
 RSS_GROWTH_BOUND = 32 << 20  # measured: about 6 MiB (dedup window, metrics, buffers)
 
 
-def _flood_line(i: int, now: float) -> bytes:
-    fields = (f"{now:.3f}", "http", HOST, "80", "GET", f"/flood/{i}?ma=60", "200", "MISS", "200",
-              "0.001", "-", "curl/8.0")
-    return "\t".join(fields).encode() + b"\n"
-
-
 def _rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -371,7 +364,7 @@ def test_flood_of_distinct_misses_is_held_to_the_token_bucket(
     rss_before = _rss(agent.proc.pid)
     with a.access_log.open("ab") as log:
         for chunk in range(4):  # 20,000 lines over about 1.5 s
-            log.write(b"".join(_flood_line(i, time.time())
+            log.write(b"".join(example_line(f"/flood/{i}?ma=60")
                                for i in range(chunk * 5000, (chunk + 1) * 5000)))
             log.flush()
             time.sleep(0.5)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from lab import (
     wait_until,
 )
 from lab.cluster import current_user
+from lab.process import running
 from logwarden.config import ConfigError, load_config
 from logwarden.parse.logformat import LogFormat
 from logwarden.parse.nginxconf import (
@@ -93,17 +93,8 @@ http {{
 def running_nginx(conf: Path) -> Iterator[None]:
     assert NGINX is not None
     args = [NGINX, "-c", str(conf), "-p", f"{conf.parent}/", "-g", "daemon off;"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
+    with running(args, signal.SIGQUIT, 5, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
         yield
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def nginx_dump(conf: Path) -> str:

@@ -18,14 +18,11 @@ from pathlib import Path
 import pytest
 
 from lab import free_port, wait_until
+from lab.process import stop_process
+from tests.lines import FMT, line
 
-FMT = '$host "$request" $status $upstream_cache_status "$http_user_agent"'
 QUEUED = 1000
 DEADLINE = 2.0
-
-
-def line(target: str) -> bytes:
-    return f'www.example.com "GET {target} HTTP/1.1" 200 MISS "curl/8"\n'.encode()
 
 
 class SlowPeer(http.server.ThreadingHTTPServer):
@@ -105,9 +102,7 @@ class Run:
         return self.proc.wait(timeout=30), time.monotonic() - started
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, signal.SIGKILL)
         self.stderr.close()
 
 
