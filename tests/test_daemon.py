@@ -12,16 +12,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from lab import free_port
 from logwarden.config import load_config
 from tests.agents import start_daemon
+from tests.lines import FMT, line
 from tests.peers import RecordingPeer
-
-FMT = '$host "$request" $status $upstream_cache_status "$http_user_agent"'
-
-
-def line(target: str, status: str = "MISS", ua: str = "curl/8", host: str = "www.example.com",
-         code: int = 200) -> bytes:
-    return f'{host} "GET {target} HTTP/1.1" {code} {status} "{ua}"\n'.encode()
 
 
 async def test_pipeline_counts_every_line(tmp_path: Path) -> None:
@@ -84,9 +79,7 @@ def test_sigterm_cuts_stuck_refreshes_at_the_deadline_and_exits_0(tmp_path: Path
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)
         peer = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            metrics = f"127.0.0.1:{probe.getsockname()[1]}"
+        metrics = f"127.0.0.1:{free_port()}"
         proc = subprocess.Popen(
             [sys.executable, "-m", "logwarden", "run", "--access-log", str(log),
              "--log-format", FMT, "--peer", peer, "--timeout", "30",

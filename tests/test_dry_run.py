@@ -7,13 +7,8 @@ from pathlib import Path
 
 from logwarden.config import load_config
 from tests.agents import start_daemon
+from tests.lines import FMT, line
 from tests.peers import RecordingPeer
-
-FMT = '$host "$request" $status $upstream_cache_status "$http_user_agent"'
-
-
-def _line(target: str, status: str) -> bytes:
-    return f'www.example.com "GET {target} HTTP/1.1" 200 {status} "curl/8"\n'.encode()
 
 
 async def test_dry_run_decides_and_sends_nothing(tmp_path: Path) -> None:
@@ -28,7 +23,7 @@ async def test_dry_run_decides_and_sends_nothing(tmp_path: Path) -> None:
     }, None, {})
     daemon, task = await start_daemon(config)
     with open(log, "ab") as fh:
-        fh.write(_line("/a", "MISS") + _line("/b", "EXPIRED") + _line("/c", "HIT"))
+        fh.write(line("/a", "MISS") + line("/b", "EXPIRED") + line("/c", "HIT"))
     value = daemon.metrics.registry.get_sample_value
     async with asyncio.timeout(5):
         while (value("logwarden_triggers_total", {"cache_status": "EXPIRED"}) or 0) < 1:

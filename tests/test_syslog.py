@@ -184,31 +184,27 @@ def send(datagrams: list[bytes], to: Any, family: int = socket.AF_INET,
             sock.sendto(datagram, to)
 
 
-def test_udp_listener_keeps_its_tag_and_counts_the_rest() -> None:
-    async def go() -> None:
-        async with listening("udp://127.0.0.1:0") as lw:
-            send([UDP_DATAGRAM, TAB_DATAGRAM, NOHOSTNAME_DATAGRAM, b"\x00\xffgarbage", b"",
-                  b"<190>1 - vm nginx - - - rfc5424"], lw.source.local_address)
-            await lw.until(lambda: lw.value("logwarden_syslog_datagrams_total") == 6)
-            assert lw.messages() == [UDP_DATAGRAM[31:], TAB_MESSAGE, b"rfc5424"]
-            assert lw.value("logwarden_lines_total") == 3
-            assert lw.value("logwarden_syslog_ignored_total", reason="other_tag") == 1
-            assert lw.value("logwarden_syslog_ignored_total", reason="malformed") == 2
-            assert lw.value("logwarden_syslog_ignored_total", reason="disallowed") == 0
-            assert lw.value("logwarden_syslog_kernel_drops_total") == 0
-    asyncio.run(go())
+async def test_udp_listener_keeps_its_tag_and_counts_the_rest() -> None:
+    async with listening("udp://127.0.0.1:0") as lw:
+        send([UDP_DATAGRAM, TAB_DATAGRAM, NOHOSTNAME_DATAGRAM, b"\x00\xffgarbage", b"",
+              b"<190>1 - vm nginx - - - rfc5424"], lw.source.local_address)
+        await lw.until(lambda: lw.value("logwarden_syslog_datagrams_total") == 6)
+        assert lw.messages() == [UDP_DATAGRAM[31:], TAB_MESSAGE, b"rfc5424"]
+        assert lw.value("logwarden_lines_total") == 3
+        assert lw.value("logwarden_syslog_ignored_total", reason="other_tag") == 1
+        assert lw.value("logwarden_syslog_ignored_total", reason="malformed") == 2
+        assert lw.value("logwarden_syslog_ignored_total", reason="disallowed") == 0
+        assert lw.value("logwarden_syslog_kernel_drops_total") == 0
 
 
-def test_ipv6_listener() -> None:
+async def test_ipv6_listener() -> None:
     if not socket.has_ipv6 or not _can_bind_ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
 
-    async def go() -> None:
-        async with listening("udp://[::1]:0", tag="ngx_alt") as lw:
-            send([NOHOSTNAME_DATAGRAM], lw.source.local_address, socket.AF_INET6)
-            await lw.until(lambda: lw.value("logwarden_lines_total") == 1)
-            assert lw.messages() == [b"127.0.0.1 - - ..."]
-    asyncio.run(go())
+    async with listening("udp://[::1]:0", tag="ngx_alt") as lw:
+        send([NOHOSTNAME_DATAGRAM], lw.source.local_address, socket.AF_INET6)
+        await lw.until(lambda: lw.value("logwarden_lines_total") == 1)
+        assert lw.messages() == [b"127.0.0.1 - - ..."]
 
 
 def _can_bind_ipv6_loopback() -> bool:
@@ -220,30 +216,26 @@ def _can_bind_ipv6_loopback() -> bool:
     return True
 
 
-def test_allow_list_rejects_other_sources() -> None:
-    async def go() -> None:
-        async with listening("udp://127.0.0.1:0", allow=("127.0.0.2/32",)) as lw:
-            for sender in ("127.0.0.2", "127.0.0.3", "127.0.0.2"):
-                send([TAB_DATAGRAM], lw.source.local_address, source=sender)
-            await lw.until(lambda: lw.value("logwarden_syslog_datagrams_total") == 3)
-            assert lw.value("logwarden_lines_total") == 2
-            assert lw.value("logwarden_syslog_ignored_total", reason="disallowed") == 1
-    asyncio.run(go())
+async def test_allow_list_rejects_other_sources() -> None:
+    async with listening("udp://127.0.0.1:0", allow=("127.0.0.2/32",)) as lw:
+        for sender in ("127.0.0.2", "127.0.0.3", "127.0.0.2"):
+            send([TAB_DATAGRAM], lw.source.local_address, source=sender)
+        await lw.until(lambda: lw.value("logwarden_syslog_datagrams_total") == 3)
+        assert lw.value("logwarden_lines_total") == 2
+        assert lw.value("logwarden_syslog_ignored_total", reason="disallowed") == 1
 
 
-def test_a_full_queue_drops_and_counts_without_waiting() -> None:
-    async def go() -> None:
-        async with listening("udp://127.0.0.1:0", queue_size=1) as lw:
-            send([TAB_DATAGRAM], lw.source.local_address)
-            await lw.until(lambda: lw.queue.full())
-            send([TAB_DATAGRAM, TAB_DATAGRAM], lw.source.local_address)
-            await lw.until(lambda: lw.value("logwarden_syslog_datagrams_total") == 3)
-            assert lw.value("logwarden_syslog_queue_drops_total") == 2
-            assert lw.value("logwarden_lines_total") == 1
-    asyncio.run(go())
+async def test_a_full_queue_drops_and_counts_without_waiting() -> None:
+    async with listening("udp://127.0.0.1:0", queue_size=1) as lw:
+        send([TAB_DATAGRAM], lw.source.local_address)
+        await lw.until(lambda: lw.queue.full())
+        send([TAB_DATAGRAM, TAB_DATAGRAM], lw.source.local_address)
+        await lw.until(lambda: lw.value("logwarden_syslog_datagrams_total") == 3)
+        assert lw.value("logwarden_syslog_queue_drops_total") == 2
+        assert lw.value("logwarden_lines_total") == 1
 
 
-def test_unix_socket_64k_datagram_and_socket_file_lifecycle(tmp_path: Path) -> None:
+async def test_unix_socket_64k_datagram_and_socket_file_lifecycle(tmp_path: Path) -> None:
     path = tmp_path / "syslog.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dead:
         dead.bind(str(path))  # a stale socket file, as a killed process leaves it
@@ -251,23 +243,21 @@ def test_unix_socket_64k_datagram_and_socket_file_lifecycle(tmp_path: Path) -> N
     big = header + b"x" * (64 * 1024 - len(header))
     too_long = header + b"y" * (64 * 1024 + 1)
 
-    async def go() -> None:
-        async with listening(f"unix://{path}", bind=False) as lw:
-            assert path.is_socket()
-            send([big, too_long, UNIX_DATAGRAM], str(path), socket.AF_UNIX)
-            await lw.until(lambda: lw.value("logwarden_syslog_datagrams_total") == 3)
-            assert lw.messages() == [big[len(header):], UNIX_DATAGRAM[31:]]
-            assert lw.value("logwarden_lines_too_long_total") == 1
+    async with listening(f"unix://{path}", bind=False) as lw:
+        assert path.is_socket()
+        send([big, too_long, UNIX_DATAGRAM], str(path), socket.AF_UNIX)
+        await lw.until(lambda: lw.value("logwarden_syslog_datagrams_total") == 3)
+        assert lw.messages() == [big[len(header):], UNIX_DATAGRAM[31:]]
+        assert lw.value("logwarden_lines_too_long_total") == 1
     assert len(big) == 65536
-    asyncio.run(go())
     assert not path.exists()  # removed at exit
 
 
-def test_a_smaller_receive_buffer_than_asked_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    async def go() -> None:  # more than Linux grants anybody, root included (INT_MAX / 2)
-        async with listening("udp://127.0.0.1:0", rcvbuf=2**31 - 1):
-            pass
-    asyncio.run(go())
+async def test_a_smaller_receive_buffer_than_asked_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # More than Linux grants anybody, root included (INT_MAX / 2).
+    async with listening("udp://127.0.0.1:0", rcvbuf=2**31 - 1):
+        pass
     assert "the kernel granted" in caplog.text
 
 
