@@ -29,6 +29,7 @@ from logwarden.parse.nginxconf import read as read_nginx_conf
 from logwarden.route.bus import parse_bus_url
 from logwarden.route.discovery import check_peer_url, is_self, read_peers_file
 from logwarden.sources.positions import default_path as default_positions_path
+from logwarden.sources.syslog import Address
 from logwarden.sources.syslog import parse_url as parse_syslog_url
 
 ENV_PREFIX = "LOGWARDEN_"
@@ -110,12 +111,14 @@ def _check_access_logs(key: str, paths: tuple[str, ...]) -> None:
                               "examples/logwarden.service does)")
 
 
-def _check_syslog_urls(key: str, urls: tuple[str, ...]) -> None:
+def _check_syslog_urls(key: str, urls: tuple[str, ...]) -> tuple[Address, ...]:
+    addresses = []
     for url in urls:
         try:
-            parse_syslog_url(url)
+            addresses.append(parse_syslog_url(url))
         except ValueError as exc:
             raise ConfigError(key, url, str(exc)) from None
+    return tuple(addresses)
 
 
 def _check_networks(key: str, networks: tuple[str, ...]) -> None:
@@ -165,8 +168,21 @@ def _check_header(key: str, header: str) -> None:
         raise ConfigError(key, header, "must be ASCII without control characters")
 
 
-def _read_header_file(key: str, path: str) -> str:
+def _check_statuses(key: str, raw: tuple[str, ...]) -> tuple[str, ...]:
+    """The statuses upper-cased, each once (a comma-separated item counts as several)."""
+    statuses = tuple(dict.fromkeys(s.upper() for item in raw for s in _split(item)))
+    for s in statuses:
+        if s not in CACHE_STATUSES:
+            raise ConfigError(key, s, f"is not a cache status ({', '.join(CACHE_STATUSES)})")
+    if not statuses:
+        raise ConfigError(key, "", "must name at least one cache status")
+    return statuses
+
+
+def _read_header_file(key: str, path: str | None) -> str | None:
     """The header line in ``path``; errors name the file, never its content (a secret)."""
+    if path is None:
+        return None
     try:
         header = Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -275,7 +291,7 @@ SETTINGS: tuple[Setting, ...] = (
             "refresh.", check=_check_peer_url),
     Setting("statuses", str, ("MISS", "EXPIRED", "UPDATING", "STALE"),
             "$upstream_cache_status values that trigger a refresh (repeatable or comma-separated).",
-            multiple=True),
+            multiple=True, check=_check_statuses),
     Setting("dedup_window", float, 1.0, "Seconds within which repeated triggers for one URL "
             "produce one fan-out.", check=_not_negative),
     Setting("dedup_max_urls", int, 50_000, "URLs the dedup window remembers at most (the "
@@ -284,7 +300,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("refresh_header", str, "X-Refresh: 1", "Header 'Name: value' the peers map to "
             "proxy_cache_bypass.", check=_check_header),
     Setting("refresh_header_file", str, None, "File holding the refresh header 'Name: value' "
-            "with a shared secret; replaces --refresh-header, never printed."),
+            "with a shared secret; replaces --refresh-header, never printed.",
+            check=_read_header_file),
     Setting("mode", str, "refresh", "refresh: a bypass request; purge: the purge method, "
             "then optionally a bypass request.", choices=tuple(MODES)),
     Setting("purge_method", str, "PURGE", "Method of purge requests in purge mode.",
@@ -415,6 +432,8 @@ class Config:
     """``log_format`` compiled, once (None for ``warm`` without a format)."""
     metrics_address: tuple[str, int] | None = field(default=None, repr=False, compare=False)
     """``metrics_listen`` parsed; None for ``off``."""
+    syslog_addresses: tuple[Address, ...] = field(default=(), repr=False, compare=False)
+    """``syslog`` parsed, one address per URL."""
 
     @property
     def refresh_mode(self) -> Mode:
@@ -589,24 +608,25 @@ def _coerce_bool(key: str, raw: Any, text: bool) -> bool:
 
 
 def _validate(v: dict[str, Any], needs: Needs) -> Config:
-    parsed = {}
+    parsed: dict[str, Any] = {}
     for s in SETTINGS:
         if s.check is not None:
             parsed[s.name] = s.check(s.name, v[s.name])
         if s.choices and v[s.name] not in s.choices:
             raise ConfigError(s.name, v[s.name], f"must be one of {', '.join(s.choices)}")
-    v["statuses"] = _normalise_statuses(v["statuses"])
+    v["statuses"] = parsed["statuses"]
     if needs.sources and not v["access_log"] and not v["syslog"]:
         raise ConfigError("access_log", "",
                           "is required: the access log file to tail (or a syslog listener)")
     parser = _check_format(v) if v["log_format"] or needs.log_format else None
-    if v["refresh_header_file"]:
-        v["refresh_header"] = _read_header_file("refresh_header_file", v["refresh_header_file"])
+    if parsed["refresh_header_file"]:
+        v["refresh_header"] = parsed["refresh_header_file"]
     if v["refresh_from_self"] and not v["self"]:
         raise ConfigError("refresh_from_self", True, "needs self: the address peers fetch from")
     config = Config(**{_BY_NAME[name].field if name in _BY_NAME else name: value
                        for name, value in v.items()},
-                    parser=parser, metrics_address=parsed["metrics_listen"])  # type: ignore[arg-type]
+                    parser=parser, metrics_address=parsed["metrics_listen"],
+                    syslog_addresses=parsed["syslog"])
     if needs.nodes and not (config.peer or config.self_url or config.peers_file
                             or config.peers_dns):
         raise ConfigError("peer", "", "is required: the nodes to warm")
@@ -645,16 +665,6 @@ def _compile_format(fmt: str, escape: str) -> LogFormat:
         return LogFormat.compile(fmt, escape)
     except LogFormatError as exc:
         raise ConfigError("log_format", fmt, str(exc)) from None
-
-
-def _normalise_statuses(raw: tuple[str, ...]) -> tuple[str, ...]:
-    statuses = tuple(dict.fromkeys(s.upper() for item in raw for s in _split(item)))
-    for s in statuses:
-        if s not in CACHE_STATUSES:
-            raise ConfigError("statuses", s, f"is not a cache status ({', '.join(CACHE_STATUSES)})")
-    if not statuses:
-        raise ConfigError("statuses", "", "must name at least one cache status")
-    return statuses
 
 
 def _toml_value(value: Any) -> str:

@@ -93,8 +93,8 @@ class Daemon:
         listeners: list[Source] = [
             SyslogSource(url, self.lines, self.metrics, tag=cfg.syslog_tag,
                          rcvbuf=cfg.syslog_rcvbuf, allow=cfg.syslog_allow,
-                         max_line_bytes=cfg.max_line_bytes)
-            for url in cfg.syslog]
+                         max_line_bytes=cfg.max_line_bytes, address=address)
+            for url, address in zip(cfg.syslog, cfg.syslog_addresses, strict=True)]
         return files + listeners
 
     def _bus(self, url: str, local: Dispatcher) -> Bus:

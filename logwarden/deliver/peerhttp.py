@@ -6,7 +6,7 @@ request line must carry the client's bytes unchanged (general clients normalise 
 names the original host (SNI), so kept-alive connections are pooled per host, not per peer.
 The wire format is h11's; this module only moves bytes and owns the connections.
 
-Errors, as raised by :meth:`PeerClient.request`::
+Errors, as raised by :meth:`PeerClient.fetch`::
 
     PeerError
      ├── ConnectError    no TCP connection (refused, unreachable)
@@ -15,8 +15,8 @@ Errors, as raised by :meth:`PeerClient.request`::
      └── BodyTooLarge    fetch(): the body is over max_body
 
 Timeouts are the caller's (``asyncio.timeout``); a cancelled request closes its connection.
-:meth:`PeerClient.fetch` also returns the headers and up to ``max_body`` bytes of the body
-(``logwarden warm``: X-Cache-Status, sitemaps); :meth:`PeerClient.request` reads and drops it.
+:meth:`PeerClient.fetch` returns the status, the headers (a refresh mode judges them: e.g.
+X-Cache-Status) and up to ``max_body`` bytes of the body (``logwarden warm``'s sitemaps).
 """
 
 from __future__ import annotations
@@ -131,11 +131,6 @@ class PeerClient:
         self.tls = tls
         self.max_idle = max_idle
         self._idle: deque[_Connection] = deque()
-
-    async def request(self, method: str, target: bytes, host: str,
-                      headers: list[tuple[str, str]]) -> int:
-        """Send one request with ``target`` as its exact request target; returns the status."""
-        return (await self.fetch(method, target, host, headers)).status
 
     async def fetch(self, method: str, target: bytes, host: str,
                     headers: list[tuple[str, str]], *, max_body: int = 0) -> Answer:

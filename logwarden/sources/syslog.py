@@ -126,9 +126,11 @@ class SyslogSource:
         rcvbuf: int = 4 << 20,
         allow: Iterable[str] = (),
         max_line_bytes: int = 64 * 1024,
+        address: Address | None = None,
     ) -> None:
+        """``address``: ``url`` parsed already (the config keeps it), else parsed here."""
         self.name = url
-        self.address = parse_url(url)
+        self.address = parse_url(url) if address is None else address
         self.out = out
         self.metrics = metrics
         self.tag = tag.encode()
