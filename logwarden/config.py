@@ -452,7 +452,7 @@ class Config:
         return tuple(p for p in self.peer if not is_self(p, self.self_url))
 
     @property
-    def source(self) -> tuple[str, str] | None:
+    def holder(self) -> tuple[str, str] | None:
         """(scheme, ``ADDRESS:PORT``) of this node as refreshes name it for origin offload
         (``--refresh-from-self``; the port spelled out, as the peers' nginx.conf map lists it)."""
         if not (self.refresh_from_self and self.self_url):

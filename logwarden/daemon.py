@@ -25,7 +25,7 @@ from logwarden.model import Refresh
 from logwarden.ops.metrics import Metrics, MetricsServer
 from logwarden.ops.sdnotify import notify
 from logwarden.route.bus import Bus
-from logwarden.route.discovery import PeerSource
+from logwarden.route.discovery import PeerList
 from logwarden.route.router import Recorder, Router, Target
 from logwarden.sources import LineQueue, Source, SourceError
 from logwarden.sources.file import FileSource
@@ -59,7 +59,7 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.reload = asyncio.Event()
         """Set on SIGHUP: the peer follower reads the peers file and DNS again."""
-        self.peer_source = PeerSource(cfg.peer, self_url=cfg.self_url, peers_file=cfg.peers_file,
+        self.peer_list = PeerList(cfg.peer, self_url=cfg.self_url, peers_file=cfg.peers_file,
                                       dns=cfg.peers_dns)
         settings = DispatchSettings.from_config(cfg)
         self.dispatcher = Dispatcher((), settings, m, propagation="msec" in parser.variables)
@@ -72,7 +72,7 @@ class Daemon:
             self.bus = self._bus(cfg.bus, self.local)
         target: Target = self.bus or self.dispatcher
         if cfg.dry_run:  # decided and admitted as usual; nothing is sent
-            target = Recorder(cfg.targets, dynamic=self.peer_source.dynamic, metrics=m)
+            target = Recorder(cfg.targets, dynamic=self.peer_list.dynamic, metrics=m)
         self.router = Router.from_config(cfg, target, m)
         origin = OriginWatch(m, parser, default_host=cfg.default_host,
                              host_labels=cfg.origin_host_labels)
@@ -110,14 +110,14 @@ class Daemon:
 
         return Bus(url, cfg.bus_channel, m, method=cfg.refresh_method,
                    receive=lambda refresh: receive.route(refresh) is None, fallback=to_peers,
-                   accept_source=cfg.refresh_from_self)
+                   accept_holder=cfg.refresh_from_self)
 
     async def run(self) -> int:
         cfg = self.config
         await self._start()
         tasks = [asyncio.create_task(s.run(), name=f"source {s.name}") for s in self.sources]
-        if self.peer_source.dynamic and not cfg.dry_run:
-            tasks.append(asyncio.create_task(self.peer_source.follow(
+        if self.peer_list.dynamic and not cfg.dry_run:
+            tasks.append(asyncio.create_task(self.peer_list.follow(
                 self.dispatcher, self.reload, poll_interval=cfg.poll_interval,
                 dns_refresh=cfg.dns_refresh), name="peers"))
         if self.bus is not None:
@@ -137,9 +137,9 @@ class Daemon:
     async def _start(self) -> None:
         """Everything that can fail at start-up fails here, before any line is read."""
         cfg = self.config
-        self.peer_source.reload_file()
-        await self.peer_source.resolve()
-        self.dispatcher.set_peers(() if cfg.dry_run else self.peer_source.current())
+        self.peer_list.reload_file()
+        await self.peer_list.resolve()
+        self.dispatcher.set_peers(() if cfg.dry_run else self.peer_list.current())
         try:
             for source in self.sources:
                 source.bind()
@@ -226,7 +226,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
 
     def _on_hangup(self) -> None:
-        if not self.peer_source.dynamic:
+        if not self.peer_list.dynamic:
             log.info("SIGHUP: no --peers-file or --peers-dns to reload")
         self.reload.set()
 

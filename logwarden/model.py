@@ -66,7 +66,7 @@ class Refresh(NamedTuple):
     """The status that triggered it, for metrics and logs."""
     logged_at: float | None = None
     """Unix time of the triggering line, when the format has one."""
-    source: str | None = None
+    holder: str | None = None
     """``ADDRESS:PORT`` of the node that holds the new copy (origin offload): refresh requests
     name it in ``X-Logwarden-Source`` so the peers fetch from it instead of the origin."""
 

@@ -33,7 +33,7 @@ def test_message_round_trip_keeps_the_exact_target() -> None:
     assert json.loads(data)["v"] == VERSION and len(data) < 250
     node, back = decode(data)
     assert node == "node-1"
-    assert (back.scheme, back.host, back.target, back.logged_at, back.source) == (
+    assert (back.scheme, back.host, back.target, back.logged_at, back.holder) == (
         "https", "www.example.com", b"/a/caf%C3%A9?b=2&a=1", 1.5e9, "10.0.0.1:80")
 
 

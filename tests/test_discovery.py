@@ -13,7 +13,7 @@ from lab import free_port
 from logwarden.config import load_config
 from logwarden.daemon import Daemon
 from logwarden.route import discovery
-from logwarden.route.discovery import PeerSource, interface_addresses, read_peers_file
+from logwarden.route.discovery import PeerList, interface_addresses, read_peers_file
 from tests.lines import FMT, line
 from tests.peers import RecordingPeer
 
@@ -40,7 +40,7 @@ async def test_dns_peers_follow_the_answers_without_this_node(
 ) -> None:
     monkeypatch.setattr(discovery, "LOOKUP_TIMEOUT", 0.05)
     answers = Answers()
-    source = PeerSource(("http://127.0.0.50:8080",), self_url="http://127.0.0.11:8080",
+    source = PeerList(("http://127.0.0.50:8080",), self_url="http://127.0.0.11:8080",
                         dns=("http://cache.example:8080",), resolver=answers,
                         own_addresses=lambda: {"127.0.0.1", "::1"})
 
@@ -62,7 +62,7 @@ async def test_dns_peers_follow_the_answers_without_this_node(
 
 async def test_the_system_resolver_answers_for_localhost() -> None:
     """Through getaddrinfo and the machine's own configuration, which is left untouched."""
-    source = PeerSource((), self_url=None, dns=("http://localhost:8080",),
+    source = PeerList((), self_url=None, dns=("http://localhost:8080",),
                         own_addresses=set)
     await source.resolve()
     assert "http://127.0.0.1:8080" in source.current()
@@ -76,7 +76,7 @@ def test_interface_addresses_include_loopback() -> None:
 def test_peers_file_is_read_again_only_when_it_changes(tmp_path: Path) -> None:
     path = tmp_path / "peers"
     path.write_text("# cluster\nhttp://127.0.0.12:8080\n\nhttp://127.0.0.13:8080  # c\n")
-    source = PeerSource(("http://127.0.0.12:8080",), self_url="http://127.0.0.11:8080",
+    source = PeerList(("http://127.0.0.12:8080",), self_url="http://127.0.0.11:8080",
                         peers_file=str(path))
     assert source.file_changed()
     source.reload_file()
@@ -114,7 +114,7 @@ async def test_daemon_follows_dns_answers_across_lookups(tmp_path: Path) -> None
         "poll_interval": 0.05, "metrics_listen": "off", "positions": "off",
     }, None, {})
     daemon = Daemon(config)
-    daemon.peer_source.resolver = answers
+    daemon.peer_list.resolver = answers
     task = asyncio.create_task(daemon.run())
     await until(lambda: daemon.health()["status"] == "ok")
     assert daemon.health()["peers"] == [first.url]

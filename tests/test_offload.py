@@ -147,8 +147,8 @@ BASE = {"access_log": ("/var/log/nginx/access.log",), "log_format": "$host \"$re
 def test_the_source_is_self_with_its_port_spelled_out(own: str, source: tuple[str, str]) -> None:
     """As the peers' nginx.conf map lists it: "1:10.0.0.1:80"."""
     config = load_config({**BASE, "self": own, "refresh_from_self": True}, None, {})
-    assert config.source == source
-    assert load_config({**BASE, "self": own}, None, {}).source is None
+    assert config.holder == source
+    assert load_config({**BASE, "self": own}, None, {}).holder is None
 
 
 def test_refresh_from_self_needs_self() -> None:

@@ -82,10 +82,10 @@ def test_rules_apply_in_order_and_each_refusal_is_counted_once() -> None:
 def test_offload_names_this_node_only_for_its_scheme() -> None:
     sent: list[Refresh] = []
     router = Router(Recorder(on_submit=sent.append), Metrics(),
-                    source=("http", "10.0.0.1:80"))
+                    holder=("http", "10.0.0.1:80"))
     router.route(refresh(b"/h"))
     router.route(refresh(b"/s", scheme="https"))
-    assert [(r.target, r.source) for r in sent] == [(b"/h", "10.0.0.1:80"), (b"/s", None)]
+    assert [(r.target, r.holder) for r in sent] == [(b"/h", "10.0.0.1:80"), (b"/s", None)]
 
 
 @pytest.mark.parametrize(("peers", "dynamic", "https_ok"), [

@@ -13,7 +13,7 @@ import pytest
 from lab import Cluster, Origin
 from logwarden.commands.warm import (
     Report,
-    Sources,
+    UrlInputs,
     WarmError,
     sitemap_locs,
     unpacked,
@@ -93,7 +93,7 @@ def test_a_sitemap_index_is_followed_one_level(tmp_path: Path) -> None:
 
     path = tmp_path / "index.xml"
     path.write_bytes(index(["http://a.example/s1.xml", "http://a.example/s2.xml.gz"]))
-    sources = Sources(None, fetch)
+    sources = UrlInputs(None, fetch)
     urls = asyncio.run(sources.urls([str(path)]))
     assert [u.target for u in urls] == [b"/1", b"/2", b"/3"]
     assert fetched == [b"/s1.xml", b"/s2.xml.gz"]
@@ -102,7 +102,7 @@ def test_a_sitemap_index_is_followed_one_level(tmp_path: Path) -> None:
         asyncio.run(sources.urls([str(path)]))
     with pytest.raises(WarmError, match=r"missing\.txt: cannot be read"):
         asyncio.run(sources.urls([str(tmp_path / "missing.txt")]))
-    stdin = Sources("h.example", fetch, stdin=lambda: b"/from/stdin\n")
+    stdin = UrlInputs("h.example", fetch, stdin=lambda: b"/from/stdin\n")
     assert asyncio.run(stdin.urls(["-"])) == [warm_refresh("http", "h.example", b"/from/stdin")]
 
 

@@ -37,7 +37,7 @@ from logwarden.deliver.modes import Bypass, Mode, ProbeFirst
 from logwarden.deliver.peerhttp import PeerClient, PeerError, host_port
 from logwarden.model import USER_AGENT, Refresh
 from logwarden.ops.metrics import Metrics
-from logwarden.route.discovery import PeerSource
+from logwarden.route.discovery import PeerList
 from logwarden.route.router import Recorder, Router
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class WarmError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# URL sources
+# URL inputs
 
 
 def url_refresh(url: str, default_host: str | None) -> Refresh:
@@ -132,8 +132,9 @@ def is_sitemap(data: bytes) -> bool:
 
 
 @dataclass
-class Sources:
-    """Reads the warm sources; sitemap URLs are fetched from ``node`` with a plain GET."""
+class UrlInputs:
+    """Reads the URL lists and sitemaps to warm (the command's SOURCE arguments); sitemap URLs
+    are fetched from ``node`` with a plain GET."""
 
     default_host: str | None
     fetch: Callable[[Refresh], Awaitable[bytes]]
@@ -325,7 +326,7 @@ class NodeFetcher:
 async def nodes_of(config: Config) -> list[str]:
     """Every node: --self, --peer, the peers file and the DNS answers (this node's own
     addresses included: it is warmed too)."""
-    source = PeerSource(config.peer, self_url=None, peers_file=config.peers_file,
+    source = PeerList(config.peer, self_url=None, peers_file=config.peers_file,
                         dns=config.peers_dns, own_addresses=set)
     source.reload_file()
     await source.resolve()
@@ -362,7 +363,7 @@ async def _warm(config: Config, sources: Sequence[str], only_missing: bool,
     mode: Mode = Bypass.from_config(config)
     settings = DispatchSettings.from_config(config, ProbeFirst(mode) if only_missing else mode)
     try:
-        urls = await Sources(config.default_host, NodeFetcher(nodes, settings)).urls(sources)
+        urls = await UrlInputs(config.default_host, NodeFetcher(nodes, settings)).urls(sources)
     except WarmError as exc:
         click.echo(f"logwarden: error: {exc}", file=err)
         return 2

@@ -236,8 +236,8 @@ class Peer:
                 delay = self.settings.retry_backoff * 2 ** (attempt - 1)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             headers = list(request.headers)
-            if request.names_source and not attempt and refresh.source:
-                headers.append((SOURCE_HEADER, refresh.source))
+            if request.names_holder and not attempt and refresh.holder:
+                headers.append((SOURCE_HEADER, refresh.holder))
             outcome, status = await self._attempt(request, refresh, slot, headers)
             retry = outcome in _TRANSPORT_FAILURES or status in RETRY_STATUSES
             if not retry or self.breaker.is_open:

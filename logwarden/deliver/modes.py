@@ -62,7 +62,7 @@ class Request:
     judge: Callable[[Answer], str]
     """The outcome of an answer (``ok``, ``http_error``, …); transport failures are the
     dispatcher's."""
-    names_source: bool = False
+    names_holder: bool = False
     """Its first attempt names the node holding the new copy (origin offload): a retry after
     a 502/504 (the source did not answer) or a timeout fetches from the origin instead."""
     forbidden_hint: str | None = None
@@ -102,7 +102,7 @@ class Bypass(Mode):
 
     def __init__(self, method: str = "HEAD", header: tuple[str, str] = DEFAULT_HEADER) -> None:
         self.refresh = Request(method, (header, ("User-Agent", USER_AGENT)), refreshed,
-                               names_source=True)
+                               names_holder=True)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Bypass:

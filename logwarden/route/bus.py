@@ -10,7 +10,8 @@ the refresh header needs to be accepted from loopback alone and no peer list is 
 A message is a JSON object with a version ``v`` (only :data:`VERSION` is understood; others are
 counted and skipped, so a fleet can be upgraded node by node), the URL (``scheme``, ``host``,
 ``target``), the publisher's refresh ``method`` (for the record: a receiver refreshes with its
-own settings), ``source`` (the publisher's ``ADDRESS:PORT`` for origin offload, or null),
+own settings), ``source`` (the publisher's ``ADDRESS:PORT`` for origin offload, or null: the
+``Refresh.holder``),
 ``time`` (the triggering line's) and ``node``, the publisher's id: a node ignores its own
 messages. Pub/sub keeps nothing: what is published while a node is disconnected is lost to it.
 
@@ -82,7 +83,7 @@ def encode(refresh: Refresh, node: str, method: str) -> bytes:
     return json.dumps({
         "v": VERSION, "node": node, "scheme": refresh.scheme, "host": refresh.host,
         "target": refresh.target.decode("latin-1"), "method": method,
-        "source": refresh.source, "time": refresh.logged_at or time.time(),
+        "source": refresh.holder, "time": refresh.logged_at or time.time(),
     }, separators=(",", ":")).encode()
 
 
@@ -97,12 +98,12 @@ def decode(data: bytes) -> tuple[str, Refresh]:
     if msg["v"] != VERSION:
         raise UnknownVersion(f"version {msg['v']!r}")
     node, scheme, host, target = (_text(msg, k) for k in ("node", "scheme", "host", "target"))
-    source, logged_at = msg.get("source"), msg.get("time")
-    if scheme not in ("http", "https") or not (source is None or isinstance(source, str)) \
+    holder, logged_at = msg.get("source"), msg.get("time")
+    if scheme not in ("http", "https") or not (holder is None or isinstance(holder, str)) \
             or not (logged_at is None or isinstance(logged_at, int | float)):
         raise ValueError("bad field")
     return node, Refresh(scheme, host, target.encode("latin-1"), "bus",
-                         float(logged_at) if logged_at else None, source or None)
+                         float(logged_at) if logged_at else None, holder or None)
 
 
 def _client(url: str) -> redis.Redis:
@@ -129,20 +130,20 @@ class Bus:
     A router's target (:class:`logwarden.route.router.Target`): the router admits what is
     published. ``receive`` (the receiving side's admission of a message, to the local
     dispatcher) returns False when it refused a refresh;
-    ``fallback`` gets the triggers that could not be published. ``accept_source``: keep the
+    ``fallback`` gets the triggers that could not be published. ``accept_holder``: keep the
     publisher's address (origin offload), else refresh the local NGINX from the origin.
     """
 
     def __init__(self, url: str, channel: str, metrics: Metrics, *, method: str,
                  receive: Callable[[Refresh], bool], fallback: Callable[[Refresh], object],
-                 accept_source: bool = False, node: str | None = None) -> None:
+                 accept_holder: bool = False, node: str | None = None) -> None:
         self.url = url
         self.channel = channel
         self.node = node or node_id()
         self.method = method
         self.receive = receive
         self.fallback = fallback
-        self.accept_source = accept_source
+        self.accept_holder = accept_holder
         self.metrics = metrics
         self.connected = False
         self._queue: asyncio.Queue[Refresh] = asyncio.Queue(PUBLISH_QUEUE)
@@ -240,8 +241,8 @@ class Bus:
             return "malformed"
         if node == self.node:
             return "own"
-        if not self.accept_source and refresh.source:
-            refresh = refresh._replace(source=None)
+        if not self.accept_holder and refresh.holder:
+            refresh = refresh._replace(holder=None)
         return "ok" if self.receive(refresh) else "refused"
 
     def _lost(self, exc: BaseException) -> None:

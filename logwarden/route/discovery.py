@@ -1,6 +1,6 @@
 """Where the peer list comes from: static ``--peer`` URLs, a ``--peers-file``, ``--peers-dns``.
 
-The daemon asks :meth:`PeerSource.current` at start, when the peers file changes, every
+The daemon asks :meth:`PeerList.current` at start, when the peers file changes, every
 ``--dns-refresh`` seconds and on SIGHUP, and hands a changed list to the dispatcher. A DNS name
 (a Kubernetes headless Service, a Consul name) gives one peer per A/AAAA record; this node's
 own addresses (its interfaces, and ``--self``) are left out of those, so one config serves
@@ -112,7 +112,7 @@ def _url(scheme: str, address: str, port: int) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-class PeerSource:
+class PeerList:
     """The current peer URLs: static, peers file and DNS answers, without this node."""
 
     def __init__(self, static: Sequence[str], *, self_url: str | None,

@@ -53,14 +53,14 @@ class Router:
 
     def __init__(self, target: Target, metrics: Metrics, *, dedup: Window | None = None,
                  storm: StormControl | None = None,
-                 source: tuple[str, str] | None = None) -> None:
+                 holder: tuple[str, str] | None = None) -> None:
         """``dedup``/``storm``: off when None (refreshes admitted before, as on the bus's
-        receiving side, or a URL list meant as asked). ``source``: (scheme, ``ADDRESS:PORT``)
-        of this node for origin offload."""
+        receiving side, or a URL list meant as asked). ``holder``: (scheme, ``ADDRESS:PORT``)
+        of this node, named as the holder of the new copy for origin offload."""
         self.target = target
         self.dedup = dedup
         self.storm = storm
-        self.source = source
+        self.holder = holder
         self._deduplicated = metrics.triggers_deduplicated
         self._dropped = {r: metrics.storm_dropped.labels(r) for r in STORM_REASONS}
 
@@ -73,7 +73,7 @@ class Router:
                    storm=StormControl(rate=cfg.max_refresh_rate, burst=cfg.max_refresh_burst,
                                       max_target_bytes=cfg.max_target_bytes, only=cfg.only,
                                       skip=cfg.skip, clock=clock),
-                   source=cfg.source)
+                   holder=cfg.holder)
 
     def refusal(self, refresh: Refresh) -> str | None:
         """Why ``refresh`` may not go out, or None; every rule as in the module docstring.
@@ -90,9 +90,9 @@ class Router:
         """Admit ``refresh`` and hand it on, or count why not; returns the refusal."""
         reason = self.refusal(refresh)
         if reason is None:
-            source = self.source
-            if source is not None and source[0] == refresh.scheme:
-                refresh = refresh._replace(source=source[1])
+            holder = self.holder
+            if holder is not None and holder[0] == refresh.scheme:
+                refresh = refresh._replace(holder=holder[1])
             self.target.submit(refresh)
         elif reason == "deduplicated":
             self._deduplicated.inc()
