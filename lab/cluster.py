@@ -28,12 +28,11 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, NamedTuple
 from urllib.parse import urlsplit
 
 from lab.origin import Origin
-from lab.process import stop_process
+from lab.process import Running, stop_process
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "nginx.conf"
 
@@ -251,7 +250,7 @@ class _RawHTTPConnection(http.client.HTTPConnection):
         return request.encode("latin-1")
 
 
-class NginxNode:
+class NginxNode(Running):
     """One NGINX master serving the rendered example config; start()/stop() or ``with``."""
 
     def __init__(
@@ -369,15 +368,6 @@ class NginxNode:
         os.kill(self.pid, signal.SIGUSR1)
         wait_until(self.access_log.exists, timeout, what=f"{self.access_log} to be reopened")
 
-    def __enter__(self) -> NginxNode:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # client ----------------------------------------------------------------------------------
 
     def get(
@@ -438,7 +428,7 @@ class NginxNode:
 # the cluster
 
 
-class Cluster:
+class Cluster(Running):
     """An origin and N NGINX nodes on 127.0.0.11, .12, ...; start()/stop() or ``with``.
 
     Every node allows refreshes from ``client_address`` (where the agents connect from) and
@@ -490,15 +480,6 @@ class Cluster:
                 errors.append(exc)
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> Cluster:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __getitem__(self, index: int) -> NginxNode:
         return self.nodes[index]

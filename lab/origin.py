@@ -20,9 +20,10 @@ import socketserver
 import sys
 import threading
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs
+
+from lab.process import Running
 
 DEFAULT_MAX_AGE = 60
 CLOSE = "close"
@@ -132,7 +133,7 @@ class _Server(http.server.ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-class Origin:
+class Origin(Running):
     """Versioned origin on ``127.0.0.1:<free port>``; start()/stop() or a ``with`` block."""
 
     def __init__(self) -> None:
@@ -166,15 +167,6 @@ class Origin:
         server.cut_connections()
         server.server_close()  # joins the handler threads (block_on_close)
         self._server = self._thread = None
-
-    def __enter__(self) -> Origin:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def running(self) -> bool:

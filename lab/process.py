@@ -14,7 +14,8 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 ORPHAN_GRACE = 0.2
 """Seconds a group's members get to exit by themselves once their leader has gone (NGINX
@@ -75,3 +76,21 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class Running:
+    """A lab service used as ``with Service(...) as service:``: ``start()`` returns it started,
+    the end of the block calls ``stop()``, however the block ends."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -16,7 +16,6 @@ from urllib.request import urlopen
 import pytest
 
 from lab import EXAMPLE_CONFIG, OUTSIDER_ADDRESS, Cluster, NginxNode, Origin, free_port, wait_until
-from lab.accounting import by_label, samples_of
 from lab.agent import Agent
 from lab.cluster import CLIENT_ADDRESS, LAB_SECRET, current_user
 from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
@@ -245,10 +244,9 @@ async def dispatch(peers: Sequence[str], refreshes: Sequence[Refresh],
     return m
 
 
-def outcomes(m: Metrics, peer: str) -> dict[str, float]:
+def outcomes(m: Metrics, peer: str) -> dict[str, int]:
     """The outcomes of the refreshes sent to ``peer`` that happened at all."""
-    counts = by_label(samples_of(m.registry), "logwarden_refreshes_total", "outcome", peer=peer)
-    return {outcome: n for outcome, n in counts.items() if n}
+    return dict(m.outcomes().get(peer, {}))
 
 
 async def test_https_peer_gets_the_original_host_as_sni_and_is_verified(

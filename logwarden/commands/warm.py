@@ -209,17 +209,6 @@ class Report:
         return out
 
 
-def outcomes(metrics: Metrics) -> dict[str, Counter[str]]:
-    """What the dispatcher counted per node so far (``logwarden_refreshes_total``)."""
-    counts: dict[str, Counter[str]] = {}
-    for family in metrics.refreshes.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total") and sample.value:
-                node = counts.setdefault(sample.labels["peer"], Counter())
-                node[sample.labels["outcome"]] += int(sample.value)
-    return counts
-
-
 class Warmer:
     """Sends every URL to every node through one dispatcher; ``await run(urls)`` reports."""
 
@@ -245,14 +234,14 @@ class Warmer:
         finally:
             ticker.cancel()
             await dispatcher.close(0)
-        counts = outcomes(self.metrics)
+        counts = self.metrics.outcomes()
         report.nodes = {node: counts.get(node, Counter()) for node in self.nodes}
         if self.progress:
             self.progress(self._done(), self._total(dispatcher, len(urls)))
         return report
 
     def _done(self) -> int:
-        return sum(sum(c.values()) for c in outcomes(self.metrics).values())
+        return sum(sum(c.values()) for c in self.metrics.outcomes().values())
 
     def _total(self, dispatcher: Dispatcher, urls: int) -> int:
         return urls * len(dispatcher.peers)

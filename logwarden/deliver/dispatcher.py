@@ -1,5 +1,10 @@
 """Fan refreshes out to the other peers: one bounded queue, breaker and worker set per peer.
 
+    Router ─admitted Refresh─▶ Dispatcher.submit ─per-peer queue─▶ workers ─▶ mode.deliver
+
+The dispatcher only delivers: what one refresh sends and how an answer is judged is the
+refresh mode's (:mod:`logwarden.deliver.modes`), which refreshes may go out is the router's.
+
 Each peer is isolated. A dead or slow peer fills only its own queue (new refreshes for it are
 dropped and counted) and holds only its own workers. Its first worker ("own lane") never
 takes a slot of the global ``--concurrency`` pool; the others take one per attempt and only

@@ -7,6 +7,7 @@ daemons in one process). Labels are bounded: peers are the configured URLs, neve
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 from collections.abc import Callable
@@ -140,12 +141,18 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def summary(self) -> str:
-        """One line for the log at exit: what this run did, when there is no scrape left."""
-        totals: dict[str, int] = {}
+    def outcomes(self) -> dict[str, collections.Counter[str]]:
+        """The refresh requests counted so far, per peer and outcome (zeros left out)."""
+        counts: dict[str, collections.Counter[str]] = {}
         for s in (s for family in self.refreshes.collect() for s in family.samples):
             if s.name == "logwarden_refreshes_total" and s.value:
-                totals[s.labels["outcome"]] = totals.get(s.labels["outcome"], 0) + int(s.value)
+                counts.setdefault(s.labels["peer"], collections.Counter())[
+                    s.labels["outcome"]] += int(s.value)
+        return counts
+
+    def summary(self) -> str:
+        """One line for the log at exit: what this run did, when there is no scrape left."""
+        totals = sum(self.outcomes().values(), collections.Counter[str]())
         value = self.registry.get_sample_value
         head = [f"{name}={int(value(f'logwarden_{metric}_total') or 0)}" for name, metric in (
             ("lines", "lines"), ("malformed", "lines_malformed"),
