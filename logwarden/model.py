@@ -106,5 +106,8 @@ def host_ok(host: str) -> bool:
 
 
 def replayable(refresh: Refresh) -> bool:
-    """Whether a request for ``refresh`` can carry its target and host byte for byte."""
-    return request_target_ok(refresh.target) and host_ok(refresh.host)
+    """Whether a request for ``refresh`` can carry its target and host byte for byte
+    (:func:`request_target_ok` written out: this runs for every fan-out)."""
+    target = refresh.target
+    return target.startswith(b"/") and not target.translate(None, _PRINTABLE) \
+        and host_ok(refresh.host)

@@ -78,7 +78,7 @@ class Router:
     def refusal(self, refresh: Refresh) -> str | None:
         """Why ``refresh`` may not go out, or None; every rule as in the module docstring.
         Admitting spends dedup memory and a token: call it once per refresh."""
-        if self.dedup is not None and not self.dedup.admit(refresh.key):
+        if self.dedup is not None and not self.dedup.admit(refresh[:3]):  # .key, sliced in C
             return "deduplicated"
         if not self.target.has_listener(refresh.scheme):
             return "no_listener"
@@ -129,22 +129,31 @@ class Recorder:
         self.peers = tuple(dict.fromkeys(peers))
         self.dynamic = dynamic
         self.on_submit = on_submit
-        self._fanouts = metrics.fanouts if metrics is not None else None
-        self.submitted: Counter[str] = Counter()
-        """Refreshes per peer."""
         self.refused = 0
+        self._fanouts = metrics.fanouts if metrics is not None else None
+        self._by_scheme: dict[str, list[str]] = {}
+        for peer in self.peers:
+            self._by_scheme.setdefault(peer.partition("://")[0], []).append(peer)
+        self._submitted: Counter[str] = Counter()
+        """Refreshes per scheme: counted per peer only when asked (this is the line path)."""
 
     def peers_of(self, scheme: str) -> list[str]:
-        return [p for p in self.peers if p.startswith(scheme + "://")]
+        return self._by_scheme.get(scheme, [])
+
+    @property
+    def submitted(self) -> Counter[str]:
+        """Refreshes per peer."""
+        return Counter({peer: n for scheme, n in self._submitted.items()
+                        for peer in self.peers_of(scheme)})
 
     def has_listener(self, scheme: str) -> bool:
-        return self.dynamic or not self.peers or bool(self.peers_of(scheme))
+        return self.dynamic or not self.peers or scheme in self._by_scheme
 
     def refuse(self, refresh: Refresh) -> None:
         self.refused += 1
 
     def submit(self, refresh: Refresh) -> None:
-        self.submitted.update(self.peers_of(refresh.scheme))
+        self._submitted[refresh.scheme] += 1
         if self._fanouts is not None:
             self._fanouts.inc()
         if self.on_submit is not None:
