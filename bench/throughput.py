@@ -51,13 +51,14 @@ def run(lines: int) -> list[Row]:
                 ours >= 500_000 and ratio >= 8)]
 
 
-def logwarden_rate(tmp: Path, source: Path, lines: int) -> float:
+def logwarden_rate(tmp: Path, source: Path, lines: int, root: Path = ROOT) -> float:
+    """Lines/s of the logwarden in the checkout ``root`` (this one, or another to compare)."""
     log, port = tmp / "logwarden.log", free_port()
     log.touch()
     args = [*core(), *LOGWARDEN, "run", "--access-log", str(log), "--log-format", gen.FORMAT,
             "--peer", "http://127.0.0.1:9", "--dry-run", "--positions", "off",
             "--metrics-listen", f"127.0.0.1:{port}", "--log-level", "warning"]
-    with running(args, cwd=ROOT):
+    with running(args, cwd=root):
         wait_for(lambda: healthy(port), timeout=30)
         return _timed_append(source, log, lines, lambda: total(scrape(port), *LINES_DONE))
 
