@@ -154,13 +154,16 @@ def _code(text: str) -> str:
 def render_config(
     template: str, *, listen: str, port: int, prefix: Path, origin: str,
     peers: Sequence[str], user: str, syslog: str | None = None, sources: Sequence[str] = (),
+    variants: bool = False,
 ) -> str:
     """Turn ``examples/nginx.conf`` into a config that runs under ``prefix`` on loopback.
 
     ``listen`` is the node's address, ``origin`` the upstream ``host:port``, ``peers`` the
     addresses allowed to force a refresh, ``sources`` the nodes' ``ADDRESS:PORT`` that an
     offloaded refresh may fetch from. ``syslog`` (``127.0.0.1:PORT`` or ``unix:/PATH``)
-    also sends the access log there, tagged ``nginx``. Run the result with ``-g 'daemon off;'``.
+    also sends the access log there, tagged ``nginx``. ``variants`` uncomments the example's
+    variant-class recipe (its lines marked ``# VARIANTS``). Run the result with
+    ``-g 'daemon off;'``.
     """
     prefix = Path(prefix).resolve()
     if re.search(r"[\s;#\"'{}$]", str(prefix)):
@@ -197,6 +200,10 @@ def render_config(
         text = text[: m.start()] + (lab_entries if m is prod[0] else "") + text[m.end():]
 
     text = _render_sources(text, sources)
+    if variants:
+        text, found = _VARIANT_LINE.subn(r"\1\2", text)
+        if found < 4:
+            raise ValueError(f"template: {found} lines marked '# VARIANTS' found, expected 4")
     text, listens = _PROD_LISTEN.subn(f"listen {listen}:{port}", text)
     if listens == 0:
         raise ValueError("template: no 'listen 80' found")
@@ -224,6 +231,9 @@ def render_config(
         if not ipaddress.ip_address(ip).is_loopback:
             raise ValueError(f"template: non-loopback address left in the config: {ip}")
     return text
+
+
+_VARIANT_LINE = re.compile(r"^([ \t]*)# (\S.*?)\s*# VARIANTS$", re.MULTILINE)
 
 
 def _render_sources(text: str, sources: Sequence[str]) -> str:
@@ -257,9 +267,11 @@ class NginxNode(Running):
         self, name: str, address: str, template_path: Path, origin_url: str,
         peers: Sequence[str], workdir: Path, *, port: int | None = None,
         nginx: str | None = None, syslog: str | None = None, sources: Sequence[str] = (),
+        variants: bool = False,
     ) -> None:
         """``sources``: the ``ADDRESS:PORT`` of the nodes this one may fetch an offloaded
-        refresh from (the origin-offload map)."""
+        refresh from (the origin-offload map); ``variants``: the variant-class recipe on."""
+        self.variants = variants
         self.name = name
         self.address = address
         self.port = port if port is not None else free_port(address)
@@ -293,7 +305,7 @@ class NginxNode(Running):
         return render_config(
             self.template_path.read_text(), listen=self.address, port=self.port,
             prefix=self.prefix, origin=self.origin, peers=self.peers, user=current_user(),
-            syslog=self.syslog, sources=self.sources)
+            syslog=self.syslog, sources=self.sources, variants=self.variants)
 
     def start(self, timeout: float = 10.0) -> NginxNode:
         if self._proc is not None:
@@ -438,9 +450,10 @@ class Cluster(Running):
     def __init__(
         self, workdir: Path, *, nodes: int = 3, addresses: Sequence[str] | None = None,
         origin: Origin | None = None, template_path: Path = EXAMPLE_CONFIG,
-        client_address: str = CLIENT_ADDRESS,
+        client_address: str = CLIENT_ADDRESS, variants: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
+        self.variants = variants
         self.addresses = tuple(addresses or (f"127.0.0.{11 + i}" for i in range(nodes)))
         self.template_path = Path(template_path)
         self.peers = tuple(dict.fromkeys((client_address, *self.addresses)))
@@ -457,7 +470,8 @@ class Cluster(Running):
             for i, address in enumerate(self.addresses):
                 node = NginxNode(
                     chr(ord("a") + i), address, self.template_path, self.origin.url,
-                    self.peers, self.workdir, port=ports[i], sources=sources)
+                    self.peers, self.workdir, port=ports[i], sources=sources,
+                    variants=self.variants)
                 self.nodes.append(node)
                 node.start()
         except BaseException:

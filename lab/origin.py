@@ -78,13 +78,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         path = target.split("?", 1)[0]
         version = origin.version(path)
+        vary = "vary=ae" in target.partition("?")[2].split("&")
+        encoding = self.headers.get("Accept-Encoding", "")
         body, content_type = origin.document(path) or (
-            f"version={version} path={target}\n".encode("latin-1"), "text/plain")
+            f"version={version} path={target}"
+            f"{f' encoding={encoding}' if vary else ''}\n".encode("latin-1"), "text/plain")
         self.send_response(failure or 200)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", f"max-age={_max_age(target)}")
         self.send_header("X-Version", str(version))
+        if vary:  # ?vary=ae: as an app server that compresses per Accept-Encoding
+            self.send_header("Vary", "Accept-Encoding")
         self.end_headers()
         if send_body:
             self.wfile.write(body)

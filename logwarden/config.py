@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from logwarden.deliver.modes import MODES, Mode
+from logwarden.deliver.modes import MODES, Mode, Variant, mode_of, parse_variant
 from logwarden.deliver.peerhttp import host_port
 from logwarden.parse.logformat import ESCAPES, LogFormat, LogFormatError
 from logwarden.parse.nginxconf import AccessLog, NginxConfError
@@ -179,6 +179,23 @@ def _check_statuses(key: str, raw: tuple[str, ...]) -> tuple[str, ...]:
     return statuses
 
 
+def _check_variants(key: str, texts: tuple[str, ...]) -> tuple[Variant, ...]:
+    """Each class once, all of one header (a node keys one header's classes apart)."""
+    variants = []
+    for text in texts:
+        try:
+            variants.append(parse_variant(text))
+        except ValueError as exc:
+            raise ConfigError(key, text, str(exc)) from None
+    headers = {variant.header[0].lower() for variant in variants if variant.header}
+    if len(headers) > 1:
+        raise ConfigError(key, ", ".join(texts), "names more than one header: give the "
+                          "classes of one header (the one the node's map keys on)")
+    if len(set(variants)) != len(variants):
+        raise ConfigError(key, ", ".join(texts), "names a class twice")
+    return tuple(variants)
+
+
 def _read_header_file(key: str, path: str | None) -> str | None:
     """The header line in ``path``; errors name the file, never its content (a secret)."""
     if path is None:
@@ -299,6 +316,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("refresh_method", str, "HEAD", "Method of refresh requests.", choices=("HEAD", "GET")),
     Setting("refresh_header", str, "X-Refresh: 1", "Header 'Name: value' the peers map to "
             "proxy_cache_bypass.", check=_check_header),
+    Setting("variant", str, (), "A variant class nodes key apart (README \"Variants\"): "
+            "'Accept-Encoding: br' refreshes the copy clients of that class get; '' the one "
+            "without the header (repeatable: one refresh request per class and peer).",
+            multiple=True, check=_check_variants),
+    Setting("variant_variable", str, None, "The log_format variable whose value is a line's "
+            "variant class (e.g. the map's logwarden_class); default: the variants' header "
+            "when the format logs it ($http_accept_encoding)."),
     Setting("refresh_header_file", str, None, "File holding the refresh header 'Name: value' "
             "with a shared secret; replaces --refresh-header, never printed.",
             check=_read_header_file),
@@ -395,6 +419,8 @@ class Config:
     dedup_max_urls: int
     refresh_method: str
     refresh_header: str = field(repr=False)
+    variant: tuple[str, ...]
+    variant_variable: str | None
     refresh_header_file: str | None
     mode: str
     purge_method: str
@@ -434,11 +460,13 @@ class Config:
     """``metrics_listen`` parsed; None for ``off``."""
     syslog_addresses: tuple[Address, ...] = field(default=(), repr=False, compare=False)
     """``syslog`` parsed, one address per URL."""
+    variants: tuple[Variant, ...] = field(default=(), repr=False, compare=False)
+    """``variant`` parsed, one class each."""
 
     @property
     def refresh_mode(self) -> Mode:
-        """What a refresh sends to a peer (``--mode``, deliver/modes.py)."""
-        return MODES[self.mode](self)
+        """What a refresh sends to a peer (``--mode``, ``--variant``, deliver/modes.py)."""
+        return mode_of(self)
 
     @property
     def refresh_header_pair(self) -> tuple[str, str]:
@@ -618,7 +646,8 @@ def _validate(v: dict[str, Any], needs: Needs) -> Config:
     if needs.sources and not v["access_log"] and not v["syslog"]:
         raise ConfigError("access_log", "",
                           "is required: the access log file to tail (or a syslog listener)")
-    parser = _check_format(v) if v["log_format"] or needs.log_format else None
+    parser = _check_format(v, parsed["variant"]) if v["log_format"] or needs.log_format \
+        else None
     if parsed["refresh_header_file"]:
         v["refresh_header"] = parsed["refresh_header_file"]
     if v["refresh_from_self"] and not v["self"]:
@@ -626,7 +655,7 @@ def _validate(v: dict[str, Any], needs: Needs) -> Config:
     config = Config(**{_BY_NAME[name].field if name in _BY_NAME else name: value
                        for name, value in v.items()},
                     parser=parser, metrics_address=parsed["metrics_listen"],
-                    syslog_addresses=parsed["syslog"])
+                    syslog_addresses=parsed["syslog"], variants=parsed["variant"])
     if needs.nodes and not (config.peer or config.self_url or config.peers_file
                             or config.peers_dns):
         raise ConfigError("peer", "", "is required: the nodes to warm")
@@ -637,13 +666,16 @@ def _validate(v: dict[str, Any], needs: Needs) -> Config:
     return config
 
 
-def _check_format(v: dict[str, Any]) -> LogFormat:
+def _check_format(v: dict[str, Any], variants: tuple[Variant, ...]) -> LogFormat:
     """The format, compiled: it must parse and carry what the other settings rely on
     (``warm`` reads no log, so it checks a format only when one is given, e.g. in the shared
     TOML file)."""
     if not v["log_format"]:
         raise ConfigError("log_format", "", "is required: the log_format string from nginx.conf")
     fmt = _compile_format(v["log_format"], v["log_format_escape"])
+    variable = _variant_variable(v["variant_variable"], variants, fmt.variables)
+    if variable:
+        fmt = _compile_format(v["log_format"], v["log_format_escape"], variable)
     if "host" not in fmt.variables and "http_host" not in fmt.variables and not v["default_host"]:
         raise ConfigError("log_format", v["log_format"],
                           "has neither $host nor $http_host: set default_host")
@@ -660,9 +692,22 @@ def _check_format(v: dict[str, Any]) -> LogFormat:
     return fmt
 
 
-def _compile_format(fmt: str, escape: str) -> LogFormat:
+def _variant_variable(name: str | None, variants: tuple[Variant, ...],
+                      variables: tuple[str, ...]) -> str | None:
+    """The format's variable that tells a line's variant class: ``variant_variable``, else
+    the variants' header when the format logs it (``$http_accept_encoding``), else none."""
+    if name is not None:
+        if name not in variables:
+            raise ConfigError("variant_variable", name, "is not a variable of the log_format")
+        return name
+    headers = {variant.header[0] for variant in variants if variant.header}
+    logged = [f"http_{h.lower().replace('-', '_')}" for h in headers]
+    return next((name for name in logged if name in variables), None)
+
+
+def _compile_format(fmt: str, escape: str, variant: str | None = None) -> LogFormat:
     try:
-        return LogFormat.compile(fmt, escape)
+        return LogFormat.compile(fmt, escape, variant)
     except LogFormatError as exc:
         raise ConfigError("log_format", fmt, str(exc)) from None
 

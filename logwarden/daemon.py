@@ -26,7 +26,7 @@ from logwarden.ops.metrics import Metrics, MetricsServer
 from logwarden.ops.sdnotify import notify
 from logwarden.route.bus import Bus
 from logwarden.route.discovery import PeerList
-from logwarden.route.router import Recorder, Router, Target
+from logwarden.route.router import AlsoHere, Recorder, Router, Target
 from logwarden.sources import LineQueue, Source, SourceError
 from logwarden.sources.file import FileSource
 from logwarden.sources.positions import Positions
@@ -62,7 +62,9 @@ class Daemon:
         self.peer_list = PeerList(cfg.peer, self_url=cfg.self_url, peers_file=cfg.peers_file,
                                       dns=cfg.peers_dns)
         settings = DispatchSettings.from_config(cfg)
-        self.dispatcher = Dispatcher((), settings, m, propagation="msec" in parser.variables)
+        classes = len(cfg.variants) > 1 and not cfg.dry_run  # this node's other classes too
+        self.dispatcher = Dispatcher((), settings, m, propagation="msec" in parser.variables,
+                                     own=cfg.self_url if classes and not cfg.bus else None)
         """The peers: every refresh in direct mode; the fallback in bus mode."""
         self.local: Dispatcher | None = None
         """Bus mode: refreshes this node's own NGINX on the other nodes' messages."""
@@ -70,7 +72,9 @@ class Daemon:
         if cfg.bus and not cfg.dry_run:
             self.local = Dispatcher([cfg.local], settings, m, propagation=True)
             self.bus = self._bus(cfg.bus, self.local)
-        target: Target = self.bus or self.dispatcher
+        target: Target = self.dispatcher
+        if self.bus is not None and self.local is not None:
+            target = AlsoHere(self.bus, self.local) if classes else self.bus
         if cfg.dry_run:  # decided and admitted as usual; nothing is sent
             target = Recorder(cfg.targets, dynamic=self.peer_list.dynamic, metrics=m)
         self.router = Router.from_config(cfg, target, m)

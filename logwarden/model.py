@@ -48,6 +48,8 @@ class Record(NamedTuple):
     """``$upstream_header_time`` as logged (``b"-"``: no answer), when the format has it."""
     upstream_date: bytes | None = None
     """``$upstream_http_date``: the cached copy's ``Date`` on an answer from the cache."""
+    variant: bytes | None = None
+    """The variant class of the request (``--variant-variable``), when the format logs it."""
 
     @property
     def own(self) -> bool:
@@ -69,6 +71,11 @@ class Refresh(NamedTuple):
     holder: str | None = None
     """``ADDRESS:PORT`` of the node that holds the new copy (origin offload): refresh requests
     name it in ``X-Logwarden-Source`` so the peers fetch from it instead of the origin."""
+    variant: str | None = None
+    """The variant class whose copy the triggering line stored (``--variant``); None when
+    the line does not tell."""
+    here: bool = False
+    """For the node that triggered: refresh its other variant classes only."""
 
     @property
     def key(self) -> tuple[str, str, bytes]:

@@ -108,8 +108,10 @@ class Triggers:
         """The refresh a triggering record asks for (call after :meth:`skip_reason`)."""
         host = record.host or self.default_host
         assert host is not None
+        variant = record.variant
         return Refresh(record.scheme or "http", host, record.target, record.cache_status,
-                       record.time)
+                       record.time, variant=None if variant is None else
+                       variant.decode("latin-1"))
 
 
 def _origin_failed(upstream_status: str | None) -> bool:

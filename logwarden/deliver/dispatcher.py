@@ -39,6 +39,7 @@ from prometheus_client import Histogram
 from logwarden.deliver.breaker import Breaker
 from logwarden.deliver.modes import Bypass, Mode, Request
 from logwarden.deliver.peerhttp import (
+    Answer,
     ConnectError,
     PeerClient,
     PeerError,
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 _TRANSPORT_FAILURES = frozenset({"connect_error", "timeout"})
+VARY_HOST_LABELS = 20
+"""Hosts with a label of their own in ``logwarden_vary_uncovered_total``."""
 SOURCE_HEADER = "X-Logwarden-Source"
 """Names the node holding the new copy (origin offload); examples/nginx.conf maps it to a
 known node, never to the address as sent."""
@@ -76,6 +79,9 @@ class DispatchSettings:
     queue_size: int = 10000
     peer_ca: str | None = None
     insecure_tls: bool = False
+    variant_header: str | None = None
+    """The request header ``--variant`` classes are of (lower-case); a ``Vary`` on any other
+    cannot be refreshed and is reported."""
 
     @classmethod
     def from_config(cls, cfg: Config, mode: Mode | None = None) -> DispatchSettings:
@@ -86,7 +92,8 @@ class DispatchSettings:
             retries=cfg.retries, retry_backoff=cfg.retry_backoff,
             breaker_failures=cfg.breaker_failures, breaker_cooldown=cfg.breaker_cooldown,
             concurrency=cfg.concurrency, peer_concurrency=cfg.peer_concurrency,
-            queue_size=cfg.queue_size, peer_ca=cfg.peer_ca, insecure_tls=cfg.insecure_peer_tls)
+            queue_size=cfg.queue_size, peer_ca=cfg.peer_ca, insecure_tls=cfg.insecure_peer_tls,
+            variant_header=next((v.header[0].lower() for v in cfg.variants if v.header), None))
 
 
 def tls_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
@@ -96,6 +103,38 @@ def tls_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+class VaryWatch:
+    """Says when a peer's answer varies on a request header no ``--variant`` covers: NGINX
+    then keeps a copy per value of that header, and no refresh can replace those copies
+    (README "Variants"). Warns once per host; counts per host, the first
+    :data:`VARY_HOST_LABELS` hosts with a label of their own, the others as ``other``."""
+
+    def __init__(self, covered: str | None, metrics: Metrics) -> None:
+        self.covered = covered
+        self.metrics = metrics
+        self._told: set[str] = set()
+
+    def notice(self, answer: Answer, host: str) -> None:
+        vary = answer.header(b"vary")
+        if vary is None:
+            return
+        names = {n.strip().lower() for n in vary.decode("latin-1").split(",")} - {"", "*"}
+        uncovered = sorted(names - {self.covered})
+        if not uncovered:
+            return
+        told = host in self._told
+        label = host if told or len(self._told) < VARY_HOST_LABELS else "other"
+        self.metrics.vary_uncovered.labels(label).inc()
+        if not told and len(self._told) < VARY_HOST_LABELS:
+            self._told.add(host)
+            log.warning(
+                "%s answers vary on %s: NGINX keeps a copy per value of %s, and a refresh "
+                "replaces only one of them; the others stay old until they expire. Key the "
+                "cache on a normalised class and give logwarden one --variant per class "
+                "(README \"Variants\"), or proxy_ignore_headers Vary if the answer does not "
+                "really vary", host, ", ".join(uncovered), "/".join(uncovered))
 
 
 class FanOut:
@@ -122,8 +161,9 @@ class Peer:
     """One peer listener: its queue, breaker, workers and connections."""
 
     def __init__(self, url: str, settings: DispatchSettings, metrics: Metrics,
-                 slots: asyncio.Semaphore, tls: ssl.SSLContext | None) -> None:
+                 slots: asyncio.Semaphore, tls: ssl.SSLContext | None, vary: VaryWatch) -> None:
         parts = urlsplit(url)
+        self.vary = vary
         self.url = url
         self.scheme = parts.scheme
         self.settings = settings
@@ -247,6 +287,7 @@ class Peer:
             retry = outcome in _TRANSPORT_FAILURES or status in RETRY_STATUSES
             if not retry or self.breaker.is_open:
                 break
+        self.metrics.refresh_requests.labels(request.variant or "none").inc()
         return outcome
 
     async def _attempt(self, request: Request, refresh: Refresh, slot: asyncio.Semaphore,
@@ -275,6 +316,7 @@ class Peer:
                 outcome = "http_error"
             else:
                 outcome = request.judge(answer)
+                self.vary.notice(answer, refresh.host)
             self._duration.observe(time.perf_counter() - started)
         log.debug("%s %s%s host=%s -> %s %s", method, self.url, refresh.target.decode("latin-1"),
                   refresh.host, status or "-", outcome)
@@ -342,13 +384,15 @@ class Dispatcher:
     """Hands each admitted refresh to the peers of its scheme (admission is the router's).
 
     A refresh of an ``https`` URL goes to the ``https://`` peer URLs only, an ``http`` one to
-    the ``http://`` URLs: NGINX keeps separate cache entries per scheme.
+    the ``http://`` URLs: NGINX keeps separate cache entries per scheme. With variant classes,
+    this node (``own``) gets every fan-out of its scheme too, marked ``here``: the mode then
+    refreshes its other classes (its line stored one). It counts as one more peer.
     """
 
     def __init__(self, peers: Sequence[str], settings: DispatchSettings, metrics: Metrics,
-                 *, propagation: bool = False) -> None:
+                 *, propagation: bool = False, own: str | None = None) -> None:
         """``propagation``: observe ``logwarden_propagation_seconds`` (the line times are
-        precise: the format has ``$msec``)."""
+        precise: the format has ``$msec``). ``own``: this node's URL, for its own classes."""
         self.settings = settings
         self.metrics = metrics
         self.propagation = propagation
@@ -358,6 +402,8 @@ class Dispatcher:
         self._by_scheme: dict[str, list[Peer]] = {}
         self._started = False
         self._retired: set[asyncio.Task[int]] = set()
+        self._vary = VaryWatch(settings.variant_header, metrics)
+        self.own = self._new_peer(own) if own else None
         self.set_peers(peers)
 
     @property
@@ -386,15 +432,21 @@ class Dispatcher:
             if self._tls is None:  # one context for all peers: each load costs ~30-150 ms
                 self._tls = tls_context(self.settings.peer_ca, self.settings.insecure_tls)
             tls = self._tls
-        peer = Peer(url, self.settings, self.metrics, self._slots, tls)
+        peer = Peer(url, self.settings, self.metrics, self._slots, tls, self._vary)
         if self._started:
             peer.start()
         return peer
 
     def start(self) -> None:
         self._started = True
-        for peer in self.peers:
+        for peer in self._all():
             peer.start()
+
+    def _all(self) -> list[Peer]:
+        return [*self.peers, *([self.own] if self.own else [])]
+
+    def _own_for(self, scheme: str) -> Peer | None:
+        return self.own if self.own is not None and self.own.scheme == scheme else None
 
     def has_listener(self, scheme: str) -> bool:
         """Whether a peer of ``scheme`` is there to refresh."""
@@ -404,27 +456,32 @@ class Dispatcher:
         """A fan-out whose every request is refused (its target or host cannot be sent byte
         for byte): counted per peer, so that fan-outs = outcomes of each peer still holds."""
         self.metrics.fanouts.inc()
-        for peer in self._by_scheme.get(refresh.scheme, ()):
+        own = self._own_for(refresh.scheme)
+        for peer in [*self._by_scheme.get(refresh.scheme, ()), *([own] if own else [])]:
             peer.count("refused")
 
     def submit(self, refresh: Refresh) -> None:
         """Queue the refresh for every peer of its scheme (the router checked there is one)."""
         peers = self._by_scheme.get(refresh.scheme, ())
+        own = self._own_for(refresh.scheme)
         self.metrics.fanouts.inc()
         fanout = None
         if self.propagation and refresh.logged_at:
-            fanout = FanOut(len(peers), refresh.logged_at, self.metrics.propagation)
+            fanout = FanOut(len(peers) + (own is not None), refresh.logged_at,
+                            self.metrics.propagation)
         for peer in peers:
             peer.offer(refresh, fanout)
+        if own is not None:
+            own.offer(refresh._replace(here=True), fanout)
 
     def depth(self) -> int:
-        return sum(peer.queue.qsize() for peer in self.peers)
+        return sum(peer.queue.qsize() for peer in self._all())
 
     async def close(self, timeout: float) -> int:
         """Drain every peer within ``timeout`` seconds; returns how many refreshes were cut off."""
         deadline = _now() + timeout
         await asyncio.gather(*self._retired)
-        cut = sum(await asyncio.gather(*(peer.close(deadline) for peer in self.peers)))
+        cut = sum(await asyncio.gather(*(peer.close(deadline) for peer in self._all())))
         if cut:
             log.warning("shutdown deadline reached: %d refresh requests cut off", cut)
         return cut

@@ -12,7 +12,7 @@ order, and may send several requests for one refresh. To add one: a class here w
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -67,6 +67,38 @@ class Request:
     a 502/504 (the source did not answer) or a timeout fetches from the origin instead."""
     forbidden_hint: str | None = None
     """Logged once per peer when it answers 403: the usual wiring mistake and its fix."""
+    variant: str = ""
+    """The variant class it refreshes (``--variant``), for the metrics; "" without classes."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One class of copies a node keeps per URL (``--variant 'Accept-Encoding: br'``): the
+    request header that selects it, or none (``--variant ''``: the request without it)."""
+
+    header: tuple[str, str] | None
+
+    @property
+    def value(self) -> str:
+        """The class as the log shows it (the header's value; "" for none)."""
+        return self.header[1] if self.header else ""
+
+    @property
+    def label(self) -> str:
+        return self.value or "none"
+
+    def headers(self, *headers: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        return (*headers, self.header) if self.header else headers
+
+
+def parse_variant(text: str) -> Variant:
+    """``'Name: value'``, or ``''`` for the request without the header; ValueError if not."""
+    if not text.strip():
+        return Variant(None)
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or not value.strip() or " " in name.strip():
+        raise ValueError("must be 'Header: value', or '' for the request without it")
+    return Variant((name.strip(), value.strip()))
 
 
 Send = Callable[[Request, Refresh], Awaitable[str]]
@@ -100,13 +132,14 @@ class Bypass(Mode):
 
     name = "refresh"
 
-    def __init__(self, method: str = "HEAD", header: tuple[str, str] = DEFAULT_HEADER) -> None:
-        self.refresh = Request(method, (header, ("User-Agent", USER_AGENT)), refreshed,
-                               names_holder=True)
+    def __init__(self, method: str = "HEAD", header: tuple[str, str] = DEFAULT_HEADER,
+                 variant: Variant = Variant(None)) -> None:
+        self.refresh = Request(method, variant.headers(header, ("User-Agent", USER_AGENT)),
+                               refreshed, names_holder=True, variant=variant.value)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> Bypass:
-        return cls(cfg.refresh_method, cfg.refresh_header_pair)
+    def from_config(cls, cfg: Config, variant: Variant = Variant(None)) -> Bypass:
+        return cls(cfg.refresh_method, cfg.refresh_header_pair, variant)
 
     def requests(self) -> tuple[Request, ...]:
         return (self.refresh,)
@@ -122,17 +155,17 @@ class Purge(Mode):
     name = "purge"
 
     def __init__(self, method: str = "PURGE", header: tuple[str, str] = DEFAULT_HEADER,
-                 then_refresh: Bypass | None = None) -> None:
-        self.purge = Request(method, (header, ("User-Agent", USER_AGENT)), purged,
-                             forbidden_hint="list this node's address in the peer's geo "
-                             "$logwarden_peer and give both the same refresh secret "
-                             "(examples/nginx.conf, location @purge)")
+                 then_refresh: Bypass | None = None, variant: Variant = Variant(None)) -> None:
+        self.purge = Request(method, variant.headers(header, ("User-Agent", USER_AGENT)),
+                             purged, forbidden_hint="list this node's address in the peer's "
+                             "geo $logwarden_peer and give both the same refresh secret "
+                             "(examples/nginx.conf, location @purge)", variant=variant.value)
         self.then_refresh = then_refresh
 
     @classmethod
-    def from_config(cls, cfg: Config) -> Purge:
-        then = Bypass.from_config(cfg) if cfg.purge_then_refresh else None
-        return cls(cfg.purge_method, cfg.refresh_header_pair, then)
+    def from_config(cls, cfg: Config, variant: Variant = Variant(None)) -> Purge:
+        then = Bypass.from_config(cfg, variant) if cfg.purge_then_refresh else None
+        return cls(cfg.purge_method, cfg.refresh_header_pair, then, variant)
 
     def requests(self) -> tuple[Request, ...]:
         return (self.purge, *(self.then_refresh.requests() if self.then_refresh else ()))
@@ -163,8 +196,48 @@ class ProbeFirst(Mode):
         return found if found != REFRESH else await self.then.deliver(refresh, send)
 
 
-MODES: dict[str, Callable[[Config], Mode]] = {
+class Variants(Mode):
+    """One refresh of every variant class (README "Variants"): a node keeps a copy per class
+    under keys of its own, and a refresh replaces only the copy its request selects, so each
+    class needs its own requests, each sent by ``mode_of`` the class.
+
+    On the node whose line triggered (``refresh.here``) the triggering class is fresh already
+    and skipped. With origin offload only the triggering class names the holder: it is the one
+    class the holder is known to have fresh; the others come from the origin. The outcome is
+    the first class's that is not ``ok``, else ``ok``."""
+
+    name = "variants"
+
+    def __init__(self, classes: Sequence[tuple[Variant, Mode]]) -> None:
+        self.classes = tuple(classes)
+
+    @classmethod
+    def of(cls, cfg: Config, mode: Callable[[Config, Variant], Mode]) -> Variants:
+        return cls([(variant, mode(cfg, variant)) for variant in cfg.variants])
+
+    def requests(self) -> tuple[Request, ...]:
+        return tuple(r for _, mode in self.classes for r in mode.requests())
+
+    async def deliver(self, refresh: Refresh, send: Send) -> str:
+        outcomes = []
+        for variant, mode in self.classes:
+            triggered = variant.value == refresh.variant
+            if refresh.here and triggered:
+                continue
+            outcomes.append(await mode.deliver(
+                refresh if triggered else refresh._replace(holder=None), send))
+        return next((o for o in outcomes if o != "ok"), "ok")
+
+
+MODES: dict[str, Callable[[Config, Variant], Mode]] = {
     Bypass.name: Bypass.from_config,
     Purge.name: Purge.from_config,
 }
-"""The modes ``--mode`` chooses from."""
+"""The modes ``--mode`` chooses from; each builds the requests of one variant class."""
+
+
+def mode_of(cfg: Config) -> Mode:
+    """The configured mode, once per ``--variant`` class when there are classes."""
+    if not cfg.variants:
+        return MODES[cfg.mode](cfg, Variant(None))
+    return Variants.of(cfg, MODES[cfg.mode])

@@ -65,6 +65,14 @@ class Metrics:
             "logwarden_propagation_seconds", "From a triggering line's own time ($msec) to the "
             "last peer's answer of its fan-out.", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.refresh_requests = Counter(
+            "logwarden_refresh_requests", "Refresh requests sent (retries not counted), by "
+            "variant class (--variant; 'none' without classes): fan-outs x peers x classes.",
+            ["variant"], registry=r)
+        self.vary_uncovered = Counter(
+            "logwarden_vary_uncovered", "Refresh answers that vary on a request header no "
+            "--variant covers (their other copies cannot be refreshed), by host (the first 20, "
+            "else 'other').", ["host"], registry=r)
         self.refresh_retries = Counter(
             "logwarden_refresh_retries", "Refresh attempts repeated after a connect error, a "
             "timeout or a 502/503/504.", ["peer"], registry=r)

@@ -79,6 +79,7 @@ class _Slots:
     time_local: int
     upstream_header_time: int
     upstream_date: int
+    variant: int
 
 
 class LogFormat:
@@ -86,7 +87,7 @@ class LogFormat:
 
     def __init__(self, fmt: str, escape: str, tokens: tuple[tuple[str, str], ...],
                  variables: tuple[str, ...], pattern: re.Pattern[bytes],
-                 groups: tuple[str, ...]) -> None:
+                 groups: tuple[str, ...], variant: str | None = None) -> None:
         self.format = fmt
         self.escape = escape
         self.tokens = tokens
@@ -100,21 +101,26 @@ class LogFormat:
         self._slots = _Slots(*(index.get(v, -1) for v in (
             "request", "request_method", "request_uri", "upstream_cache_status", "host",
             "http_host", "scheme", "status", "upstream_status", "http_user_agent", "msec",
-            "time_iso8601", "time_local", "upstream_header_time", "upstream_http_date")))
+            "time_iso8601", "time_local", "upstream_header_time", "upstream_http_date",
+            variant or "")))
         s = self._slots
         self._time_field = ((s.msec, "") if s.msec >= 0 else
                             (s.time_iso8601, "%Y-%m-%dT%H:%M:%S%z") if s.time_iso8601 >= 0 else
                             (s.time_local, "%d/%b/%Y:%H:%M:%S %z"))
 
     @classmethod
-    def compile(cls, fmt: str, escape: str = "default") -> LogFormat:
+    def compile(cls, fmt: str, escape: str = "default", variant: str | None = None
+                ) -> LogFormat:
+        """``variant``: the variable whose value is a line's variant class (``Record.variant``),
+        e.g. the class a ``map`` gives, or the raw ``http_accept_encoding``."""
         if escape not in ESCAPES:
             raise LogFormatError(f"unknown escape {escape!r}: use one of {', '.join(ESCAPES)}")
         tokens = _tokens(_unquote(fmt))
         variables = tuple(dict.fromkeys(t for kind, t in tokens if kind == "var"))
         _require(variables)
         pattern, groups = _pattern(tokens, escape)
-        return cls(fmt, escape, tuple(tokens), variables, re.compile(pattern, re.DOTALL), groups)
+        return cls(fmt, escape, tuple(tokens), variables, re.compile(pattern, re.DOTALL), groups,
+                   variant)
 
     def fields(self, line: bytes) -> dict[str, bytes | None] | None:
         """Every variable's unescaped value; None when the line does not match."""
@@ -140,7 +146,7 @@ class LogFormat:
                       _host(v[s.host], v[s.http_host]), _text(v[s.scheme]),
                       int(status) if status and status.isdigit() else None,
                       _text(v[s.upstream_status]), v[s.user_agent], self._time(v),
-                      v[s.upstream_header_time], v[s.upstream_date])
+                      v[s.upstream_header_time], v[s.upstream_date], v[s.variant])
 
     def _time(self, values: list[bytes | None]) -> float | None:
         slot, fmt = self._time_field

@@ -12,8 +12,9 @@ counted and skipped, so a fleet can be upgraded node by node), the URL (``scheme
 ``target``), the publisher's refresh ``method`` (for the record: a receiver refreshes with its
 own settings), ``source`` (the publisher's ``ADDRESS:PORT`` for origin offload, or null: the
 ``Refresh.holder``),
-``time`` (the triggering line's) and ``node``, the publisher's id: a node ignores its own
-messages. Pub/sub keeps nothing: what is published while a node is disconnected is lost to it.
+``time`` (the triggering line's), ``variant`` (the triggering class with ``--variant``, or
+null; absent from older agents' messages) and ``node``, the publisher's id: a node ignores its
+own messages. Pub/sub keeps nothing: what is published while a node is disconnected is lost to it.
 
 :class:`Bus` owns two Redis connections (publishing and the subscription) and reconnects the
 subscription with exponential backoff and jitter; while it is down, triggers are counted as
@@ -84,6 +85,7 @@ def encode(refresh: Refresh, node: str, method: str) -> bytes:
         "v": VERSION, "node": node, "scheme": refresh.scheme, "host": refresh.host,
         "target": refresh.target.decode("latin-1"), "method": method,
         "source": refresh.holder, "time": refresh.logged_at or time.time(),
+        "variant": refresh.variant,
     }, separators=(",", ":")).encode()
 
 
@@ -98,12 +100,14 @@ def decode(data: bytes) -> tuple[str, Refresh]:
     if msg["v"] != VERSION:
         raise UnknownVersion(f"version {msg['v']!r}")
     node, scheme, host, target = (_text(msg, k) for k in ("node", "scheme", "host", "target"))
-    holder, logged_at = msg.get("source"), msg.get("time")
+    holder, logged_at, variant = msg.get("source"), msg.get("time"), msg.get("variant")
+    if not (variant is None or isinstance(variant, str)):
+        raise ValueError("bad field")
     if scheme not in ("http", "https") or not (holder is None or isinstance(holder, str)) \
             or not (logged_at is None or isinstance(logged_at, int | float)):
         raise ValueError("bad field")
     return node, Refresh(scheme, host, target.encode("latin-1"), "bus",
-                         float(logged_at) if logged_at else None, holder or None)
+                         float(logged_at) if logged_at else None, holder or None, variant)
 
 
 def _client(url: str) -> redis.Redis:

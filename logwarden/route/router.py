@@ -115,6 +115,27 @@ class Router:
                       f" (not sent: {reason})" if reason else "")
 
 
+class AlsoHere:
+    """A target that also hands each refresh it submits, marked ``here``, to this node's own
+    NGINX (bus mode with variant classes: the triggering node's other classes need a refresh
+    too, and the bus's other nodes do not send this node one)."""
+
+    def __init__(self, target: Target, here: Target) -> None:
+        self.target = target
+        self.here = here
+
+    def has_listener(self, scheme: str) -> bool:
+        return self.target.has_listener(scheme)
+
+    def refuse(self, refresh: Refresh) -> None:
+        self.target.refuse(refresh)
+
+    def submit(self, refresh: Refresh) -> None:
+        self.target.submit(refresh)
+        if self.here.has_listener(refresh.scheme):
+            self.here.submit(refresh._replace(here=True))
+
+
 class Recorder:
     """A target that sends nothing: what would go to each of ``peers`` (``replay``, ``run
     --dry-run``, ``warm --dry-run``). With ``dynamic`` peers (a peers file, DNS) every scheme
