@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from logwarden.config import ConfigError, load_config
+from logwarden.config import REPLAY, ConfigError, load_config
 
 FMT = "$host \"$request\" $status $upstream_cache_status"
 BASE: dict[str, Any] = {
@@ -168,3 +168,22 @@ def test_dispatch_settings_are_validated(flags: dict[str, Any], key: str, messag
     with pytest.raises(ConfigError, match=message) as caught:
         load(flags)
     assert caught.value.key == key
+
+
+def test_variants_are_parsed_and_checked() -> None:
+    fmt = '$host "$request" $status $upstream_cache_status "$http_accept_encoding"'
+    config = load_config({"log_format": fmt, "variant": ("Accept-Encoding: br", "")},
+                         needs=REPLAY)
+    assert [v.header for v in config.variants] == [("Accept-Encoding", "br"), None]
+    assert config.refresh_mode.methods == ("HEAD", "HEAD")
+    parser = config.log_format_parser()  # the logged header tells the triggering class
+    record = parser.parse(b'h "GET / HTTP/1.1" 200 MISS "br"')
+    assert record is not None and record.variant == b"br"
+    with pytest.raises(ConfigError, match="names more than one header"):
+        load_config({"log_format": fmt, "variant": ("Accept-Encoding: br", "Accept: x")},
+                    needs=REPLAY)
+    with pytest.raises(ConfigError, match="names a class twice"):
+        load_config({"log_format": fmt, "variant": ("Accept-Encoding: br",) * 2},
+                    needs=REPLAY)
+    with pytest.raises(ConfigError, match="variant_variable: 'nope' is not a variable"):
+        load_config({"log_format": fmt, "variant_variable": "nope"}, needs=REPLAY)

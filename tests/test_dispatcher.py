@@ -12,7 +12,7 @@ import pytest
 
 from logwarden.deliver.breaker import Breaker
 from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
-from logwarden.deliver.modes import Bypass, Purge
+from logwarden.deliver.modes import Bypass, Purge, Variants, parse_variant
 from logwarden.model import USER_AGENT, Refresh, host_ok
 from logwarden.ops.metrics import Metrics
 from logwarden.parse.logformat import LogFormat
@@ -497,3 +497,48 @@ async def test_a_peer_back_from_an_outage_gets_every_refresh_and_shows_up_withou
             await asyncio.sleep(0.02)
     await d.close(1)
     await peer.close()
+
+
+async def test_variants_send_one_request_per_class_and_skip_the_triggering_one_here() -> None:
+    peer, own = await RecordingPeer().start(), await RecordingPeer().start()
+    br, gzip, none = (parse_variant(t) for t in ("Accept-Encoding: br",
+                                                 "Accept-Encoding: gzip", ""))
+    mode = Variants([(v, Bypass(variant=v)) for v in (br, gzip, none)])
+    m = Metrics()
+    d = Dispatcher((peer.url,), DispatchSettings(mode=mode), m, own=own.url)
+    d.start()
+    d.submit(Refresh("http", "h", b"/a", "MISS", variant="gzip", holder="10.0.0.1:80"))
+    d.submit(Refresh("http", "h", b"/b", "MISS"))  # the class is not known: all of them here
+    await settle(d, m, 2)
+    async with asyncio.timeout(5):
+        while count(m, own.url, "ok") < 2:
+            await asyncio.sleep(0.01)
+    await d.close(1)
+    await peer.close()
+    await own.close()
+
+    def sent(p: RecordingPeer) -> list[tuple[bytes, bytes, bytes]]:
+        """(target, Accept-Encoding, X-Logwarden-Source) of each request, b"" for none."""
+        return [(p.request_lines()[i].split()[1], p.headers(i).get(b"accept-encoding", b""),
+                 p.headers(i).get(b"x-logwarden-source", b"")) for i in range(len(p.heads))]
+
+    assert sorted(sent(peer)) == sorted([
+        (b"/a", b"br", b""), (b"/a", b"gzip", b"10.0.0.1:80"), (b"/a", b"", b""),
+        (b"/b", b"br", b""), (b"/b", b"gzip", b""), (b"/b", b"", b"")])
+    assert sorted(sent(own)) == sorted([  # the class its line stored is fresh there already
+        (b"/a", b"br", b""), (b"/a", b"", b""),
+        (b"/b", b"br", b""), (b"/b", b"gzip", b""), (b"/b", b"", b"")])
+    assert value(m, "logwarden_refresh_fanouts_total") == 2
+    assert count(m, peer.url, "ok") == 2 and count(m, own.url, "ok") == 2  # per fan-out
+    assert {c: value(m, "logwarden_refresh_requests_total", variant=c)
+            for c in ("br", "gzip", "none")} == {"br": 4, "gzip": 3, "none": 4}
+    assert mode.methods == ("HEAD", "HEAD", "HEAD")
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("Accept-Encoding", "must be 'Header: value'"), ("Accept Encoding: br", "must be"),
+    ("Accept-Encoding:", "must be"),
+])
+def test_a_bad_variant_is_named(text: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        parse_variant(text)
