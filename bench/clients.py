@@ -24,12 +24,21 @@ HEADERS = {"X-Refresh": "1", "User-Agent": "logwarden-bench"}
 Sender = Callable[[str, list[bytes], int], Awaitable[None]]
 
 
-async def via_logwarden(url: str, targets: list[bytes], concurrency: int) -> None:
+CLASSES = ("Accept-Encoding: br", "Accept-Encoding: gzip", "")
+"""``logwarden-3-classes``: the README's three variant classes, one request each per refresh."""
+
+
+async def via_logwarden(url: str, targets: list[bytes], concurrency: int,
+                        classes: tuple[str, ...] = ()) -> None:
     from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
+    from logwarden.deliver.modes import Bypass, Mode, Variants, parse_variant
     from logwarden.model import Refresh
     from logwarden.ops.metrics import Metrics
 
-    settings = DispatchSettings(peer_concurrency=concurrency, queue_size=len(targets) + 1)
+    variants = [parse_variant(c) for c in classes]
+    mode: Mode = Variants([(v, Bypass(variant=v)) for v in variants]) if classes else Bypass()
+    settings = DispatchSettings(mode=mode, peer_concurrency=concurrency,
+                                queue_size=len(targets) + 1)
     dispatcher = Dispatcher((url,), settings, Metrics())
     dispatcher.start()
     for target in targets:
@@ -94,7 +103,12 @@ async def _workers(send: Callable[[bytes], Awaitable[None]], targets: list[bytes
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-SENDERS: dict[str, Sender] = {"logwarden": via_logwarden, "aiohttp": via_aiohttp,
+async def via_logwarden_classes(url: str, targets: list[bytes], concurrency: int) -> None:
+    await via_logwarden(url, targets, concurrency, CLASSES)
+
+
+SENDERS: dict[str, Sender] = {"logwarden": via_logwarden,
+                              "logwarden-3-classes": via_logwarden_classes, "aiohttp": via_aiohttp,
                               "httpx": via_httpx, "httpx-aiohttp": via_httpx_aiohttp,
                               "protocol-proto": via_protocol}
 
@@ -105,7 +119,7 @@ async def measure(kind: str, url: str, count: int, concurrency: int, prefix: str
     targets = [b"/%s/r/%d?v=1" % (prefix.encode(), i) for i in range(count)]
     started = time.perf_counter()
     await send(url, targets, concurrency)
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started)  # refreshes (fan-outs to one peer) per s
 
 
 def main() -> None:
