@@ -28,19 +28,23 @@ HOST = "www.example.com"
 
 def test_message_round_trip_keeps_the_exact_target() -> None:
     refresh = Refresh("https", "www.example.com", b"/a/caf%C3%A9?b=2&a=1", "MISS", 1.5e9,
-                      "10.0.0.1:80")
+                      "10.0.0.1:80", "gzip")
     data = encode(refresh, "node-1", "HEAD")
     assert json.loads(data)["v"] == VERSION and len(data) < 250
     node, back = decode(data)
     assert node == "node-1"
-    assert (back.scheme, back.host, back.target, back.logged_at, back.holder) == (
-        "https", "www.example.com", b"/a/caf%C3%A9?b=2&a=1", 1.5e9, "10.0.0.1:80")
+    assert (back.scheme, back.host, back.target, back.logged_at, back.holder, back.variant) == (
+        "https", "www.example.com", b"/a/caf%C3%A9?b=2&a=1", 1.5e9, "10.0.0.1:80", "gzip")
+    older = json.loads(data)
+    del older["variant"]  # an agent from before variant classes: the class is not known
+    assert decode(json.dumps(older).encode())[1].variant is None
 
 
 @pytest.mark.parametrize("data", [
     b"not json", b"[]", b"{}", b'{"v": 1}', b'{"v": 1, "node": "n", "scheme": "ftp", '
     b'"host": "h", "target": "/"}', b'{"v": 1, "node": "n", "scheme": "http", "host": "h", '
     b'"target": "/\\u20ac"}', b"x" * 20000,
+    b'{"v": 1, "node": "n", "scheme": "http", "host": "h", "target": "/", "variant": 1}',
 ])
 def test_malformed_messages_are_refused(data: bytes) -> None:
     with pytest.raises(ValueError):
