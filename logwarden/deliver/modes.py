@@ -33,7 +33,7 @@ DEFAULT_CACHE_STATUS_HEADER = "X-Cache-Status"
 _BYPASSED = b"BYPASS"
 
 
-def refreshed(answer: Answer, cache_status: bytes | None = None) -> str:
+def refreshed(answer: Answer, cache_status: bytes | None) -> str:
     """A bypass request. A 200 alone proves nothing: a peer that ignores the refresh header
     answers 200 from its cache too. So with ``cache_status`` (a lower-case header name) it is
     ``ok`` only when that header says ``BYPASS``: the peer skipped its cache, went to its
