@@ -26,7 +26,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, NamedTuple
 from urllib.parse import urlsplit
@@ -249,6 +249,36 @@ def _render_sources(text: str, sources: Sequence[str]) -> str:
     return text
 
 
+Edit = Callable[[str], str]
+"""Changes a rendered config (:class:`NginxNode`'s ``edit``): a node wired differently."""
+
+
+def _no_bypass(text: str) -> str:
+    return _replace(text, "proxy_cache_bypass $logwarden_refresh;", "")
+
+
+def _client_not_in_geo(text: str) -> str:
+    text, found = re.subn(rf"^[ \t]*{re.escape(CLIENT_ADDRESS)}[ \t]+1;\n", "", text,
+                          flags=re.MULTILINE)
+    if found != 1:
+        raise ValueError(f"template: no geo entry '{CLIENT_ADDRESS} 1;' to drop")
+    return text
+
+
+def _other_secret(text: str) -> str:
+    return _replace(text, f'"1:{LAB_SECRET}"', '"1:not-the-agents-secret"')
+
+
+#: A node that ignores refreshes and answers them from its cache, each way an operator gets it
+#: wrong: no ``proxy_cache_bypass``, the agents' address (:data:`CLIENT_ADDRESS`) missing from
+#: its ``geo $logwarden_peer``, another secret in its refresh map.
+DEAF: dict[str, Edit] = {
+    "no_bypass": _no_bypass,
+    "not_in_geo": _client_not_in_geo,
+    "other_secret": _other_secret,
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # one node
 
@@ -267,10 +297,11 @@ class NginxNode(Running):
         self, name: str, address: str, template_path: Path, origin_url: str,
         peers: Sequence[str], workdir: Path, *, port: int | None = None,
         nginx: str | None = None, syslog: str | None = None, sources: Sequence[str] = (),
-        variants: bool = False,
+        variants: bool = False, edit: Edit | None = None,
     ) -> None:
         """``sources``: the ``ADDRESS:PORT`` of the nodes this one may fetch an offloaded
-        refresh from (the origin-offload map); ``variants``: the variant-class recipe on."""
+        refresh from (the origin-offload map); ``variants``: the variant-class recipe on;
+        ``edit`` changes the rendered config (e.g. one of :data:`DEAF`)."""
         self.variants = variants
         self.name = name
         self.address = address
@@ -282,6 +313,7 @@ class NginxNode(Running):
         self.peers = tuple(peers)
         self.syslog = syslog
         self.sources = tuple(sources)
+        self.edit = edit
         self.prefix = Path(workdir).resolve() / name
         self.conf_path = self.prefix / "nginx.conf"
         self.access_log = self.prefix / "logs" / "access.log"
@@ -302,10 +334,11 @@ class NginxNode(Running):
                 "-g", "daemon off;"]
 
     def render(self) -> str:
-        return render_config(
+        text = render_config(
             self.template_path.read_text(), listen=self.address, port=self.port,
             prefix=self.prefix, origin=self.origin, peers=self.peers, user=current_user(),
             syslog=self.syslog, sources=self.sources, variants=self.variants)
+        return self.edit(text) if self.edit else text
 
     def start(self, timeout: float = 10.0) -> NginxNode:
         if self._proc is not None:
@@ -445,18 +478,21 @@ class Cluster(Running):
 
     Every node allows refreshes from ``client_address`` (where the agents connect from) and
     from every node address. If ``origin`` is given the cluster uses it and leaves it running.
+    ``edits`` changes the config of the nodes at those indexes (e.g. ``{2: DEAF["no_bypass"]}``).
     """
 
     def __init__(
         self, workdir: Path, *, nodes: int = 3, addresses: Sequence[str] | None = None,
         origin: Origin | None = None, template_path: Path = EXAMPLE_CONFIG,
         client_address: str = CLIENT_ADDRESS, variants: bool = False,
+        edits: Mapping[int, Edit] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.variants = variants
         self.addresses = tuple(addresses or (f"127.0.0.{11 + i}" for i in range(nodes)))
         self.template_path = Path(template_path)
         self.peers = tuple(dict.fromkeys((client_address, *self.addresses)))
+        self.edits = dict(edits or {})
         self._own_origin = origin is None
         self.origin = origin if origin is not None else Origin()
         self.nodes: list[NginxNode] = []
@@ -471,7 +507,7 @@ class Cluster(Running):
                 node = NginxNode(
                     chr(ord("a") + i), address, self.template_path, self.origin.url,
                     self.peers, self.workdir, port=ports[i], sources=sources,
-                    variants=self.variants)
+                    variants=self.variants, edit=self.edits.get(i))
                 self.nodes.append(node)
                 node.start()
         except BaseException:

@@ -79,6 +79,18 @@ def check(config_file: str | None, **flags: Any) -> None:
     static = ", ".join(config.targets) or "no static peer"
     dynamic = " + --peers-file/--peers-dns" if config.peers_file or config.peers_dns else ""
     click.echo(f"# refreshes go to: {static}{dynamic}", err=True)
+    click.echo(f"# {_verification(config)}", err=True)
+
+
+def _verification(config: Config) -> str:
+    """How bypass answers are judged: a peer that ignores the refresh answers 200 too."""
+    if config.mode != "refresh" and not config.purge_then_refresh:
+        return "refresh verification: none (purge mode sends no bypass request)"
+    if not config.cache_status_header:
+        return ("refresh verification off (cache_status_header = ''): any answer below 400 "
+                "counts as ok")
+    return (f"refreshes verified: ok only when the peer answers {config.cache_status_header}: "
+            "BYPASS (else not_refreshed, or unverified without the header)")
 
 
 @main.command()

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from logwarden.deliver.modes import MODES, Mode, Variant, mode_of, parse_variant
+from logwarden.deliver.modes import (
+    DEFAULT_CACHE_STATUS_HEADER,
+    MODES,
+    Mode,
+    Variant,
+    mode_of,
+    parse_variant,
+)
 from logwarden.deliver.peerhttp import host_port
 from logwarden.parse.logformat import ESCAPES, LogFormat, LogFormatError
 from logwarden.parse.nginxconf import AccessLog, NginxConfError
@@ -212,6 +219,12 @@ def _read_header_file(key: str, path: str | None) -> str | None:
     return header
 
 
+def _check_header_name(key: str, name: str) -> None:
+    if name and not _TOKEN.match(name):
+        raise ConfigError(key, name, "is not a header name (an HTTP token such as "
+                          "X-Cache-Status), nor '' to turn verification off")
+
+
 def _check_token(key: str, value: str) -> None:
     if not _TOKEN.match(value):
         raise ConfigError(key, value, "is not an HTTP method token")
@@ -326,6 +339,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("refresh_header_file", str, None, "File holding the refresh header 'Name: value' "
             "with a shared secret; replaces --refresh-header, never printed.",
             check=_read_header_file),
+    Setting("cache_status_header", str, DEFAULT_CACHE_STATUS_HEADER, "Header of the peers' "
+            "answers holding $upstream_cache_status: a refresh counts as ok only when it says "
+            "BYPASS; '' judges answers by status only.", check=_check_header_name),
     Setting("mode", str, "refresh", "refresh: a bypass request; purge: the purge method, "
             "then optionally a bypass request.", choices=tuple(MODES)),
     Setting("purge_method", str, "PURGE", "Method of purge requests in purge mode.",
@@ -422,6 +438,7 @@ class Config:
     variant: tuple[str, ...]
     variant_variable: str | None
     refresh_header_file: str | None
+    cache_status_header: str
     mode: str
     purge_method: str
     purge_then_refresh: bool

@@ -39,11 +39,13 @@ def origin() -> Iterator[Origin]:
 
 
 @pytest.fixture
-def cluster(origin: Origin, tmp_path: Path) -> Iterator[Cluster]:
-    """Three NGINX nodes (127.0.0.11-13) rendered from examples/nginx.conf, using ``origin``."""
+def cluster(origin: Origin, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Three NGINX nodes (127.0.0.11-13) rendered from examples/nginx.conf, using ``origin``.
+    Parametrized indirectly, the parameter is the cluster's ``edits`` (``{2: DEAF[...]}``)."""
     if find_nginx() is None:
         pytest.skip("nginx not found on PATH or in /usr/sbin (Debian: make system-deps)")
-    with Cluster(tmp_path / "cluster", nodes=3, origin=origin) as started:
+    edits = getattr(request, "param", None)
+    with Cluster(tmp_path / "cluster", nodes=3, origin=origin, edits=edits) as started:
         masters = [node.pid for node in started]
         yield started
     left = [pid for pid in masters if pid is not None and group_alive(pid)]

@@ -13,9 +13,12 @@ from lab import free_port
 
 @dataclass
 class RecordingPeer:
-    """Answers with ``statuses`` in order, then ``status``; records every raw request head."""
+    """Answers with ``statuses`` in order, then ``status``; records every raw request head.
+    Every answer says ``X-Cache-Status: <cache_status>`` (None: no such header), so by default
+    a bypass refresh to it is verified ``ok``, as a correctly wired NGINX peer answers."""
 
     status: int = 200
+    cache_status: str | None = "BYPASS"
     statuses: list[int] = field(default_factory=list)
     delay: float = 0.0
     host: str = "127.0.0.1"
@@ -47,7 +50,10 @@ class RecordingPeer:
                 await asyncio.sleep(self.delay)
                 status = self.statuses.pop(0) if self.statuses else self.status
                 body = b"" if head.startswith(b"HEAD ") else b"ok"
-                writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\n%s" % (status, body))
+                cache = (b"" if self.cache_status is None
+                         else b"X-Cache-Status: %s\r\n" % self.cache_status.encode())
+                writer.write(b"HTTP/1.1 %d X\r\n%sContent-Length: 2\r\n\r\n%s"
+                             % (status, cache, body))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

@@ -62,6 +62,20 @@ def test_check_rejects_bad_config(tmp_path: Path, toml: str, args: list[str], me
     assert message in out.stderr
 
 
+def test_check_says_how_refreshes_are_verified() -> None:
+    out = logwarden("check", *ARGS)
+    assert "# refreshes verified: ok only when the peer answers X-Cache-Status: BYPASS" \
+        in out.stderr
+    out = logwarden("check", *ARGS, "--cache-status-header", "X-Cache")
+    assert "answers X-Cache: BYPASS" in out.stderr
+    out = logwarden("check", *ARGS, "--cache-status-header", "")
+    assert out.returncode == 0, out.stderr
+    assert "# refresh verification off (cache_status_header = '')" in out.stderr
+    assert 'cache_status_header = ""' in out.stdout  # and the TOML keeps it off
+    purge = ["--log-format", FMT + ' "$http_user_agent"', "--mode", "purge"]
+    assert "purge mode sends no bypass request" in logwarden("check", *ARGS, *purge).stderr
+
+
 def test_run_rejects_bad_config_before_starting() -> None:
     out = logwarden("run", *ARGS, "--concurrency", "0")
     assert out.returncode == 2

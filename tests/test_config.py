@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from logwarden.config import REPLAY, ConfigError, load_config
+from logwarden.deliver.peerhttp import Answer
 
 FMT = "$host \"$request\" $status $upstream_cache_status"
 BASE: dict[str, Any] = {
@@ -163,6 +164,7 @@ def test_self_leaves_out_its_listener_of_the_other_scheme() -> None:
     ({"peer_ca": "/nonexistent/ca.pem"}, "peer_ca", "is not a readable file"),
     ({"mode": "ban"}, "mode", "must be one of refresh, purge"),
     ({"breaker_failures": 0}, "breaker_failures", "must be greater than 0"),
+    ({"cache_status_header": "X Cache"}, "cache_status_header", "'X Cache' is not a header name"),
 ])
 def test_dispatch_settings_are_validated(flags: dict[str, Any], key: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as caught:
@@ -187,3 +189,18 @@ def test_variants_are_parsed_and_checked() -> None:
                     needs=REPLAY)
     with pytest.raises(ConfigError, match="variant_variable: 'nope' is not a variable"):
         load_config({"log_format": fmt, "variant_variable": "nope"}, needs=REPLAY)
+
+
+@pytest.mark.parametrize("flags", [{}, {"mode": "purge", "purge_then_refresh": True,
+                                        "log_format": FMT + ' "$http_user_agent"'}])
+def test_the_configured_cache_status_header_verifies_bypass_refreshes(
+    flags: dict[str, Any],
+) -> None:
+    """The daemon's refresh, and purge-then-refresh's: ok only on BYPASS; '' turns it off."""
+    hit = Answer(200, [(b"x-cache", b"HIT"), (b"x-cache-status", b"BYPASS")], b"")
+    bypass = load(flags).refresh_mode.requests()[-1]
+    assert bypass.method == "HEAD" and bypass.judge(hit) == "ok"
+    assert load({**flags, "cache_status_header": "X-Cache"}).refresh_mode.requests()[-1] \
+        .judge(hit) == "not_refreshed"
+    assert load({**flags, "cache_status_header": ""}).refresh_mode.requests()[-1] \
+        .judge(Answer(200, [(b"x-cache-status", b"HIT")], b"")) == "ok"

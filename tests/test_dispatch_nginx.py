@@ -189,7 +189,8 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 class TlsNode(NginxNode):
-    """A minimal NGINX with a plain and a TLS listener that logs the SNI it was given."""
+    """A minimal NGINX with a plain and a TLS listener that logs the SNI it was given (and
+    says BYPASS, so its answers are verified refreshes)."""
 
     def __init__(self, workdir: Path, certs: Certs) -> None:
         super().__init__("tls", "127.0.0.21", EXAMPLE_CONFIG, "http://127.0.0.1:9", (), workdir)
@@ -217,6 +218,7 @@ http {{
         server_name {HOST} static.example.com;
         ssl_certificate {self.certs.cert};
         ssl_certificate_key {self.certs.key};
+        add_header X-Cache-Status BYPASS always;  # answers as a refreshed peer would
         return 204;
     }}
 }}

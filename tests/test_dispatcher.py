@@ -12,7 +12,8 @@ import pytest
 
 from logwarden.deliver.breaker import Breaker
 from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
-from logwarden.deliver.modes import Bypass, Purge, Variants, parse_variant
+from logwarden.deliver.modes import Bypass, Purge, Variants, parse_variant, refreshed, verified_by
+from logwarden.deliver.peerhttp import Answer
 from logwarden.model import USER_AGENT, Refresh, host_ok
 from logwarden.ops.metrics import Metrics
 from logwarden.parse.logformat import LogFormat
@@ -20,7 +21,8 @@ from logwarden.route.router import Router
 from logwarden.route.storm import StormControl
 from tests.peers import RecordingPeer, dead_url, silent_url
 
-DONE = ("ok", "not_cached", "http_error", "timeout", "connect_error", "tls_error", "skipped")
+DONE = ("ok", "not_cached", "not_refreshed", "unverified", "http_error", "timeout",
+        "connect_error", "tls_error", "skipped")
 
 
 def refresh(target: bytes = b"/a?b=1", host: str = "www.example.com") -> Refresh:
@@ -310,6 +312,119 @@ async def test_purge_then_refresh_and_forbidden_is_logged_once(
     assert len(acl.heads) == 3  # the warm-up follows a purge only
     [record] = caplog.records
     assert "403" in record.getMessage() and acl.url in record.getMessage()
+
+
+# --- verified refreshes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "cache", "outcome"), [
+    (200, b"BYPASS", "ok"), (204, b"BYPASS", "ok"), (304, b"BYPASS", "ok"),
+    (200, b"bypass", "ok"), (200, b" BYPASS ", "ok"),
+    (200, b"HIT", "not_refreshed"), (200, b"STALE", "not_refreshed"),
+    (200, b"UPDATING", "not_refreshed"), (200, b"REVALIDATED", "not_refreshed"),
+    (200, b"EXPIRED", "not_refreshed"), (200, b"MISS", "not_refreshed"),
+    (200, b"", "not_refreshed"), (200, None, "unverified"), (301, None, "unverified"),
+    (404, b"BYPASS", "http_error"), (500, b"BYPASS", "http_error"), (403, None, "http_error"),
+])
+def test_a_bypass_is_ok_only_when_the_peer_says_bypass(
+    status: int, cache: bytes | None, outcome: str,
+) -> None:
+    headers = [(b"x-cache-status", cache)] if cache is not None else []
+    answer = Answer(status, headers, b"")
+    assert verified_by("X-Cache-Status")(answer) == outcome
+    assert refreshed(answer, b"x-cache-status") == outcome
+    # Verification off (cache_status_header = ''): by status only, as before.
+    assert verified_by("")(answer) == ("ok" if status < 400 else "http_error")
+
+
+def test_the_cache_status_header_name_is_the_configured_one() -> None:
+    answer = Answer(200, [(b"x-cache-status", b"BYPASS"), (b"x-cache", b"HIT")], b"")
+    assert Bypass(cache_status="X-Cache").refresh.judge(answer) == "not_refreshed"
+    assert Bypass(cache_status="X-Upstream-Cache").refresh.judge(answer) == "unverified"
+    assert Bypass().refresh.judge(answer) == "ok"
+
+
+def test_hints_match_their_outcome_and_status() -> None:
+    purge = Purge().purge
+    assert purge.hint("http_error", 403) is not None
+    assert purge.hint("http_error", 500) is None and purge.hint("ok", 200) is None
+    bypass = Bypass(header=("X-Warm", "s3cr3t")).refresh
+    hint = bypass.hint("not_refreshed", 200)
+    assert hint is not None and hint.level == logging.WARNING
+    for fix in ("geo $logwarden_peer", '"$logwarden_peer:$http_x_warm" $logwarden_refresh',
+                "X-Warm header", "proxy_cache_bypass $logwarden_refresh;"):
+        assert fix in hint.text
+    assert "s3cr3t" not in hint.text  # logs never show the secret
+    assert bypass.hint("unverified", 200) is not None and bypass.hint("ok", 200) is None
+    assert Bypass(cache_status="").refresh.hints == ()
+
+
+async def test_a_deaf_peer_is_not_refreshed_named_once_and_keeps_its_breaker_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "logwarden.deliver.dispatcher")
+    deaf = await RecordingPeer(cache_status="HIT").start()
+    good = await RecordingPeer().start()
+    m = Metrics()
+    d = Dispatcher((deaf.url, good.url), DispatchSettings(breaker_failures=2), m)
+    d.start()
+    for i in range(6):
+        d.submit(refresh(b"/%d" % i))
+    await settle(d, m, 12)
+    await d.close(1)
+    await deaf.close()
+    await good.close()
+    assert count(m, deaf.url, "not_refreshed") == 6 and count(m, deaf.url, "ok") == 0
+    assert count(m, good.url, "ok") == 6
+    assert len(deaf.heads) == 6  # an answer, not a failure: never retried, never skipped
+    assert value(m, "logwarden_peer_up", peer=deaf.url) == 1
+    told = [r for r in caplog.records if "answers refreshes from its cache" in r.getMessage()]
+    assert len(told) == 1 and told[0].levelno == logging.WARNING
+    assert deaf.url in told[0].getMessage() and good.url not in told[0].getMessage()
+    assert not [r for r in caplog.records if good.url in r.getMessage()]
+
+
+async def test_a_peer_without_the_header_is_unverified_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "logwarden.deliver.dispatcher")
+    silent = await RecordingPeer(cache_status=None).start()
+    m = Metrics()
+    d = Dispatcher((silent.url,), DispatchSettings(breaker_failures=1), m)
+    d.start()
+    for i in range(3):
+        d.submit(refresh(b"/%d" % i))
+    await settle(d, m, 3)
+    await d.close(1)
+    assert count(m, silent.url, "unverified") == 3
+    assert value(m, "logwarden_peer_up", peer=silent.url) == 1
+    [record] = caplog.records  # the hint only: unverified is not "failing"
+    assert silent.url in record.getMessage() and "sends no X-Cache-Status header" in \
+        record.getMessage()
+    # Verification off: the same answers are ok, and nothing is said.
+    caplog.clear()
+    m = Metrics()
+    d = Dispatcher((silent.url,), DispatchSettings(mode=Bypass(cache_status="")), m)
+    d.start()
+    d.submit(refresh())
+    await settle(d, m, 1)
+    await d.close(1)
+    await silent.close()
+    assert count(m, silent.url, "ok") == 1
+    assert caplog.records == []
+
+
+async def test_purge_then_refresh_judges_its_refresh_the_same_way() -> None:
+    deaf = await RecordingPeer(cache_status="HIT").start()  # purges fine, ignores the bypass
+    m = Metrics()
+    d = Dispatcher((deaf.url,), DispatchSettings(mode=Purge(then_refresh=Bypass())), m)
+    d.start()
+    d.submit(refresh())
+    await settle(d, m, 1)
+    await d.close(1)
+    await deaf.close()
+    assert deaf.request_lines() == [b"PURGE /a?b=1 HTTP/1.1", b"HEAD /a?b=1 HTTP/1.1"]
+    assert count(m, deaf.url, "not_refreshed") == 1 and count(m, deaf.url, "ok") == 0
 
 
 async def test_queued_refresh_coalesces_repeats_but_one_in_flight_does_not() -> None:

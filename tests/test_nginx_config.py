@@ -77,7 +77,8 @@ def test_example_carries_the_documented_log_format_and_directives() -> None:
     code = _code(text)
     for directive in (
         "access_log /var/log/nginx/access.log logwarden;",
-        "proxy_cache_key $scheme$host$request_uri;",
+        "proxy_cache_key $scheme$host$request_uri$logwarden_class;",
+        "proxy_cache_purge logwarden $scheme$host$request_uri$logwarden_class;",
         "proxy_cache_use_stale updating error timeout http_500 http_502 http_503 http_504;",
         "proxy_cache_background_update on;",
         "proxy_cache_lock on;",
@@ -88,6 +89,8 @@ def test_example_carries_the_documented_log_format_and_directives() -> None:
         "add_header X-Cache-Status $upstream_cache_status always;",
     ):
         assert directive in code, directive
+    # the variant recipe ships off: the class is always "", the key the plain one
+    assert re.search(r'map \$http_accept_encoding \$logwarden_class \{\s*default\s+"";\s*\}', code)
     assert "buffer=" not in code  # unbuffered: lines visible at once, none lost on a crash
     assert "proxy_no_cache" not in code  # the refreshed copy must be stored
     # the same-location PURGE syntax segfaults Debian 12's module; only the @purge route

@@ -26,7 +26,8 @@ DEADLINE = 2.0
 
 
 class SlowPeer(http.server.ThreadingHTTPServer):
-    """Answers every refresh after ``delay`` seconds and counts the answers it sent."""
+    """Answers every refresh after ``delay`` seconds (a verified ``ok``) and counts the answers
+    it sent."""
 
     daemon_threads = True
 
@@ -46,6 +47,7 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         time.sleep(self.server.delay)
         self.send_response(204)
+        self.send_header("X-Cache-Status", "BYPASS")  # as a refreshed NGINX peer answers
         self.end_headers()
         with self.server.lock:
             self.server.answered += 1

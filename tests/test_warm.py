@@ -127,6 +127,17 @@ def test_report_names_each_node_and_fails_on_any_failure() -> None:
                               "http://c:80: 0 warmed, 3 failed (connect_error 2, skipped 1)"]
 
 
+def test_report_fails_a_node_that_did_not_refresh_and_shows_unverified_apart() -> None:
+    from collections import Counter
+    report = Report({"http://a:80": Counter(ok=1, unverified=2)}, 3)
+    assert not report.failed  # the node's config decides whether it says; nothing failed
+    assert report.lines() == ["http://a:80: 1 warmed, 2 unverified (no cache-status header), "
+                              "0 failed"]
+    report.nodes["http://b:80"] = Counter(not_refreshed=3)
+    assert report.failed
+    assert report.lines()[1] == "http://b:80: 0 warmed, 3 failed (not_refreshed 3)"
+
+
 def test_warm_needs_nodes_but_no_log() -> None:
     config = load_config({"peer": ("http://127.0.0.11:80",)}, None, {}, needs=WARM)
     assert config.access_log == () and config.log_format is None

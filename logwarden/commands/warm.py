@@ -7,7 +7,9 @@ same refresh request a fan-out sends (the bypass mode: warming refreshes in plac
 would empty every cache instead), admitted by the router (no node of its scheme, a target that
 cannot be sent exactly) and sent through the same :class:`Dispatcher` (concurrency, refresh
 header, retries, breaker, TLS), without dedup or storm control: the list is the storm asked
-for. It is fed in chunks of ``--queue-size``, so nothing is dropped for a full queue.
+for. It is fed in chunks of ``--queue-size``, so nothing is dropped for a full queue. Answers
+are judged as the daemon judges them (``modes.refreshed``): a node answering from its cache
+(``not_refreshed``) failed; one without the cache-status header is counted ``unverified``.
 
 With ``only_missing`` each node is asked a plain ``HEAD`` first (the probe-first mode,
 ``modes.probed``): a ``HIT`` needs nothing, and a ``MISS`` was stored by that ``HEAD`` itself.
@@ -51,7 +53,11 @@ PROGRESS_INTERVAL = 5.0
 """Seconds between summary lines when stderr is not a terminal."""
 SITEMAP_TIMEOUT = 60.0
 """Seconds a sitemap download may take (a sitemap may hold 50 MB)."""
-SUCCESS = frozenset({"ok", "hit", "not_cached"})
+SUCCESS = frozenset({"ok", "hit", "not_cached", "unverified"})
+"""Outcomes that do not fail a warm. ``unverified`` (the node answered below 400 without its
+cache-status header) is one: it is how every answer was judged before verification, and the
+node's config, not this run, decides it; it is reported apart, never as "warmed".
+``not_refreshed`` (the node answered from its cache) fails."""
 WARM_STATUS = "WARM"
 """The ``cache_status`` of warm requests, as the dispatcher logs it."""
 
@@ -200,6 +206,8 @@ class Report:
             text = f"{node}: {counts['ok']} warmed"
             if counts["hit"]:
                 text += f", {counts['hit']} already cached"
+            if counts["unverified"]:
+                text += f", {counts['unverified']} unverified (no cache-status header)"
             text += f", {sum(failures.values())} failed"
             if failures:
                 text += " (" + ", ".join(f"{o} {n}" for o, n in sorted(failures.items())) + ")"
@@ -340,8 +348,8 @@ def _dry_run(nodes: Sequence[str], urls: Sequence[Refresh], out: TextIO) -> int:
 
 def warm(config: Config, sources: Sequence[str], *, only_missing: bool,
          out: TextIO, err: TextIO) -> int:
-    """The ``warm`` command: 0 when every URL was warmed (or already cached) on every node,
-    1 when any failed anywhere, 2 when the sources cannot be read. The summary goes to
+    """The ``warm`` command: 0 when every URL was warmed (or already cached, or unverified) on
+    every node, 1 when any failed anywhere, 2 when the sources cannot be read. The summary goes to
     ``out``, progress and errors to ``err``."""
     return asyncio.run(_warm(config, sources, only_missing, out, err))
 

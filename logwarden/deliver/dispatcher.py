@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 from prometheus_client import Histogram
 
 from logwarden.deliver.breaker import Breaker
-from logwarden.deliver.modes import Bypass, Mode, Request
+from logwarden.deliver.modes import Bypass, Hint, Mode, Request
 from logwarden.deliver.peerhttp import (
     Answer,
     ConnectError,
@@ -181,7 +181,7 @@ class Peer:
         self._own_slot = asyncio.Semaphore(1)
         self._probed = asyncio.Event()  # set while no probe is out
         self._probed.set()
-        self._told_forbidden: set[str] = set()
+        self._told: set[Hint] = set()
         metrics.init_peer(url)
         # Looked up once: a labels() call costs more than deciding a log line.
         self._outcomes = {o: metrics.refreshes.labels(url, o) for o in REFRESH_OUTCOMES}
@@ -321,12 +321,12 @@ class Peer:
         log.debug("%s %s%s host=%s -> %s %s", method, self.url, refresh.target.decode("latin-1"),
                   refresh.host, status or "-", outcome)
         self._record(outcome, status)
-        if status == 403:
-            self._forbidden(request)
+        self._hint(request, outcome, status)
         return outcome, status
 
     def _record(self, outcome: str, status: int | None) -> None:
-        """Feed the breaker: transport failures and 5xx count, any other answer is a success."""
+        """Feed the breaker: transport failures and 5xx count, any other answer is a success
+        (``not_refreshed`` and ``unverified`` too: the peer is up, only wired wrong)."""
         failed = (outcome in _TRANSPORT_FAILURES or (status or 0) >= 500
                   or (status is None and outcome == "http_error"))
         self._probed.set()
@@ -337,12 +337,14 @@ class Peer:
         if self.breaker.record(failed):
             self._breaker_changed(outcome)
 
-    def _forbidden(self, request: Request) -> None:
-        """Say once per peer and method what a 403 usually means, with the line to fix."""
-        if request.forbidden_hint and request.method not in self._told_forbidden:
-            self._told_forbidden.add(request.method)
-            log.error("peer %s refuses %s (403): %s", self.url, request.method,
-                      request.forbidden_hint)
+    def _hint(self, request: Request, outcome: str, status: int | None) -> None:
+        """Say once per peer what an answer showing a wiring mistake means (a 403 to a purge,
+        a refresh answered from the cache...), with the line to fix: the counters say only
+        that something is wrong, and every request would repeat it."""
+        hint = request.hint(outcome, status)
+        if hint is not None and hint not in self._told:
+            self._told.add(hint)
+            log.log(hint.level, "peer %s %s", self.url, hint.text)
 
     def _breaker_changed(self, outcome: str) -> None:
         up = not self.breaker.is_open
@@ -356,7 +358,7 @@ class Peer:
 
     def _note(self, outcome: str) -> None:
         """Log when the peer starts and stops failing, not every failed request."""
-        failing = outcome not in ("ok", "not_cached", "hit")
+        failing = outcome not in ("ok", "not_cached", "hit", "unverified")
         if outcome != "skipped" and failing != self.failing:
             self.failing = failing
             if failing:

@@ -11,6 +11,7 @@ order, and may send several requests for one refresh. To add one: a class here w
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,11 +28,34 @@ REFRESH = "refresh"
 _PURGED = frozenset({200, 204})
 _NOT_CACHED = frozenset({404, 412})  # ngx_cache_purge 2.3 answers 404, later forks 412
 _STORED_BY_HEAD = frozenset({b"MISS", b"EXPIRED", b"REVALIDATED"})
+DEFAULT_CACHE_STATUS_HEADER = "X-Cache-Status"
+"""What examples/nginx.conf adds: ``add_header X-Cache-Status $upstream_cache_status always``."""
+_BYPASSED = b"BYPASS"
 
 
-def refreshed(answer: Answer) -> str:
-    """A bypass request: any answer below 400 means the peer fetched and stored a new copy."""
-    return "ok" if answer.status < 400 else "http_error"
+def refreshed(answer: Answer, cache_status: bytes | None) -> str:
+    """A bypass request. A 200 alone proves nothing: a peer that ignores the refresh header
+    answers 200 from its cache too. So with ``cache_status`` (a lower-case header name) it is
+    ``ok`` only when that header says ``BYPASS``: the peer skipped its cache, went to its
+    upstream and stored the answer (NGINX 1.22 says ``BYPASS`` for a bypassed HEAD and GET,
+    whether the URL was cached or not, even when the upstream then fails). Any other value
+    (``HIT``, ``STALE``, ``UPDATING``, ``EXPIRED``, ``REVALIDATED``, and ``MISS``, which a
+    bypass never gives: the peer handled it as any client's request) is ``not_refreshed``; no
+    header at all is ``unverified``. Without ``cache_status`` any answer below 400 is ``ok``."""
+    if answer.status >= 400:
+        return "http_error"
+    if cache_status is None:
+        return "ok"
+    said = answer.header(cache_status)
+    if said is None:
+        return "unverified"
+    return "ok" if said.strip().upper() == _BYPASSED else "not_refreshed"
+
+
+def verified_by(header: str) -> Callable[[Answer], str]:
+    """The bypass judge reading ``header`` (:func:`refreshed`); ``""``: by status only."""
+    name = header.lower().encode("ascii") if header else None
+    return lambda answer: refreshed(answer, name)
 
 
 def purged(answer: Answer) -> str:
@@ -54,6 +78,22 @@ def probed(answer: Answer) -> str:
 
 
 @dataclass(frozen=True)
+class Hint:
+    """Logged once per peer (the dispatcher remembers which it gave) when an answer has
+    ``outcome`` (and ``status``, when set): the peer answers, but is wired wrong, and the
+    metrics alone would not say which line of its config to fix."""
+
+    outcome: str
+    text: str
+    """Follows "peer URL " in the log line: what it does, the usual causes and their fix."""
+    status: int | None = None
+    level: int = logging.WARNING
+
+    def matches(self, outcome: str, status: int | None) -> bool:
+        return outcome == self.outcome and self.status in (None, status)
+
+
+@dataclass(frozen=True)
 class Request:
     """One kind of request a mode sends; the target and Host are the refresh's own."""
 
@@ -65,10 +105,14 @@ class Request:
     names_holder: bool = False
     """Its first attempt names the node holding the new copy (origin offload): a retry after
     a 502/504 (the source did not answer) or a timeout fetches from the origin instead."""
-    forbidden_hint: str | None = None
-    """Logged once per peer when it answers 403: the usual wiring mistake and its fix."""
+    hints: tuple[Hint, ...] = ()
+    """What to tell the operator about a peer whose answers show a wiring mistake."""
     variant: str = ""
     """The variant class it refreshes (``--variant``), for the metrics; "" without classes."""
+
+    def hint(self, outcome: str, status: int | None) -> Hint | None:
+        """The hint an answer calls for, if any."""
+        return next((h for h in self.hints if h.matches(outcome, status)), None)
 
 
 @dataclass(frozen=True)
@@ -128,18 +172,24 @@ DEFAULT_HEADER = ("X-Refresh", "1")
 
 class Bypass(Mode):
     """A bypass request: the secret header the peers map to ``proxy_cache_bypass``, so the
-    peer fetches from its upstream and replaces its entry, even a fresh one."""
+    peer fetches from its upstream and replaces its entry, even a fresh one. ``cache_status``
+    names the header whose ``BYPASS`` proves it did (:func:`refreshed`); ``""``: trust any
+    answer below 400."""
 
     name = "refresh"
 
     def __init__(self, method: str = "HEAD", header: tuple[str, str] = DEFAULT_HEADER,
+                 cache_status: str = DEFAULT_CACHE_STATUS_HEADER,
                  variant: Variant = Variant(None)) -> None:
         self.refresh = Request(method, variant.headers(header, ("User-Agent", USER_AGENT)),
-                               refreshed, names_holder=True, variant=variant.value)
+                               verified_by(cache_status), names_holder=True,
+                               hints=bypass_hints(header[0], cache_status),
+                               variant=variant.value)
 
     @classmethod
     def from_config(cls, cfg: Config, variant: Variant = Variant(None)) -> Bypass:
-        return cls(cfg.refresh_method, cfg.refresh_header_pair, variant)
+        return cls(cfg.refresh_method, cfg.refresh_header_pair, cfg.cache_status_header,
+                   variant)
 
     def requests(self) -> tuple[Request, ...]:
         return (self.refresh,)
@@ -157,9 +207,11 @@ class Purge(Mode):
     def __init__(self, method: str = "PURGE", header: tuple[str, str] = DEFAULT_HEADER,
                  then_refresh: Bypass | None = None, variant: Variant = Variant(None)) -> None:
         self.purge = Request(method, variant.headers(header, ("User-Agent", USER_AGENT)),
-                             purged, forbidden_hint="list this node's address in the peer's "
-                             "geo $logwarden_peer and give both the same refresh secret "
-                             "(examples/nginx.conf, location @purge)", variant=variant.value)
+                             purged, hints=(Hint(
+                                 "http_error", f"refuses {method} (403): list this node's "
+                                 "address in the peer's geo $logwarden_peer and give both the "
+                                 "same refresh secret (examples/nginx.conf, location @purge)",
+                                 status=403, level=logging.ERROR),), variant=variant.value)
         self.then_refresh = then_refresh
 
     @classmethod
@@ -176,6 +228,27 @@ class Purge(Mode):
             return outcome
         warmed = await self.then_refresh.deliver(refresh, send)
         return outcome if warmed == "ok" else warmed
+
+
+def bypass_hints(header: str, cache_status: str) -> tuple[Hint, ...]:
+    """What a bypass answer that is not ``ok`` (nor an error) usually means, in the names of
+    examples/nginx.conf (the ``$http_…`` variable spelled from the refresh header's name)."""
+    if not cache_status:
+        return ()
+    variable = "$http_" + header.lower().replace("-", "_")
+    return (
+        Hint("not_refreshed", f"answers refreshes from its cache ({cache_status} is not "
+             "BYPASS), so it keeps its old copies. The usual causes, in the peer's nginx.conf: "
+             "(1) its geo $logwarden_peer lacks this node's address (add 'ADDRESS 1;' for the "
+             "address this node connects from); (2) its map \"$logwarden_peer:"
+             f"{variable}\" $logwarden_refresh has another secret than this node's "
+             f"{header} header (the line '\"1:SECRET\" 1;'); (3) the cached location lacks "
+             "'proxy_cache_bypass $logwarden_refresh;'"),
+        Hint("unverified", f"sends no {cache_status} header: refreshes to it are counted "
+             f"'unverified', not 'ok' (add 'add_header {cache_status} $upstream_cache_status "
+             "always;' as examples/nginx.conf does, or set cache_status_header = '' to judge "
+             "them by status only)"),
+    )
 
 
 class ProbeFirst(Mode):

@@ -17,9 +17,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
 
-REFRESH_OUTCOMES = ("ok", "not_cached", "http_error", "timeout", "connect_error", "tls_error",
-                    "skipped", "coalesced", "dropped", "refused", "hit")
-"""``hit``: ``warm --only-missing`` found the node holding the URL already; nothing sent."""
+REFRESH_OUTCOMES = ("ok", "not_cached", "not_refreshed", "unverified", "http_error", "timeout",
+                    "connect_error", "tls_error", "skipped", "coalesced", "dropped", "refused",
+                    "hit")
+"""``not_refreshed``: the peer answered a bypass request from its cache (it ignores the refresh
+header); ``unverified``: it answered without the cache-status header, so whether it refreshed
+is unknown; ``hit``: ``warm --only-missing`` found the node holding the URL already; nothing
+sent."""
 STORM_REASONS = ("rate", "filtered", "too_long", "no_listener")
 BUS_PUBLISH_OUTCOMES = ("ok", "bus_unavailable", "dropped", "refused")
 BUS_RECEIVE_OUTCOMES = ("ok", "own", "refused", "unknown_version", "malformed")
