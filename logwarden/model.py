@@ -76,7 +76,11 @@ class Refresh(NamedTuple):
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://{self.host}{self.target.decode('latin-1')}"
+        """For people and logs: host and target escaped as NGINX's access log writes them
+        (:func:`escaped`), so a raw UTF-8 target reads as in that log, and no control byte
+        of a refused one reaches a terminal or logwarden's own log."""
+        host = escaped(self.host.encode("utf-8", "surrogatepass"))
+        return f"{self.scheme}://{host}{escaped(self.target)}"
 
 
 def is_5xx(status: str) -> bool:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from logwarden.decide.window import Window
-from logwarden.model import Refresh, escaped, refusal_reason, replayable
+from logwarden.model import Refresh, refusal_reason, replayable
 from logwarden.ops.metrics import STORM_REASONS, Metrics
 from logwarden.route.storm import StormControl
 
@@ -79,16 +79,10 @@ class RefusalLog:
         if self._since is not None and now - self._since < self.interval:
             return
         others = self._count - 1
-        log.warning("refused to refresh %s: %s%s", shown_url(refresh), refusal_reason(refresh),
+        log.warning("refused to refresh %s: %s%s", refresh.url, refusal_reason(refresh),
                     f"; {others} more refused in the last {now - self._since:.0f} s"
                     if others and self._since is not None else "")
         self._count, self._since = 0, now
-
-
-def shown_url(refresh: Refresh) -> str:
-    """The URL of ``refresh`` fit for logwarden's own log (see :func:`logwarden.model.escaped`)."""
-    host = escaped(refresh.host.encode("utf-8", "surrogatepass"))
-    return f"{refresh.scheme}://{host}{escaped(refresh.target)}"
 
 
 class Router:
@@ -157,7 +151,7 @@ class Router:
             return
         for refresh in refreshes:
             reason = self.route(refresh)
-            log.debug("%s %s%s", refresh.cache_status, shown_url(refresh),
+            log.debug("%s %s%s", refresh.cache_status, refresh.url,
                       f" (not sent: {reason})" if reason else "")
 
 
