@@ -257,3 +257,6 @@ def test_unreadable_source_exits_2(tmp_path: Path) -> None:
     out = warm(str(tmp_path / "none.txt"), "--peer", "http://127.0.0.11:80")
     assert out.returncode == 2
     assert "none.txt: cannot be read" in out.stderr
+    out = warm("http://www.example.com/a b.xml", "--peer", dead_url())  # no request line
+    assert out.returncode == 2
+    assert "a b.xml: b'/a b.xml' cannot be sent byte for byte" in out.stderr

@@ -308,6 +308,8 @@ class NodeFetcher:
                                             max_body=MAX_SITEMAP_BYTES)
         except (PeerError, TimeoutError) as exc:
             raise WarmError(f"from {node}: {exc or 'timed out'}") from None
+        except ValueError as exc:  # a target the client refuses: no router in front of it
+            raise WarmError(str(exc)) from None
         finally:
             await client.aclose()
         if answer.status != 200:
