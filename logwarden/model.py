@@ -83,7 +83,11 @@ class Refresh(NamedTuple):
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://{self.host}{self.target.decode('latin-1')}"
+        """For people and logs: host and target escaped as NGINX's access log writes them
+        (:func:`escaped`), so a raw UTF-8 target reads as in that log, and no control byte
+        of a refused one reaches a terminal or logwarden's own log."""
+        host = escaped(self.host.encode("utf-8", "surrogatepass"))
+        return f"{self.scheme}://{host}{escaped(self.target)}"
 
 
 def is_5xx(status: str) -> bool:
@@ -96,14 +100,23 @@ def final_upstream_status(upstream_status: str) -> str:
     return upstream_status.replace(":", ",").rsplit(",", 1)[-1].strip()
 
 
-_PRINTABLE = bytes(range(0x21, 0x7F))
+_PRINTABLE_ASCII = bytes(range(0x21, 0x7F))
+_NON_ASCII = bytes(range(0x80, 0x100))
 
 
 def request_target_ok(target: bytes) -> bool:
-    """Only printable ASCII can be replayed: anything else could inject into the request line
-    (CR, LF, NUL, spaces), and HTTP/1.1 clients refuse raw bytes >= 0x80 in a target, which
-    NGINX does accept; percent-encoding them would refresh a different cache entry."""
-    return target.startswith(b"/") and not target.translate(None, _PRINTABLE)
+    """Whether ``target`` can go into a request line byte for byte, as NGINX keys on it.
+
+    - Printable ASCII (0x21-0x7E): the request-target grammar, sent as it is.
+    - Bytes >= 0x80 (raw UTF-8, as some clients send it): outside that grammar, but NGINX
+      accepts them and keys its cache on them; they cannot end the request line or a field,
+      so they are sent unchanged. Percent-encoding them would refresh a different entry.
+    - Control bytes (< 0x20, CR and LF among them), space and DEL (0x7F): refused. CR/LF would
+      inject header lines, a space would end the target early, NUL and DEL are not text.
+
+    It must also be in origin form (start with ``/``): the only form a peer's cache holds."""
+    rest = target.translate(None, _PRINTABLE_ASCII)  # what is not printable ASCII: mostly none
+    return target.startswith(b"/") and (not rest or not rest.translate(None, _NON_ASCII))
 
 
 def host_ok(host: str) -> bool:
@@ -116,5 +129,32 @@ def replayable(refresh: Refresh) -> bool:
     """Whether a request for ``refresh`` can carry its target and host byte for byte
     (:func:`request_target_ok` written out: this runs for every fan-out)."""
     target = refresh.target
-    return target.startswith(b"/") and not target.translate(None, _PRINTABLE) \
+    rest = target.translate(None, _PRINTABLE_ASCII)
+    return target.startswith(b"/") and (not rest or not rest.translate(None, _NON_ASCII)) \
         and host_ok(refresh.host)
+
+
+def refusal_reason(refresh: Refresh) -> str | None:
+    """Why ``refresh`` is not :func:`replayable`, for a person (None when it is): the first
+    offending byte of the target, or the host. Slow; only for the refusals that are logged."""
+    target = refresh.target
+    if not target.startswith(b"/"):
+        return "the target does not start with /"
+    for byte in target:
+        if byte == 0x20:
+            return "a space in the target"
+        if byte < 0x20 or byte == 0x7F:
+            return f"control byte 0x{byte:02X} in the target"
+    if not host_ok(refresh.host):
+        return "the host is not printable ASCII without spaces, / or \\"
+    return None
+
+
+_ESCAPES = tuple(chr(b) if 0x20 <= b <= 0x7E and b not in b'"\\' else f"\\x{b:02X}"
+                 for b in range(256))
+
+
+def escaped(data: bytes) -> str:
+    """``data`` as NGINX's default log escaping writes it (``"``, ``\\``, bytes < 0x20 and
+    > 0x7E as ``\\xHH``): safe to write into a log, and the text to grep the access log for."""
+    return "".join([_ESCAPES[b] for b in data])

@@ -24,6 +24,7 @@ class RecordingPeer:
     host: str = "127.0.0.1"
     port: int = 0
     heads: list[bytes] = field(default_factory=list)
+    connections: int = 0
     server: asyncio.Server | None = None
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -44,6 +45,7 @@ class RecordingPeer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.add(writer)
+        self.connections += 1
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
                 self.heads.append(head)

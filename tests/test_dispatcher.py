@@ -13,8 +13,16 @@ import pytest
 from logwarden.deliver.breaker import Breaker
 from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
 from logwarden.deliver.modes import Bypass, Purge, Variants, parse_variant, refreshed, verified_by
-from logwarden.deliver.peerhttp import Answer
-from logwarden.model import USER_AGENT, Refresh, host_ok
+from logwarden.deliver.peerhttp import Answer, PeerClient, host_port
+from logwarden.model import (
+    USER_AGENT,
+    Refresh,
+    escaped,
+    host_ok,
+    refusal_reason,
+    replayable,
+    request_target_ok,
+)
 from logwarden.ops.metrics import Metrics
 from logwarden.parse.logformat import LogFormat
 from logwarden.route.router import Router
@@ -47,7 +55,8 @@ def value(m: Metrics, name: str, **labels: str) -> float:
 
 async def test_target_host_and_headers_are_sent_exactly() -> None:
     targets = [b"/basic/enc1?a=1&b=2", b"/basic/enc1?b=2&a=1", b"/basic/enc%31?a=1",
-               b"/basic/./enc1?a=1", b"/basic//enc1?a=1", b"/x/%0d%0a?q=%22x%22", b"/q?\"x\"|{}`^"]
+               b"/basic/./enc1?a=1", b"/basic//enc1?a=1", b"/x/%0d%0a?q=%22x%22", b"/q?\"x\"|{}`^",
+               b"/caf\xc3\xa9?x=1", b"/\x80\xfe\xff"]  # raw UTF-8 and any byte >= 0x80
 
     peer = await RecordingPeer().start()
     m = Metrics()
@@ -91,12 +100,33 @@ async def test_injection_is_refused_and_counted() -> None:
     assert route(refresh(b"/a b")) == "refused"
     assert route(refresh(b"/a", host="evil\r\nx: y")) == "refused"
     assert route(refresh(b"/a\x00")) == "refused"
-    assert route(refresh(b"/caf\xc3\xa9")) == "refused"
+    assert route(refresh(b"/a\x7f")) == "refused"
     assert route(refresh(b"/a", host="caf\u00e9.example")) == "refused"  # no Host, no SNI
     await d.close(1)
     await peer.close()
     assert count(m, peer.url, "refused") == 6
     assert peer.heads == []
+
+
+async def test_the_client_sends_raw_utf8_exactly_and_keeps_its_connection() -> None:
+    """h11 writes the request with a placeholder target and the client puts the real bytes
+    in: h11's state stays right, so the connection is kept alive across methods."""
+    peer = await RecordingPeer().start()
+    client = PeerClient(*host_port(peer.url), None, 1)
+    target = b"/caf\xc3\xa9?x=1"
+    for method in ("HEAD", "GET", "PURGE"):
+        answer = await client.fetch(method, target, "www.example.com", [("X-A", "1")],
+                                    max_body=10)
+        assert (answer.status, answer.body) == (200, b"" if method == "HEAD" else b"ok")
+    with pytest.raises(ValueError, match="cannot be sent byte for byte"):
+        await client.fetch("GET", b"/a\r\nX-Evil: 1", "www.example.com", [])
+    await client.aclose()
+    await peer.close()
+    assert peer.request_lines() == [b"%s /caf\xc3\xa9?x=1 HTTP/1.1" % m
+                                    for m in (b"HEAD", b"GET", b"PURGE")]
+    assert peer.heads[1] == (b"GET /caf\xc3\xa9?x=1 HTTP/1.1\r\nHost: www.example.com\r\n"
+                             b"X-A: 1\r\n\r\n")
+    assert peer.connections == 1
 
 
 async def test_dead_and_stalled_peers_do_not_hold_up_the_live_one() -> None:
@@ -560,6 +590,36 @@ async def test_a_host_that_is_no_tls_server_name_costs_one_request_not_a_worker(
         await settle(d, m, 2)
         await d.close(1)
         assert (count(m, url, "tls_error"), count(m, url, "timeout")) == (1, 1)
+
+
+def test_target_byte_classes() -> None:
+    """Printable ASCII and bytes >= 0x80 are sent as they are; control bytes, space and DEL
+    are refused, and the reason names the byte; only origin form is sent."""
+    for byte in range(256):
+        target = b"/a%cz" % byte
+        sendable = 0x21 <= byte <= 0x7E or byte >= 0x80
+        assert request_target_ok(target) is sendable, hex(byte)
+        assert replayable(refresh(target)) is sendable, hex(byte)
+        reason = refusal_reason(refresh(target))
+        assert (reason is None) is sendable, hex(byte)
+        if not sendable:
+            assert reason == ("a space in the target" if byte == 0x20
+                              else f"control byte 0x{byte:02X} in the target")
+    for target in (b"", b"*", b"a/b", b"http://h/a", b"\xc3\xa9"):
+        assert not request_target_ok(target)
+        assert refusal_reason(refresh(target)) == "the target does not start with /"
+    assert request_target_ok(b"/") and request_target_ok(b"/caf\xc3\xa9?x=1")
+    assert refusal_reason(refresh(host="a b")) == \
+        "the host is not printable ASCII without spaces, / or \\"
+
+
+def test_escaped_is_nginx_log_escaping() -> None:
+    assert escaped(b'/caf\xc3\xa9 "q"\\\r\n\x00\x7f~') == \
+        '/caf\\xC3\\xA9 \\x22q\\x22\\x5C\\x0D\\x0A\\x00\\x7F~'
+    fmt = LogFormat.compile('$host "$request" $status $upstream_cache_status')
+    raw = bytes(range(0x20, 0x100))
+    record = fmt.parse(b'h "GET /%s HTTP/1.1" 200 MISS' % escaped(raw).encode())
+    assert record is not None and record.target == b"/" + raw  # what the parser undoes
 
 
 def _host_ok_by_character(host: str) -> bool:

@@ -69,6 +69,33 @@ def test_change_fetched_on_one_node_reaches_the_others(
         assert agent.total("logwarden_triggers_total") == 0
 
 
+def test_raw_utf8_target_is_refreshed_on_the_peers(
+    cluster: Cluster, origin: Origin, start_agent: StartAgent,
+) -> None:
+    """A client that sends ``/café`` as raw UTF-8: NGINX accepts it, keys its cache on those
+    bytes and logs them as ``\\xC3\\xA9``; the agent unescapes them and refreshes the very
+    same bytes on B and C, whose next answer is a HIT of the new version."""
+    a, b, c = cluster.nodes
+    target = "/caf\xc3\xa9?x=1"  # one character per byte: the lab client sends it as latin-1
+    logged, path, host = r"/caf\xC3\xA9?x=1", target.split("?")[0], "www.example.com"
+    for node in (b, c):
+        assert body_version(node, target, host) == ("MISS", 1)
+    agent_a, *_ = (start_agent(node, urls(cluster)) for node in cluster.nodes)
+    origin.bump(path)
+    assert body_version(b, target, host) == ("HIT", 1)
+
+    assert a.get(target, host=host).headers["X-Version"] == "2"
+    for node in (b, c):
+        wait_until(lambda node=node: bool(refreshes_seen(node, logged)), timeout=2,
+                   what=f"a refresh of {logged} on {node.address}")
+    for node in (b, c):
+        assert body_version(node, target, host) == ("HIT", 2)
+        assert agent_a.value("logwarden_refreshes_total", peer=node.url, outcome="ok") == 1
+    # Every request the origin saw carried the raw bytes: none was re-encoded on the way.
+    assert {r.target for r in origin.requests_for(path)} == {target}
+    assert agent_a.value("logwarden_refreshes_total", peer=b.url, outcome="refused") == 0
+
+
 def test_background_update_stale_line_triggers(
     cluster: Cluster, origin: Origin, start_agent: StartAgent,
 ) -> None:

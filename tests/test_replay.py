@@ -27,8 +27,8 @@ STATUSES = ["HIT"] * 6 + ["MISS", "EXPIRED", "STALE", "UPDATING", "BYPASS", "REV
 
 def generated_log(path: Path, lines: int, start: float, seed: int = 7) -> None:
     """Lines of the example format: repeated URLs, every status, own refreshes, POSTs, origin
-    errors, https, raw UTF-8 targets (escaped as NGINX writes them), over-long targets,
-    garbage; one line per millisecond from ``start``."""
+    errors, https, raw UTF-8 targets and spaces (escaped as NGINX writes them), over-long
+    targets, garbage; one line per millisecond from ``start``."""
     rnd = random.Random(seed)
     out = []
     for i in range(lines):
@@ -41,7 +41,7 @@ def generated_log(path: Path, lines: int, start: float, seed: int = 7) -> None:
         agent = rnd.choice(["curl/7.88.1"] * 9 + ["logwarden/0.1"])
         scheme, port = rnd.choice([("http", "80")] * 3 + [("https", "443")])
         target = rnd.choice([f"/p/{rnd.randrange(40)}?v={rnd.randrange(3)}"] * 18
-                            + [f"/caf\\xC3\\xA9/{rnd.randrange(5)}",
+                            + [f"/caf\\xC3\\xA9/{rnd.randrange(5)}", f"/a\\x20b/{rnd.randrange(5)}",
                                f"/long/{rnd.randrange(5)}/" + "x" * 300])
         out.append(("\t".join([f"{start + i / 1000:.3f}", scheme, "www.example.com", port,
                                method, target, "200", status, upstream, "0.001", "-", agent])
@@ -51,8 +51,8 @@ def generated_log(path: Path, lines: int, start: float, seed: int = 7) -> None:
 
 def test_replay_decides_and_admits_like_the_live_agent(tmp_path: Path) -> None:
     """One log through ``run`` and through ``replay``: the same refreshes in the same order,
-    and the same refusals by every admission rule (dedup, no listener for https, a raw UTF-8
-    target refused, too long, filtered, rate)."""
+    and the same refusals by every admission rule (dedup, no listener for https, a target
+    with a space refused, too long, filtered, rate); raw UTF-8 targets are sent by both."""
     log = tmp_path / "access.log"
     generated_log(log, 3000, start=time.time())
     closed = f"http://127.0.0.12:{free_port('127.0.0.12')}"  # refreshes fail: not the subject
@@ -87,6 +87,7 @@ def test_replay_decides_and_admits_like_the_live_agent(tmp_path: Path) -> None:
     summary = last["summary"]
     assert [f"{r['cache_status']} {r['url']}" for r in refreshes] == decided
     assert len(decided) == 60  # the bucket's burst: the rest of the log is rate-limited
+    assert any(r["url"].startswith("http://www.example.com/caf\\xC3\\xA9/") for r in refreshes)
     assert summary["triggers"] == live["triggers"]
     assert summary["deduplicated"] == samples[("logwarden_triggers_deduplicated_total", ())] \
         > 100

@@ -3,13 +3,15 @@ told; the same Router that ``run``, the bus, ``replay`` and ``warm`` use."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from logwarden.config import REPLAY, load_config
 from logwarden.decide.window import Window
 from logwarden.model import Refresh
 from logwarden.ops.metrics import Metrics
-from logwarden.route.router import Recorder, Router
+from logwarden.route.router import Recorder, RefusalLog, Router
 from logwarden.route.storm import StormControl
 
 
@@ -68,8 +70,8 @@ def test_rules_apply_in_order_and_each_refusal_is_counted_once() -> None:
     assert [router.route(r) for r in (
         refresh(b"/ok"), refresh(b"/ok"),            # second: deduplicated
         refresh(long_raw, scheme="https"),           # no https peer: before refused
-        refresh(long_raw),                           # raw UTF-8: refused before too_long
-        refresh(b"/" + b"x" * 20),                   # too long
+        refresh(long_raw + b" "),                    # a space: refused before too_long
+        refresh(long_raw),                           # raw UTF-8 is sent, but too long
         refresh(b"/skip/1"),                         # filtered
         refresh(b"/other"),                          # the only token is spent: rate
     )] == [None, "deduplicated", "no_listener", "refused", "too_long", "filtered", "rate"]
@@ -110,3 +112,30 @@ def test_from_config_builds_the_configured_admission() -> None:
         None, "deduplicated", "filtered", "too_long", None, "rate"]
     clock.now += 1  # a token per second of the clock given; the dedup window spans it too
     assert [route(refresh(t)) for t in (b"/a3", b"/a4")] == ["deduplicated", None]
+
+
+def test_refusals_are_logged_at_a_bounded_rate_with_reason_and_escaped_url(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """One warning at once, then at most one per interval saying how many were refused
+    since; the URL escaped as NGINX logs it, never a raw control byte."""
+    clock, recorder = Clock(), Recorder()
+    router = Router(recorder, Metrics(), refusal_log=RefusalLog(60, clock))
+    caplog.set_level(logging.WARNING, "logwarden.route.router")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records]
+
+    assert router.route(refresh(b"/a\r\nX-Evil: 1")) == "refused"
+    assert warnings() == [r"refused to refresh http://www.example.com/a\x0D\x0AX-Evil: 1: "
+                          "control byte 0x0D in the target"]
+    for i in range(5):
+        clock.now += 10
+        assert router.route(refresh(b"/b %d" % i)) == "refused"
+        assert router.route(refresh(b"/caf\xc3\xa9")) is None  # admitted, never said
+    assert len(warnings()) == 1 and recorder.refused == 6
+    clock.now += 10.5
+    router.route(refresh(b"/ok", host="evil\x1b[0m"))
+    assert warnings()[1:] == [
+        r"refused to refresh http://evil\x1B[0m/ok: the host is not printable ASCII without "
+        r"spaces, / or \; 5 more refused in the last 60 s"]
+    assert not any(c < " " and c != "\t" for c in caplog.text.replace("\n", ""))

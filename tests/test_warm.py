@@ -24,6 +24,11 @@ from logwarden.config import WARM, ConfigError, load_config
 from logwarden.deliver.modes import probed
 from logwarden.deliver.peerhttp import Answer
 from logwarden.model import Refresh
+from logwarden.ops.metrics import Metrics
+from logwarden.parse.logformat import LogFormat
+from logwarden.route.router import Recorder, Router
+from tests.agents import LOG_FORMAT
+from tests.lines import example_line
 from tests.peers import dead_url
 
 NS = 'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'
@@ -50,9 +55,30 @@ def warm_refresh(scheme: str, host: str, target: bytes) -> Refresh:
     ("http://www.example.com?q", ("http", "www.example.com", b"/?q")),
     ("http://www.example.com/x?", ("http", "www.example.com", b"/x?")),
     ("/only/a/path?v=2", ("http", "default.example", b"/only/a/path?v=2")),
+    # non-ASCII: its UTF-8 bytes, as a client sending the URL raw does (not latin-1)
+    ("http://www.example.com/caf\u00e9?x=1", ("http", "www.example.com", b"/caf\xc3\xa9?x=1")),
+    ("/\u20ac/\U0001f600", ("http", "default.example", b"/\xe2\x82\xac/\xf0\x9f\x98\x80")),
+    # a byte that was not UTF-8 (decoded with surrogateescape, as argv is): that byte
+    ("http://www.example.com/caf\udce9", ("http", "www.example.com", b"/caf\xe9")),
 ])
 def test_urls_keep_their_exact_target(url: str, expected: tuple[str, str, bytes]) -> None:
     assert url_refresh(url, "default.example") == warm_refresh(*expected)
+
+
+def test_warm_and_replay_agree_on_a_raw_utf8_target() -> None:
+    """A listed ``/café`` is the target a log line of a client that sent it raw unescapes to
+    (NGINX logs it as ``\\xC3\\xA9``), and the router admits both: warm, replay and run
+    refresh the same cache entry. A URL list's bytes that are not UTF-8 stay those bytes."""
+    record = LogFormat.compile(LOG_FORMAT).parse(example_line(target="/caf\\xC3\\xA9?x=1"))
+    listed = url_refresh("http://www.example.com/caf\u00e9?x=1", None)
+    assert record is not None and record.target == listed.target == b"/caf\xc3\xa9?x=1"
+    assert Router(Recorder(), Metrics()).route(listed) is None
+    inputs = UrlInputs("h.example", fetch=_no_fetch, stdin=lambda: b"/caf\xc3\xa9\n/caf\xe9\n")
+    assert [r.target for r in asyncio.run(inputs.urls(["-"]))] == [b"/caf\xc3\xa9", b"/caf\xe9"]
+
+
+async def _no_fetch(refresh: Refresh) -> bytes:
+    raise AssertionError(refresh)
 
 
 def test_url_list_skips_comments_and_repeats_and_names_bad_lines() -> None:
@@ -224,13 +250,16 @@ def test_dry_run_reads_the_sources_and_sends_nothing(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"{down}: 2 to warm (dry run: nothing sent)\n"
     # The router's admission, as a real warm would apply it: a URL no node can take, and
-    # a target that cannot be sent byte for byte, are said, and fail the run.
+    # a target that cannot be sent byte for byte (a space; raw UTF-8 can be), are said, and
+    # fail the run.
     (tmp_path / "urls.txt").write_text("http://www.example.com/a\nhttps://www.example.com/s\n"
-                                       "http://www.example.com/caf\u00e9\n")
+                                       "http://www.example.com/caf\u00e9\n"
+                                       "http://www.example.com/a b\n", encoding="utf-8")
     out = warm(str(tmp_path / "urls.txt"), "--dry-run", "--peer", down)
     assert out.returncode == 1, out.stderr
+    assert "refused to refresh http://www.example.com/a b: a space in the target" in out.stderr
     assert out.stdout.splitlines() == [
-        f"{down}: 1 to warm (dry run: nothing sent)",
+        f"{down}: 2 to warm (dry run: nothing sent)",
         "1 URL(s) would not be sent: no_listener (https)",
         "1 URL(s) would not be sent: refused"]
 
@@ -239,3 +268,6 @@ def test_unreadable_source_exits_2(tmp_path: Path) -> None:
     out = warm(str(tmp_path / "none.txt"), "--peer", "http://127.0.0.11:80")
     assert out.returncode == 2
     assert "none.txt: cannot be read" in out.stderr
+    out = warm("http://www.example.com/a b.xml", "--peer", dead_url())  # no request line
+    assert out.returncode == 2
+    assert "a b.xml: b'/a b.xml' cannot be sent byte for byte" in out.stderr

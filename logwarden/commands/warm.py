@@ -72,11 +72,14 @@ class WarmError(Exception):
 
 def url_refresh(url: str, default_host: str | None) -> Refresh:
     """A line of a URL list: ``http(s)://HOST[:PORT]/TARGET`` or ``/TARGET`` (on
-    ``default_host``, over http). The target is kept byte for byte, as NGINX keys on it."""
+    ``default_host``, over http). The target is kept byte for byte, as NGINX keys on it; a
+    non-ASCII character becomes its UTF-8 bytes, what a client sending the URL raw sends (and
+    a byte that was not UTF-8, decoded with ``surrogateescape``, that byte again)."""
     if url.startswith("/"):
         if not default_host:
             raise WarmError(f"{url!r} is a path: give --default-host for its Host")
-        return Refresh("http", default_host, url.encode("latin-1"), WARM_STATUS)
+        return Refresh("http", default_host, url.encode("utf-8", "surrogateescape"),
+                       WARM_STATUS)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WarmError(f"{url!r} is neither an http(s) URL nor a path")
@@ -85,7 +88,7 @@ def url_refresh(url: str, default_host: str | None) -> Refresh:
     target = rest[slash:]
     target = target if target.startswith("/") else "/" + target
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return Refresh(parts.scheme, host, target.encode("latin-1"), WARM_STATUS)
+    return Refresh(parts.scheme, host, target.encode("utf-8", "surrogateescape"), WARM_STATUS)
 
 
 def url_list(text: str, default_host: str | None) -> list[Refresh]:
@@ -167,7 +170,7 @@ class UrlInputs:
             except OSError as exc:
                 raise WarmError(f"cannot be read: {exc.strerror}") from None
         if not is_sitemap(data):
-            return url_list(data.decode("utf-8", "replace"), self.default_host)
+            return url_list(data.decode("utf-8", "surrogateescape"), self.default_host)
         pages, children = sitemap_locs(data)
         for child in children:  # an index: its sitemaps hold the pages (no deeper nesting)
             more, nested = sitemap_locs(await self._download(child))
@@ -313,6 +316,8 @@ class NodeFetcher:
                                             max_body=MAX_SITEMAP_BYTES)
         except (PeerError, TimeoutError) as exc:
             raise WarmError(f"from {node}: {exc or 'timed out'}") from None
+        except ValueError as exc:  # a target the client refuses: no router in front of it
+            raise WarmError(str(exc)) from None
         finally:
             await client.aclose()
         if answer.status != 200:

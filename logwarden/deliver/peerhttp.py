@@ -4,7 +4,12 @@ Why not a general-purpose client: NGINX keys its cache on the raw ``$request_uri
 request line must carry the client's bytes unchanged (general clients normalise ``/./`` and
 ``//`` and re-quote); an https peer is reached at its own address while the TLS handshake
 names the original host (SNI), so kept-alive connections are pooled per host, not per peer.
-The wire format is h11's; this module only moves bytes and owns the connections.
+The wire format is h11's, but for the request target: h11 allows only visible ASCII there (the
+RFC's grammar), while NGINX also takes raw bytes >= 0x80 (UTF-8 as some clients send it) and
+keys on them. So h11 writes the request with a one-byte placeholder target, which this module
+swaps for the real one (h11's state only follows the method and headers); the target is
+checked here instead (:func:`logwarden.model.request_target_ok`). Otherwise this module only
+moves bytes and owns the connections.
 
 Errors, as raised by :meth:`PeerClient.fetch`::
 
@@ -30,7 +35,11 @@ from urllib.parse import urlsplit
 
 import h11
 
+from logwarden.model import request_target_ok
+
 _READ_SIZE = 65536
+_PLACEHOLDER = b"/"
+"""The target h11 writes into the request line, replaced by the real one before sending."""
 
 
 class PeerError(Exception):
@@ -74,11 +83,15 @@ class _Connection:
         self.writer = writer
         self.h11 = h11.Connection(h11.CLIENT)
 
-    async def exchange(self, request: h11.Request, max_body: int = 0) -> Answer:
-        """Send ``request`` and read the whole answer; keeps up to ``max_body`` body bytes."""
+    async def exchange(self, request: h11.Request, target: bytes, max_body: int = 0) -> Answer:
+        """Send ``request`` (its target the placeholder) with ``target`` as its request target
+        and read the whole answer; keeps up to ``max_body`` body bytes."""
         response, received, body = None, False, bytearray()
+        head = self.h11.send(request)
+        start = len(request.method) + 1  # h11 wrote b"METHOD / HTTP/1.1\r\nHost: ..."
         try:
-            self.writer.write(self.h11.send(request) + self.h11.send(h11.EndOfMessage()))
+            self.writer.write(b"".join((head[:start], target, head[start + len(_PLACEHOLDER):],
+                                        self.h11.send(h11.EndOfMessage()))))
             await self.writer.drain()
             while True:
                 event = self.h11.next_event()
@@ -138,25 +151,29 @@ class PeerClient:
         with at most ``max_body`` bytes of body (more raises :class:`BodyTooLarge`).
 
         The Host header (and SNI, over TLS) is ``host``. A kept-alive connection the peer
-        closed meanwhile is replaced once, transparently, if it answered nothing.
+        closed meanwhile is replaced once, transparently, if it answered nothing. A target
+        that :func:`~logwarden.model.request_target_ok` refuses raises ValueError (the router
+        refuses those before they get here).
         """
-        request = h11.Request(method=method, target=target,
+        if not request_target_ok(target):
+            raise ValueError(f"{target!r} cannot be sent byte for byte")
+        request = h11.Request(method=method, target=_PLACEHOLDER,
                               headers=[("Host", host), *headers])
         key = host if self.tls is not None else ""
         conn = self._take_idle(key)
         if conn is not None:
             try:
-                return await self._exchange(conn, request, max_body)
+                return await self._exchange(conn, request, target, max_body)
             except _Closed as exc:
                 if exc.received:
                     raise
                 # a kept-alive connection the peer had closed: try a fresh one
-        return await self._exchange(await self._connect(key), request, max_body)
+        return await self._exchange(await self._connect(key), request, target, max_body)
 
-    async def _exchange(self, conn: _Connection, request: h11.Request,
+    async def _exchange(self, conn: _Connection, request: h11.Request, target: bytes,
                         max_body: int) -> Answer:
         try:
-            answer = await conn.exchange(request, max_body)
+            answer = await conn.exchange(request, target, max_body)
         except BaseException:
             conn.close()
             raise

@@ -9,7 +9,8 @@ does. The rules, in this order, cheapest first; the first that applies names the
 ========================  =============================================================
 ``deduplicated``          the same URL was admitted within ``--dedup-window``
 ``no_listener``           no target for the URL's scheme (NGINX keys http and https apart)
-``refused``               the target or host cannot be sent byte for byte (model.replayable)
+``refused``               the target or host cannot be sent byte for byte (model.replayable);
+                          logged at a bounded rate (:class:`RefusalLog`), not only counted
 ``too_long``, ``filtered``,
 ``rate``                  storm control (:mod:`logwarden.route.storm`)
 ========================  =============================================================
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from logwarden.decide.window import Window
-from logwarden.model import Refresh, replayable
+from logwarden.model import Refresh, refusal_reason, replayable
 from logwarden.ops.metrics import STORM_REASONS, Metrics
 from logwarden.route.storm import StormControl
 
@@ -48,19 +49,57 @@ class Target(Protocol):
     def submit(self, refresh: Refresh) -> None: ...
 
 
+REFUSAL_LOG_INTERVAL = 60.0
+"""Seconds between two warnings about refused refreshes."""
+
+
+class RefusalLog:
+    """Says that refreshes were refused, and why, at most once per ``interval`` seconds.
+
+    A refused URL is never refreshed on the peers, so a counter alone leaves an operator
+    guessing which URL and why; a warning per refusal would let one client flood logwarden's
+    own log. So the first refusal is a warning at once, later ones within ``interval`` are
+    counted, and the first after it says how many there were and shows its own URL and reason
+    (refusals with no refusal after them stay in ``outcome="refused"``). Targets and hosts
+    are shown escaped as NGINX's access log writes them: no raw control bytes in this log.
+    ``clock`` is real time even in replay: it bounds this log, not the access log's span."""
+
+    def __init__(self, interval: float = REFUSAL_LOG_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._count = 0
+        """Refused since the last warning."""
+        self._since: float | None = None
+        """When the last warning was written."""
+
+    def __call__(self, refresh: Refresh) -> None:
+        self._count += 1
+        now = self.clock()
+        if self._since is not None and now - self._since < self.interval:
+            return
+        others = self._count - 1
+        log.warning("refused to refresh %s: %s%s", refresh.url, refusal_reason(refresh),
+                    f"; {others} more refused in the last {now - self._since:.0f} s"
+                    if others and self._since is not None else "")
+        self._count, self._since = 0, now
+
+
 class Router:
     """Admits refreshes (see the module docstring) and hands them to ``target``."""
 
     def __init__(self, target: Target, metrics: Metrics, *, dedup: Window | None = None,
-                 storm: StormControl | None = None,
-                 holder: tuple[str, str] | None = None) -> None:
+                 storm: StormControl | None = None, holder: tuple[str, str] | None = None,
+                 refusal_log: RefusalLog | None = None) -> None:
         """``dedup``/``storm``: off when None (refreshes admitted before, as on the bus's
         receiving side, or a URL list meant as asked). ``holder``: (scheme, ``ADDRESS:PORT``)
-        of this node, named as the holder of the new copy for origin offload."""
+        of this node, named as the holder of the new copy for origin offload. ``refusal_log``:
+        where refusals are said (default: :class:`RefusalLog`'s interval, real time)."""
         self.target = target
         self.dedup = dedup
         self.storm = storm
         self.holder = holder
+        self.refusal_log = refusal_log if refusal_log is not None else RefusalLog()
         self._deduplicated = metrics.triggers_deduplicated
         self._dropped = {r: metrics.storm_dropped.labels(r) for r in STORM_REASONS}
 
@@ -97,6 +136,7 @@ class Router:
         elif reason == "deduplicated":
             self._deduplicated.inc()
         elif reason == "refused":
+            self.refusal_log(refresh)
             self.target.refuse(refresh)
         else:
             self._dropped[reason].inc()
