@@ -46,7 +46,7 @@ from logwarden.deliver.peerhttp import (
     TLSError,
     host_port,
 )
-from logwarden.model import Refresh
+from logwarden.model import Refresh, escaped
 from logwarden.ops.metrics import REFRESH_OUTCOMES, Metrics
 
 if TYPE_CHECKING:  # config imports discovery, bus...: keep the dispatcher free of them
@@ -312,13 +312,13 @@ class Peer:
                 outcome = "http_error"
             except Exception:  # a bug must cost one request, not a worker: say it loudly
                 log.exception("%s %s%s host=%s failed unexpectedly", method, self.url,
-                              refresh.target.decode("latin-1"), refresh.host)
+                              escaped(refresh.target), refresh.host)
                 outcome = "http_error"
             else:
                 outcome = request.judge(answer)
                 self.vary.notice(answer, refresh.host)
             self._duration.observe(time.perf_counter() - started)
-        log.debug("%s %s%s host=%s -> %s %s", method, self.url, refresh.target.decode("latin-1"),
+        log.debug("%s %s%s host=%s -> %s %s", method, self.url, escaped(refresh.target),
                   refresh.host, status or "-", outcome)
         self._record(outcome, status)
         self._hint(request, outcome, status)
