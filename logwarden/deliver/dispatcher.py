@@ -29,9 +29,9 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from prometheus_client import Histogram
@@ -103,6 +103,19 @@ def tls_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+class _Labelled(dict[str, Any]):
+    """Labelled metric children by label value, looked up once each: a labels() call costs
+    more than the rest of the per-request accounting."""
+
+    def __init__(self, make: Callable[[str], Any]) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key: str) -> Any:
+        self[key] = child = self.make(key)
+        return child
 
 
 class VaryWatch:
@@ -186,6 +199,7 @@ class Peer:
         # Looked up once: a labels() call costs more than deciding a log line.
         self._outcomes = {o: metrics.refreshes.labels(url, o) for o in REFRESH_OUTCOMES}
         self._duration = metrics.refresh_duration.labels(url)
+        self._requests = _Labelled(lambda v: metrics.refresh_requests.labels(v or "none"))
 
     def start(self) -> None:
         name = urlsplit(self.url).netloc
@@ -287,7 +301,7 @@ class Peer:
             retry = outcome in _TRANSPORT_FAILURES or status in RETRY_STATUSES
             if not retry or self.breaker.is_open:
                 break
-        self.metrics.refresh_requests.labels(request.variant or "none").inc()
+        self._requests[request.variant].inc()
         return outcome
 
     async def _attempt(self, request: Request, refresh: Refresh, slot: asyncio.Semaphore,
@@ -318,8 +332,9 @@ class Peer:
                 outcome = request.judge(answer)
                 self.vary.notice(answer, refresh.host)
             self._duration.observe(time.perf_counter() - started)
-        log.debug("%s %s%s host=%s -> %s %s", method, self.url, escaped(refresh.target),
-                  refresh.host, status or "-", outcome)
+        if log.isEnabledFor(logging.DEBUG):  # escaping the target costs: only when shown
+            log.debug("%s %s%s host=%s -> %s %s", method, self.url, escaped(refresh.target),
+                      refresh.host, status or "-", outcome)
         self._record(outcome, status)
         self._hint(request, outcome, status)
         return outcome, status
