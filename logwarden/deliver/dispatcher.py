@@ -356,6 +356,8 @@ class Peer:
         """Say once per peer what an answer showing a wiring mistake means (a 403 to a purge,
         a refresh answered from the cache...), with the line to fix: the counters say only
         that something is wrong, and every request would repeat it."""
+        if not request.hints:
+            return
         hint = request.hint(outcome, status)
         if hint is not None and hint not in self._told:
             self._told.add(hint)
