@@ -22,7 +22,8 @@ def line(target: str, status: str = "MISS", ua: str = "curl/8", age: float = 0.0
 
 MIX = b"".join([
     *(line(f"/unique/{i}") for i in range(40)),  # 5 pass the bucket (burst), 35 rate-dropped
-    line("/unique/0"),  # deduplicated
+    line("/unique/0", "EXPIRED"),  # deduplicated
+    line("/nostore"), line("/nostore"),  # rate-dropped; then MISSed again: uncacheable
     line("/skipme/1"),  # filtered by --skip
     line("/cr\\x0D\\x0Aevil"),  # unescapes to CR LF: refused on every peer
     line("/hit", "HIT"), line("/own", ua="logwarden/0.1.0"),  # ignored
@@ -51,7 +52,7 @@ async def test_accounting_equations_hold_on_a_mix(tmp_path: Path) -> None:
             fh.write(MIX)
         value = daemon.metrics.registry.get_sample_value
         async with asyncio.timeout(5):
-            while (value("logwarden_lines_total") or 0) < 48 or len(peer.heads) < 3:
+            while (value("logwarden_lines_total") or 0) < 50 or len(peer.heads) < 3:
                 await asyncio.sleep(0.01)
         daemon.stopping.set()  # SIGTERM: the silent peer's queue is cut at the deadline
         assert await task == 0
@@ -63,10 +64,10 @@ async def test_accounting_equations_hold_on_a_mix(tmp_path: Path) -> None:
     # Every way out was taken, so the equations above were not met by zeros.
     assert value("logwarden_lines_too_long_total") == 1
     assert value("logwarden_lines_malformed_total") == 2
-    for reason in ("cache_status", "own_refresh", "too_old"):
+    for reason in ("cache_status", "own_refresh", "too_old", "uncacheable"):
         assert value("logwarden_records_ignored_total", {"reason": reason}) >= 1, reason
     assert value("logwarden_triggers_deduplicated_total") == 1
-    assert value("logwarden_storm_dropped_total", {"reason": "rate"}) == 35
+    assert value("logwarden_storm_dropped_total", {"reason": "rate"}) == 36
     assert value("logwarden_storm_dropped_total", {"reason": "filtered"}) == 1
     assert value("logwarden_refresh_fanouts_total") == 6  # 5 admitted + 1 refused
     outcomes = {o: sum(value("logwarden_refreshes_total", {"peer": p, "outcome": o}) or 0

@@ -105,9 +105,9 @@ def test_dedup_and_rate_follow_the_logs_own_time(tmp_path: Path) -> None:
     """An hour of log read in milliseconds: the window and the bucket span log time."""
     log = tmp_path / "a.log"
     lines = []
-    for i in range(10):  # one MISS of the same URL every 0.5 s: a 1 s window keeps every 2nd
-        lines.append(f"{1795334000 + i * 0.5:.3f}\thttp\th\t80\tGET\t/same\t200\tMISS\t200\t"
-                     "0.001\t-\tcurl\n")
+    for i in range(10):  # the same URL EXPIRED every 0.5 s: a 1 s window keeps every 2nd
+        lines.append(f"{1795334000 + i * 0.5:.3f}\thttp\th\t80\tGET\t/same\t200\tEXPIRED\t"
+                     "200\t0.001\t-\tcurl\n")
     log.write_text("".join(lines))
     config = load_config({"log_format": LOG_FORMAT}, needs=REPLAY)
     replay = Replay(config)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logwarden.decide.triggers import Triggers
+from logwarden.decide.triggers import UNCACHEABLE_SECONDS, Triggers
 from logwarden.decide.window import Window
 from logwarden.model import USER_AGENT, Record
 
@@ -160,3 +160,34 @@ def test_window_decides_as_the_reference(window: float, max_keys: int,
             assert ours.discard(key) == ref.discard(key)
         assert list(ours._seen.items()) == list(ref.seen.items())
         assert len(ours) == len(ref.seen)
+
+
+def test_a_url_missed_again_is_uncacheable_until_a_stored_copy_shows() -> None:
+    """NGINX logs MISS on every request for an answer it does not store (no-store, private,
+    max-age=0, Set-Cookie); a stored copy answers HIT/EXPIRED/STALE/UPDATING instead."""
+    clock = Clock()
+    t = Triggers(DEFAULT, clock=clock)
+    miss, other = rec(), rec(target=b"/other")
+    assert [t.decide(miss) for _ in range(3)] == [None, "uncacheable", "uncacheable"]
+    assert t.decide(other) is None  # its first MISS: nothing known yet
+    clock.now += UNCACHEABLE_SECONDS - 1  # each MISS extends the mark
+    assert t.decide(miss) == "uncacheable"
+    assert t.decide(rec(cache_status="EXPIRED")) is None  # a stored copy: cacheable now
+    assert t.decide(miss) is None  # (evicted and fetched again: a change worth spreading)
+
+
+def test_the_marks_are_forgotten_so_a_url_that_turns_cacheable_propagates_again() -> None:
+    clock = Clock()
+    t = Triggers(DEFAULT, clock=clock)
+    assert [t.decide(rec()) for _ in range(2)] == [None, "uncacheable"]
+    clock.now += UNCACHEABLE_SECONDS + 1  # no MISS since: the mark and the MISS are gone
+    assert t.decide(rec()) is None
+    clock.now += UNCACHEABLE_SECONDS + 1
+    assert t.decide(rec()) is None  # MISSes further apart than the memory: each one counts
+
+
+def test_only_triggering_misses_are_remembered() -> None:
+    t = Triggers(DEFAULT, clock=Clock())
+    assert t.decide(rec(method="POST")) == "method"
+    assert t.decide(rec(status=404)) == "status"
+    assert t.decide(rec()) is None  # the POST and the 404 did not count as a MISS of it

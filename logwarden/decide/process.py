@@ -69,7 +69,7 @@ class Processor:
                 origin.note(record)
             if self.line_clock is not None and record.time is not None:
                 self.line_clock.now = record.time
-            reason = triggers.after_purges(record, triggers.skip_reason(record))
+            reason = triggers.decide(record)
             if reason is not None:
                 tally.ignored[reason] += 1
                 continue

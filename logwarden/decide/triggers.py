@@ -16,10 +16,18 @@ from logwarden.decide.window import Window
 from logwarden.model import Record, Refresh, final_upstream_status, is_5xx
 
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD"})
+_STORED = frozenset({"EXPIRED", "STALE", "UPDATING", "REVALIDATED"})
+"""Statuses of an answer from a stored copy (HIT too, but the prefilter keeps no HIT line)."""
 FAILED_UPDATE_SECONDS = 5.0
 """How long a failed background fetch's line marks its client's line (written right after)."""
 PURGE_MEMORY_SECONDS = 3600.0
 """How long a purge by logwarden marks its URL's next MISS as the refill, not a change."""
+UNCACHEABLE_SECONDS = 600.0
+"""How long a MISS is remembered, and a URL MISSed twice is held uncacheable (each further MISS
+extends it). A stored copy is answered HIT, EXPIRED, STALE or UPDATING until NGINX drops it, so
+a second MISS means nothing was stored (no-store, private, max-age=0, Set-Cookie: measured), or
+the copy was evicted: shorter than the example's ``inactive=60m``, so an idle copy that NGINX
+dropped does not count; long enough that a URL asked every few minutes stays marked."""
 
 
 class Triggers:
@@ -42,6 +50,36 @@ class Triggers:
         self.wall_clock = wall_clock
         self._purged = Window(PURGE_MEMORY_SECONDS, max_keys, clock)
         self._failed = Window(FAILED_UPDATE_SECONDS, max_keys, clock)
+        self._missed = Window(UNCACHEABLE_SECONDS, max_keys, clock)
+        self._uncacheable = Window(UNCACHEABLE_SECONDS, max_keys, clock)
+
+    def decide(self, record: Record) -> str | None:
+        """Why ``record`` does not trigger, or None: the pure rules, then what the memory
+        says (logwarden's purges, failed updates, URLs NGINX does not store)."""
+        return self.after_misses(record, self.after_purges(record, self.skip_reason(record)))
+
+    def after_misses(self, record: Record, reason: str | None) -> str | None:
+        """``uncacheable`` for a MISS of a URL MISSed on this node within
+        :data:`UNCACHEABLE_SECONDS` (no copy was stored: every peer's refresh would store none
+        either, and only multiply the origin's load). An answer from a stored copy (EXPIRED,
+        STALE, UPDATING, REVALIDATED) clears the URL: its next change propagates again."""
+        status = record.cache_status
+        if status == "MISS":
+            if reason is not None:
+                return reason
+            key = self._key(record)
+            if self._uncacheable and self._uncacheable.discard(key):
+                self._uncacheable.admit(key)  # still not stored: the mark goes on
+                return "uncacheable"
+            if self._missed and self._missed.discard(key):
+                self._uncacheable.admit(key)
+                return "uncacheable"
+            self._missed.admit(key)
+        elif status in _STORED and (self._missed or self._uncacheable):
+            key = self._key(record)
+            self._missed.discard(key)
+            self._uncacheable.discard(key)
+        return reason
 
     def skip_reason(self, record: Record) -> str | None:
         """Why this record must not trigger, or ``None`` when it should (pure rules only)."""
