@@ -2,8 +2,9 @@
 
 Every path (the request target without its query) has a version counter that starts at 1 and
 moves only when the test calls :meth:`Origin.bump`, so a response body tells which copy a cache
-node holds. ``?ma=N`` sets ``Cache-Control: max-age=N`` (default 60). GET and HEAD are answered;
-HEAD sends the same headers without a body. :meth:`Origin.put` serves a fixed document at a path
+node holds. ``?ma=N`` sets ``Cache-Control: max-age=N`` (default 60), ``?cc=VALUE`` the whole
+``Cache-Control`` (``no-store``, ``private``...), ``?cookie=1`` adds a ``Set-Cookie``. GET and
+HEAD are answered; HEAD sends the same headers without a body. :meth:`Origin.put` serves a fixed document at a path
 (a sitemap), and :meth:`Origin.fail` makes every request fail until :meth:`Origin.heal`: with an
 HTTP status, or by closing the connection without an answer (NGINX's ``error``).
 
@@ -86,7 +87,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(failure or 200)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", f"max-age={_max_age(target)}")
+        query = parse_qs(target.partition("?")[2])
+        self.send_header("Cache-Control", query.get("cc", [f"max-age={_max_age(target)}"])[0])
+        if "cookie" in query:  # ?cookie=1: a session cookie, as logged-in pages send
+            self.send_header("Set-Cookie", f"session={version}; Path=/; HttpOnly")
         self.send_header("X-Version", str(version))
         if vary:  # ?vary=ae: as an app server that compresses per Accept-Encoding
             self.send_header("Vary", "Accept-Encoding")
