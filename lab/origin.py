@@ -5,8 +5,9 @@ moves only when the test calls :meth:`Origin.bump`, so a response body tells whi
 node holds. ``?ma=N`` sets ``Cache-Control: max-age=N`` (default 60), ``?cc=VALUE`` the whole
 ``Cache-Control`` (``no-store``, ``private``...), ``?cookie=1`` adds a ``Set-Cookie``. GET and
 HEAD are answered; HEAD sends the same headers without a body. :meth:`Origin.put` serves a
-fixed document at a path (a sitemap), and :meth:`Origin.fail` makes every request fail until :meth:`Origin.heal`: with an
-HTTP status, or by closing the connection without an answer (NGINX's ``error``).
+fixed document at a path (a sitemap), and :meth:`Origin.fail` makes every request fail until
+:meth:`Origin.heal`: with an HTTP status, or by closing the connection without an answer
+(NGINX's ``error``).
 
 The server runs on its own thread; :meth:`Origin.stop` shuts the listener, cuts the kept-alive
 connections NGINX holds open, and joins every handler thread, so nothing outlives it.
