@@ -21,7 +21,7 @@ def line(target: str, status: str = "MISS", ua: str = "curl/8", age: float = 0.0
 
 
 MIX = b"".join([
-    *(line(f"/unique/{i}") for i in range(40)),  # 5 pass the bucket (burst), 35 rate-dropped
+    *(line(f"/unique/{i}") for i in range(40)),  # 5 pass (burst 6, 1 kept), 35 rate-dropped
     line("/unique/0", "EXPIRED"),  # deduplicated
     line("/nostore"), line("/nostore"),  # rate-dropped; then MISSed again: uncacheable
     line("/skipme/1"),  # filtered by --skip
@@ -43,7 +43,7 @@ async def test_accounting_equations_hold_on_a_mix(tmp_path: Path) -> None:
             "access_log": (str(log),), "log_format": FMT, "self": "http://127.0.0.1:1",
             "peer": ("http://127.0.0.1:1", peer.url, silent), "metrics_listen": "off",
             "poll_interval": 0.05, "positions": "off", "max_line_bytes": 1000,
-            "max_refresh_rate": 0.001, "max_refresh_burst": 5, "skip": ("^/skipme/",),
+            "max_refresh_rate": 0.001, "max_refresh_burst": 6, "skip": ("^/skipme/",),
             "timeout": 0.2, "retries": 0, "breaker_failures": 2, "queue_size": 3,
             "shutdown_timeout": 0.5,
         }, None, {})

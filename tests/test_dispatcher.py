@@ -483,15 +483,22 @@ def test_storm_control_bounds_filters_and_rate() -> None:
     now = [0.0]
     storm = StormControl(rate=10, burst=5, max_target_bytes=20, only=[r"^/(a|b)/"],
                          skip=[r"\.m3u8$", r"nocache=1"], clock=lambda: now[0])
+
+    def change(target: bytes) -> Refresh:  # a stored copy replaced: may take every token
+        return Refresh("http", "www.example.com", target, "EXPIRED")
+
     assert storm.refusal(refresh(b"/a/" + b"x" * 20)) == "too_long"
     assert storm.refusal(refresh(b"/c/1")) == "filtered"
     assert storm.refusal(refresh(b"/a/x.m3u8")) == "filtered"
     assert storm.refusal(refresh(b"/b/1?nocache=1")) == "filtered"
-    assert [storm.refusal(refresh(b"/a/%d" % i)) for i in range(6)] == [None] * 5 + ["rate"]
+    assert [storm.refusal(change(b"/a/%d" % i)) for i in range(6)] == [None] * 5 + ["rate"]
     now[0] = 0.25  # 2.5 tokens
-    assert [storm.refusal(refresh(b"/b/%d" % i)) for i in range(3)] == [None, None, "rate"]
+    assert [storm.refusal(change(b"/b/%d" % i)) for i in range(3)] == [None, None, "rate"]
     now[0] = 100.0  # refills up to the burst only
-    assert [storm.refusal(refresh(b"/b/%d" % i)) for i in range(6)] == [None] * 5 + ["rate"]
+    assert [storm.refusal(change(b"/b/%d" % i)) for i in range(6)] == [None] * 5 + ["rate"]
+    now[0] = 200.0  # a first copy (MISS) leaves the reserve (a quarter: 1 of 5) to changes
+    assert [storm.refusal(refresh(b"/a/m%d" % i)) for i in range(5)] == [None] * 4 + ["rate"]
+    assert storm.refusal(change(b"/a/c")) is None
     assert StormControl(rate=0, burst=1, max_target_bytes=9).refusal(refresh()) is None
 
 

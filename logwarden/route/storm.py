@@ -27,13 +27,14 @@ class TokenBucket:
         self._tokens = self.burst
         self._at = clock()
 
-    def take(self) -> bool:
+    def take(self, keep: float = 0.0) -> bool:
+        """Take a token, if one is left beyond the ``keep`` others must find."""
         if not self.rate:
             return True
         now = self.clock()
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
-        if self._tokens < 1:
+        if self._tokens < 1 + keep:
             return False
         self._tokens -= 1
         return True
@@ -43,11 +44,22 @@ def _any_of(patterns: Sequence[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
 
 
+RESERVE_SHARE = 0.25
+"""The share of the bucket (whole tokens) that only changes of stored copies may take."""
+_CHANGES = frozenset({"EXPIRED", "STALE", "UPDATING", "REVALIDATED"})
+
+
 class StormControl:
     """Admits a fan-out or names why not: ``too_long``, ``filtered`` or ``rate``.
 
     ``only``/``skip`` are regular expressions searched in the raw request target (path and
     query, as logged); a target must match one ``only`` (when given) and no ``skip``.
+
+    Real changes first: a fan-out whose line shows a stored copy replaced (EXPIRED, STALE,
+    UPDATING, REVALIDATED: a page clients are being served from cache) may take any token; one
+    of a first copy (MISS: a new URL, or one NGINX does not store) only while more than
+    :data:`RESERVE_SHARE` of the burst is left. A flood of new or uncacheable URLs then drains
+    the bucket down to that reserve and no further, and the next change still goes out at once.
     """
 
     def __init__(self, *, rate: float, burst: int, max_target_bytes: int,
@@ -57,6 +69,7 @@ class StormControl:
         self._only = _any_of(only)
         self._skip = _any_of(skip)
         self.bucket = TokenBucket(rate, burst, clock)
+        self.reserve = float(int(burst * RESERVE_SHARE))
 
     def refusal(self, refresh: Refresh) -> str | None:
         if len(refresh.target) > self.max_target_bytes:
@@ -67,4 +80,5 @@ class StormControl:
                 return "filtered"
             if self._skip and self._skip.search(target):
                 return "filtered"
-        return None if self.bucket.take() else "rate"
+        keep = 0.0 if refresh.cache_status in _CHANGES else self.reserve
+        return None if self.bucket.take(keep) else "rate"
