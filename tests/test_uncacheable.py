@@ -11,6 +11,7 @@ import itertools
 import time
 
 from lab import Cluster, Origin, wait_until
+from lab.agent import Agent
 from tests.agents import StartAgent
 
 KINDS = ("cc=no-store", "cc=private", "ma=0", "cookie=1")
@@ -19,6 +20,34 @@ URLS = [f"/u/{kind.split('=')[0]}{i}?{kind}" for kind in KINDS for i in range(5)
 
 def fetches(origin: Origin) -> int:
     return sum(1 for r in origin.requests if r.path.startswith("/u/"))
+
+
+def decided(agent: Agent) -> float:
+    """Lines the agent has decided (read is not enough: they may wait in its queue)."""
+    return sum(agent.total(name) for name in ("logwarden_records_ignored_total",
+                                              "logwarden_lines_malformed_total",
+                                              "logwarden_triggers_total"))
+
+
+def settled(cluster: Cluster, agents: list[Agent], origin: Origin, start: list[int]) -> None:
+    """NGINX has written every line (it writes after answering), every agent has decided them
+    all, and the refreshes that followed have reached the origin: what is counted next belongs
+    to what comes next (a loaded machine lets an agent lag behind its log). ``start``: each
+    log's lines when its agent started (it starts at the end)."""
+    last: tuple[object, ...] = ()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        logged = [len(node.log_lines()) - skipped for node, skipped in zip(cluster, start,
+                                                                          strict=True)]
+        read = [decided(agent) for agent in agents]
+        sent = all(agent.total("logwarden_refreshes_total")
+                   == 2 * agent.total("logwarden_refresh_fanouts_total") for agent in agents)
+        now = (*logged, fetches(origin))
+        if now == last and read == logged and sent:
+            return
+        last = now
+        time.sleep(0.3)
+    raise TimeoutError(f"not settled: logged {last}, read {read}")
 
 
 def round_robin(cluster: Cluster, rounds: int) -> int:
@@ -39,11 +68,12 @@ def test_uncacheable_answers_are_not_multiplied_and_changes_still_propagate(
 
     urls = [node.url for node in cluster]
     agents = [start_agent(node, urls) for node in cluster]
+    start = [len(node.log_lines()) for node in cluster]  # agents start at the end of the log
     round_robin(cluster, 6)  # each node sees each URL twice: it learns
-    time.sleep(0.5)
+    settled(cluster, agents, origin, start)
     before = fetches(origin)
     asked = round_robin(cluster, 6)
-    time.sleep(0.5)  # refreshes that would follow the last requests
+    settled(cluster, agents, origin, start)  # refreshes that would follow the last requests
     with_agents = fetches(origin) - before
     assert with_agents <= without * 1.05, (with_agents, without)
     assert sum(a.total("logwarden_records_ignored_total", reason="uncacheable")
