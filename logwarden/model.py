@@ -100,6 +100,11 @@ def final_upstream_status(upstream_status: str) -> str:
     return upstream_status.replace(":", ",").rsplit(",", 1)[-1].strip()
 
 
+STORED_COPY = frozenset({"EXPIRED", "STALE", "UPDATING", "REVALIDATED"})
+"""Cache statuses of an answer from (or replacing) a stored copy: the URL is cacheable, and a
+triggering line of one is a change of a page clients are served from cache. (HIT too, but no
+HIT line is parsed: the prefilter skips them.)"""
+
 _PRINTABLE_ASCII = bytes(range(0x21, 0x7F))
 _NON_ASCII = bytes(range(0x80, 0x100))
 

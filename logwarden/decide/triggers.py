@@ -13,11 +13,9 @@ import time
 from collections.abc import Callable, Iterable
 
 from logwarden.decide.window import Window
-from logwarden.model import Record, Refresh, final_upstream_status, is_5xx
+from logwarden.model import STORED_COPY, Record, Refresh, final_upstream_status, is_5xx
 
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD"})
-_STORED = frozenset({"EXPIRED", "STALE", "UPDATING", "REVALIDATED"})
-"""Statuses of an answer from a stored copy (HIT too, but the prefilter keeps no HIT line)."""
 FAILED_UPDATE_SECONDS = 5.0
 """How long a failed background fetch's line marks its client's line (written right after)."""
 PURGE_MEMORY_SECONDS = 3600.0
@@ -75,7 +73,7 @@ class Triggers:
                 self._uncacheable.admit(key)
                 return "uncacheable"
             self._missed.admit(key)
-        elif status in _STORED and (self._missed or self._uncacheable):
+        elif status in STORED_COPY and (self._missed or self._uncacheable):
             key = self._key(record)
             self._missed.discard(key)
             self._uncacheable.discard(key)

@@ -127,10 +127,6 @@ class Variant:
         """The class as the log shows it (the header's value; "" for none)."""
         return self.header[1] if self.header else ""
 
-    @property
-    def label(self) -> str:
-        return self.value or "none"
-
     def headers(self, *headers: tuple[str, str]) -> tuple[tuple[str, str], ...]:
         return (*headers, self.header) if self.header else headers
 
@@ -272,7 +268,7 @@ class ProbeFirst(Mode):
 class Variants(Mode):
     """One refresh of every variant class (README "Variants"): a node keeps a copy per class
     under keys of its own, and a refresh replaces only the copy its request selects, so each
-    class needs its own requests, each sent by ``mode_of`` the class.
+    class needs its own requests: the configured mode, built once per class.
 
     On the node whose line triggered (``refresh.here``) the triggering class is fresh already
     and skipped. With origin offload only the triggering class names the holder: it is the one

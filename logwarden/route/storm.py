@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 
-from logwarden.model import Refresh
+from logwarden.model import STORED_COPY, Refresh
 
 
 class TokenBucket:
@@ -46,7 +46,6 @@ def _any_of(patterns: Sequence[str]) -> re.Pattern[str] | None:
 
 RESERVE_SHARE = 0.25
 """The share of the bucket (whole tokens) that only changes of stored copies may take."""
-_CHANGES = frozenset({"EXPIRED", "STALE", "UPDATING", "REVALIDATED"})
 
 
 class StormControl:
@@ -80,5 +79,5 @@ class StormControl:
                 return "filtered"
             if self._skip and self._skip.search(target):
                 return "filtered"
-        keep = 0.0 if refresh.cache_status in _CHANGES else self.reserve
+        keep = 0.0 if refresh.cache_status in STORED_COPY else self.reserve
         return None if self.bucket.take(keep) else "rate"
