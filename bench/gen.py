@@ -18,7 +18,8 @@ from collections.abc import Iterator
 
 FORMAT = ("$msec\t$scheme\t$host\t$server_port\t$request_method\t$request_uri\t$status\t"
           "$upstream_cache_status\t$upstream_status\t$request_time\t$http_x_refresh\t"
-          "$http_user_agent")
+          "$http_user_agent\t$upstream_http_cache_control\t$upstream_http_expires\t"
+          "$upstream_http_x_accel_expires\t$upstream_http_vary\t$logwarden_set_cookie")
 """The ``logwarden`` log_format of examples/nginx.conf (tests check they stay the same)."""
 
 CACHE_MIX = (("HIT", 84.0), ("MISS", 8.0), ("EXPIRED", 3.0), ("UPDATING", 2.0), ("STALE", 1.0),
@@ -36,6 +37,10 @@ AGENTS = (
     b"python-requests/2.32.3",
 )
 OWN_AGENT = b"logwarden/0.1.0"
+NO_ANSWER = b"-\t-\t-\t-\t0"
+"""The caching-header fields of a line NGINX answered without asking the origin (a HIT)."""
+CACHEABLE = b"public, max-age=300\t-\t-\tAccept-Encoding\t0"
+"""The caching-header fields of an answer NGINX stores."""
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 SECTIONS = (b"img", b"css", b"js", b"api/v1/items", b"news", b"static/fonts", b"p")
 
@@ -85,7 +90,7 @@ def _line(rng: random.Random, t: float, uri: bytes, cache: str, method: str,
         b"%.3f" % t, b"https" if https else b"http", rng.choice(HOSTS), b"443" if https else b"80",
         method.encode(), uri, code, cache.encode(), upstream,
         b"0.000" if hit else b"0.%03d" % rng.randrange(1, 200),
-        b"1" if cache == "BYPASS" else b"-", agent,
+        b"1" if cache == "BYPASS" else b"-", agent, NO_ANSWER if hit else CACHEABLE,
     )) + b"\n"
 
 
@@ -93,7 +98,7 @@ def triggering_lines(count: int, *, distinct: int, start: float = START) -> Iter
     """``count`` MISS lines cycling over ``distinct`` URIs: every line asks for a refresh."""
     for i in range(count):
         yield (b"%.3f\thttp\twww.example.com\t80\tGET\t/m/%d?v=1\t200\tMISS\t200\t0.010\t-\t"
-               b"curl/8.5.0\n" % (start + i / 100_000, i % distinct))
+               b"curl/8.5.0\t%s\n" % (start + i / 100_000, i % distinct, CACHEABLE))
 
 
 def write(path: str, lines_: Iterator[bytes], block: int = 1 << 20) -> int:

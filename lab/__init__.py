@@ -9,6 +9,7 @@ nodes from it; :mod:`lab.process` stops what the lab, the benchmarks and the tes
 from lab.cluster import (
     CLIENT_ADDRESS,
     EXAMPLE_CONFIG,
+    LOG_FIELDS,
     OUTSIDER_ADDRESS,
     Cluster,
     LogLine,
@@ -25,6 +26,7 @@ from lab.origin import Origin, OriginRequest
 __all__ = [
     "CLIENT_ADDRESS",
     "EXAMPLE_CONFIG",
+    "LOG_FIELDS",
     "OUTSIDER_ADDRESS",
     "Cluster",
     "LogLine",

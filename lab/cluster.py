@@ -63,7 +63,8 @@ _LAB_WORKERS = 2  # "auto" would start one per CPU, per node
 #: The ``logwarden`` log_format fields, in order.
 LOG_FIELDS = (
     "msec", "scheme", "host", "port", "method", "target", "status", "cache_status",
-    "upstream_status", "request_time", "refresh", "user_agent",
+    "upstream_status", "request_time", "refresh", "user_agent", "cache_control", "expires",
+    "x_accel_expires", "vary", "set_cookie",
 )
 
 
@@ -86,6 +87,11 @@ class LogLine(NamedTuple):
     request_time: str
     refresh: str
     user_agent: str
+    cache_control: str
+    expires: str
+    x_accel_expires: str
+    vary: str
+    set_cookie: str
 
     @classmethod
     def parse(cls, line: str) -> LogLine:

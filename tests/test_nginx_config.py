@@ -14,6 +14,7 @@ import pytest
 
 from lab import (
     EXAMPLE_CONFIG,
+    LOG_FIELDS,
     OUTSIDER_ADDRESS,
     Cluster,
     LogLine,
@@ -67,7 +68,9 @@ LOG_FORMAT = """\
     log_format logwarden '$msec\\t$scheme\\t$host\\t$server_port\\t$request_method\\t'
                          '$request_uri\\t$status\\t$upstream_cache_status\\t'
                          '$upstream_status\\t$request_time\\t$http_x_refresh\\t'
-                         '$http_user_agent';
+                         '$http_user_agent\\t$upstream_http_cache_control\\t'
+                         '$upstream_http_expires\\t$upstream_http_x_accel_expires\\t'
+                         '$upstream_http_vary\\t$logwarden_set_cookie';
 """
 
 
@@ -249,12 +252,13 @@ def test_access_log_line_is_the_tab_format(cluster: Cluster, origin: Origin) -> 
     # unbuffered: the line is there at once (a buffered log would take ~1 s)
     line = a.wait_log(lambda ln: ln.target == target, timeout=0.5)[0]
     raw = a.access_log.read_text().splitlines()[0]
-    assert raw.count("\t") == 11
+    assert raw.count("\t") == len(LOG_FIELDS) - 1
     assert float(line.msec) > 1.6e9 and float(line.request_time) >= 0
     assert line._replace(msec="", request_time="") == LogLine(
         msec="", scheme="http", host="www.example.com", port=str(a.port), method="GET",
         target=target, status="200", cache_status="MISS", upstream_status="200",
-        request_time="", refresh="-", user_agent="lab \\x22q\\x22 1.0")
+        request_time="", refresh="-", user_agent="lab \\x22q\\x22 1.0",
+        cache_control="max-age=60", expires="-", x_accel_expires="-", vary="-", set_cookie="0")
     assert log_for(a, "/t/enc1?a=1&b=2")[0].cache_status == "MISS"  # a different key
     assert origin.requests_for("/t/enc%31")[0].target == target  # origin got it raw too
 

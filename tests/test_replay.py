@@ -44,7 +44,8 @@ def generated_log(path: Path, lines: int, start: float, seed: int = 7) -> None:
                             + [f"/caf\\xC3\\xA9/{rnd.randrange(5)}", f"/a\\x20b/{rnd.randrange(5)}",
                                f"/long/{rnd.randrange(5)}/" + "x" * 300])
         out.append(("\t".join([f"{start + i / 1000:.3f}", scheme, "www.example.com", port,
-                               method, target, "200", status, upstream, "0.001", "-", agent])
+                               method, target, "200", status, upstream, "0.001", "-", agent,
+                               "-", "-", "-", "-", "0"])
                     + "\n").encode())
     path.write_bytes(b"".join(out))
 
@@ -107,7 +108,7 @@ def test_dedup_and_rate_follow_the_logs_own_time(tmp_path: Path) -> None:
     lines = []
     for i in range(10):  # the same URL EXPIRED every 0.5 s: a 1 s window keeps every 2nd
         lines.append(f"{1795334000 + i * 0.5:.3f}\thttp\th\t80\tGET\t/same\t200\tEXPIRED\t"
-                     "200\t0.001\t-\tcurl\n")
+                     "200\t0.001\t-\tcurl\t-\t-\t-\t-\t0\n")
     log.write_text("".join(lines))
     config = load_config({"log_format": LOG_FORMAT}, needs=REPLAY)
     replay = Replay(config)
@@ -125,8 +126,8 @@ def test_dedup_and_rate_follow_the_logs_own_time(tmp_path: Path) -> None:
 def test_replay_text_output_and_errors(tmp_path: Path) -> None:
     log = tmp_path / "a.log"
     log.write_text("1795334000.000\thttp\twww.example.com\t80\tGET\t/x\t200\tMISS\t200\t0.001\t-"
-                   "\tcurl\n1795334000.000\thttp\twww.example.com\t80\tGET\t/x\t200\tHIT\t-\t"
-                   "0.001\t-\tcurl\n")
+                   "\tcurl\t-\t-\t-\t-\t0\n1795334000.000\thttp\twww.example.com\t80\tGET\t/x\t200\tHIT\t-\t"
+                   "0.001\t-\tcurl\t-\t-\t-\t-\t0\n")
     run = [sys.executable, "-m", "logwarden", "replay"]
     out = subprocess.run([*run, str(log), "--log-format", LOG_FORMAT, "--mode", "purge",
                           "--purge-then-refresh"], capture_output=True, text=True, timeout=30)
