@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from logwarden.decide.cacheable import CachePolicy
 from logwarden.deliver.modes import (
     DEFAULT_CACHE_STATUS_HEADER,
     MODES,
@@ -471,6 +472,9 @@ class Config:
     dry_run: bool
     nginx_access_logs: tuple[AccessLog, ...] = field(default=(), repr=False, compare=False)
     """Every access log --nginx-conf found (``check`` prints them)."""
+    cache_policy: CachePolicy | None = field(default=None, repr=False, compare=False)
+    """What the NGINX config says NGINX stores, for the logs followed (None: no
+    ``--nginx-conf``, or no caching location writes them)."""
     parser: LogFormat | None = field(default=None, repr=False, compare=False)
     """``log_format`` compiled, once (None for ``warm`` without a format)."""
     metrics_address: tuple[str, int] | None = field(default=None, repr=False, compare=False)
@@ -586,7 +590,9 @@ def _from_nginx_conf(v: dict[str, Any], stdin: Callable[[], str] | None) -> dict
         raise ConfigError("nginx_conf", source, str(exc)) from None
     return {"access_log": chosen.access_log, "syslog": chosen.syslog,
             "syslog_tag": chosen.syslog_tag or v["syslog_tag"], "log_format": chosen.log_format,
-            "log_format_escape": chosen.escape, "nginx_access_logs": found}
+            "log_format_escape": chosen.escape, "nginx_access_logs": found,
+            "cache_policy": CachePolicy.union(CachePolicy.of(c.ignore_headers, c.cache_valid)
+                                              for c in chosen.cache) if chosen.cache else None}
 
 
 def _read_toml(path: str) -> dict[str, Any]:

@@ -20,6 +20,19 @@ must reach the triggers even when they cannot trigger: they remember logwarden's
 from them (the processor's sift keeps them)."""
 
 
+class Caching(NamedTuple):
+    """The caching headers of the origin's answer, when the format logs them (``None``: not
+    sent, or not in the format): what :mod:`logwarden.decide.cacheable` reads to tell whether
+    NGINX stored the answer."""
+
+    cache_control: bytes | None = None
+    expires: bytes | None = None
+    x_accel_expires: bytes | None = None
+    vary: bytes | None = None
+    set_cookie: bytes | None = None
+    """A Set-Cookie flag (``0``/``1`` from a map, README) or the header itself."""
+
+
 class Record(NamedTuple):
     """What deciding on and replaying a refresh needs from one access-log line.
 
@@ -50,6 +63,8 @@ class Record(NamedTuple):
     """``$upstream_http_date``: the cached copy's ``Date`` on an answer from the cache."""
     variant: bytes | None = None
     """The variant class of the request (``--variant-variable``), when the format logs it."""
+    caching: Caching | None = None
+    """The origin answer's caching headers, when the format logs any of them."""
 
     @property
     def own(self) -> bool:

@@ -168,10 +168,10 @@ def test_a_url_missed_again_is_uncacheable_until_a_stored_copy_shows() -> None:
     clock = Clock()
     t = Triggers(DEFAULT, clock=clock)
     miss, other = rec(), rec(target=b"/other")
-    assert [t.decide(miss) for _ in range(3)] == [None, "uncacheable", "uncacheable"]
+    assert [t.decide(miss) for _ in range(3)] == [None, "repeated_miss", "repeated_miss"]
     assert t.decide(other) is None  # its first MISS: nothing known yet
     clock.now += UNCACHEABLE_SECONDS - 1  # each MISS extends the mark
-    assert t.decide(miss) == "uncacheable"
+    assert t.decide(miss) == "repeated_miss"
     assert t.decide(rec(cache_status="EXPIRED")) is None  # a stored copy: cacheable now
     assert t.decide(miss) is None  # (evicted and fetched again: a change worth spreading)
 
@@ -179,7 +179,7 @@ def test_a_url_missed_again_is_uncacheable_until_a_stored_copy_shows() -> None:
 def test_the_marks_are_forgotten_so_a_url_that_turns_cacheable_propagates_again() -> None:
     clock = Clock()
     t = Triggers(DEFAULT, clock=clock)
-    assert [t.decide(rec()) for _ in range(2)] == [None, "uncacheable"]
+    assert [t.decide(rec()) for _ in range(2)] == [None, "repeated_miss"]
     clock.now += UNCACHEABLE_SECONDS + 1  # no MISS since: the mark and the MISS are gone
     assert t.decide(rec()) is None
     clock.now += UNCACHEABLE_SECONDS + 1

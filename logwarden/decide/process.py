@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from logwarden.config import Config
+from logwarden.decide.cacheable import RULES as UNCACHEABLE_RULES
 from logwarden.decide.origin import WATCHED_STATUSES, OriginWatch
 from logwarden.decide.triggers import Triggers
 from logwarden.model import OWN_AGENT_MARK, Refresh
@@ -33,7 +34,7 @@ def triggers_for(config: Config, clock: Callable[[], float] | None = None) -> Tr
     if clock is not None:
         timing = {"max_age": 0.0, "clock": clock, "wall_clock": clock}
     return Triggers(config.statuses, max_keys=config.dedup_max_urls,
-                    default_host=config.default_host, **timing)
+                    default_host=config.default_host, policy=config.cache_policy, **timing)
 
 
 class Processor:
@@ -71,6 +72,9 @@ class Processor:
                 self.line_clock.now = record.time
             reason = triggers.decide(record)
             if reason is not None:
+                if reason in UNCACHEABLE_RULES:
+                    tally.uncacheable[reason] += 1
+                    reason = "uncacheable"
                 tally.ignored[reason] += 1
                 continue
             refresh = triggers.refresh_for(record)
@@ -100,6 +104,8 @@ class Tally:
         self.skipped = skipped
         self.malformed = 0
         self.ignored: Counter[str] = Counter()
+        self.uncacheable: Counter[str] = Counter()
+        """The ``uncacheable`` ones of :attr:`ignored`, by rule."""
         self.triggers: Counter[str] = Counter()
 
     def add(self, other: Tally) -> None:
@@ -107,12 +113,15 @@ class Tally:
         self.skipped += other.skipped
         self.malformed += other.malformed
         self.ignored.update(other.ignored)
+        self.uncacheable.update(other.uncacheable)
         self.triggers.update(other.triggers)
 
     def add_to(self, m: Metrics) -> None:
         self.ignored["cache_status"] += self.skipped
         for reason, n in self.ignored.items():
             m.records_ignored.labels(reason).inc(n)
+        for rule, n in self.uncacheable.items():
+            m.uncacheable.labels(rule).inc(n)
         for status, n in self.triggers.items():
             m.triggers.labels(status).inc(n)
         if self.malformed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+from logwarden.decide.cacheable import FETCHED, CachePolicy, uncacheable_rule
 from logwarden.decide.window import Window
 from logwarden.model import STORED_COPY, Record, Refresh, final_upstream_status, is_5xx
 
@@ -41,8 +42,12 @@ class Triggers:
         max_keys: int = 50_000,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        policy: CachePolicy | None = None,
     ) -> None:
+        """``policy``: what the NGINX config says about storing (``--nginx-conf``); None
+        when it is not known."""
         self.statuses = frozenset(statuses)
+        self.policy = policy
         self.default_host = default_host
         self.max_age = max_age
         self.wall_clock = wall_clock
@@ -53,11 +58,17 @@ class Triggers:
 
     def decide(self, record: Record) -> str | None:
         """Why ``record`` does not trigger, or None: the pure rules, then what the memory
-        says (logwarden's purges, failed updates, URLs NGINX does not store)."""
-        return self.after_misses(record, self.after_purges(record, self.skip_reason(record)))
+        says (logwarden's purges, failed updates), then whether NGINX stored the answer (its
+        caching headers, else its URL's MISSes). An uncacheable one gives its rule
+        (:data:`logwarden.decide.cacheable.RULES`)."""
+        reason = self.after_purges(record, self.skip_reason(record))
+        if reason is None and record.caching is not None and record.cache_status in FETCHED:
+            reason = uncacheable_rule(record.caching, record.status,
+                                      record.time or self.wall_clock(), self.policy)
+        return self.after_misses(record, reason)
 
     def after_misses(self, record: Record, reason: str | None) -> str | None:
-        """``uncacheable`` for a MISS of a URL MISSed on this node within
+        """``repeated_miss`` for a MISS of a URL MISSed on this node within
         :data:`UNCACHEABLE_SECONDS` (no copy was stored: every peer's refresh would store none
         either, and only multiply the origin's load). An answer from a stored copy (EXPIRED,
         STALE, UPDATING, REVALIDATED) clears the URL: its next change propagates again."""
@@ -68,10 +79,10 @@ class Triggers:
             key = self._key(record)
             if self._uncacheable and self._uncacheable.discard(key):
                 self._uncacheable.admit(key)  # still not stored: the mark goes on
-                return "uncacheable"
+                return "repeated_miss"
             if self._missed and self._missed.discard(key):
                 self._uncacheable.admit(key)
-                return "uncacheable"
+                return "repeated_miss"
             self._missed.admit(key)
         elif status in STORED_COPY and (self._missed or self._uncacheable):
             key = self._key(record)

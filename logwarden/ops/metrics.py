@@ -43,6 +43,12 @@ class Metrics:
         self.records_ignored = Counter(
             "logwarden_records_ignored", "Parsed lines that did not trigger, by rule.",
             ["reason"], registry=r)
+        self.uncacheable = Counter(
+            "logwarden_uncacheable", "Lines of answers NGINX did not store (the "
+            "records_ignored reason uncacheable), by rule: the origin's caching headers "
+            "(set_cookie, vary, x_accel_expires, no_cache, no_store, private, max_age, expires, "
+            "no_valid: proxy_cache_valid covers not the status), or repeated_miss (MISSed "
+            "again with no stored copy between).", ["rule"], registry=r)
         self.triggers = Counter(
             "logwarden_triggers", "Lines that asked for a fan-out, by $upstream_cache_status.",
             ["cache_status"], registry=r)

@@ -22,9 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from logwarden.model import Record
+from logwarden.model import Caching, Record
 
 ESCAPES = ("default", "json", "none")
+CACHING_VARIABLES = ("upstream_http_cache_control", "upstream_http_expires",
+                     "upstream_http_x_accel_expires", "upstream_http_vary",
+                     "logwarden_set_cookie", "upstream_http_set_cookie")
+"""The origin answer's caching headers, in :class:`Caching`'s order; the Set-Cookie flag is
+the example's map, or the header itself (its value is not needed, nor wise to log)."""
 
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
 _CONF_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", '"': '"', "'": "'", "\\": "\\"}
@@ -80,6 +85,11 @@ class _Slots:
     upstream_header_time: int
     upstream_date: int
     variant: int
+    cache_control: int
+    expires: int
+    x_accel_expires: int
+    vary: int
+    set_cookie: int
 
 
 class LogFormat:
@@ -102,8 +112,11 @@ class LogFormat:
             "request", "request_method", "request_uri", "upstream_cache_status", "host",
             "http_host", "scheme", "status", "upstream_status", "http_user_agent", "msec",
             "time_iso8601", "time_local", "upstream_header_time", "upstream_http_date",
-            variant or "")))
+            variant or "", *CACHING_VARIABLES[:4],
+            next((name for name in CACHING_VARIABLES[4:] if name in index), ""))))
         s = self._slots
+        self._caching = (s.cache_control, s.expires, s.x_accel_expires, s.vary, s.set_cookie) \
+            if {*CACHING_VARIABLES} & set(variables) else None
         self._time_field = ((s.msec, "") if s.msec >= 0 else
                             (s.time_iso8601, "%Y-%m-%dT%H:%M:%S%z") if s.time_iso8601 >= 0 else
                             (s.time_local, "%d/%b/%Y:%H:%M:%S %z"))
@@ -141,12 +154,13 @@ class LogFormat:
             target = _origin_form(v[s.uri] or b"")
         else:
             method, target = _split_request(v[s.request] or b"")
-        status = v[s.status]
+        status, caching = v[s.status], self._caching
         return Record(method, target, (v[s.cache_status] or b"").decode("latin-1"),
                       _host(v[s.host], v[s.http_host]), _text(v[s.scheme]),
                       int(status) if status and status.isdigit() else None,
                       _text(v[s.upstream_status]), v[s.user_agent], self._time(v),
-                      v[s.upstream_header_time], v[s.upstream_date], v[s.variant])
+                      v[s.upstream_header_time], v[s.upstream_date], v[s.variant],
+                      None if caching is None else Caching(*[v[i] for i in caching]))
 
     def _time(self, values: list[bytes | None]) -> float | None:
         slot, fmt = self._time_field

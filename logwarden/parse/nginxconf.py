@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,21 @@ class NginxConfError(ValueError):
 
 
 @dataclass(frozen=True)
+class CacheScope:
+    """A location (or a server without locations) that caches and writes an access log:
+    the directives that say what NGINX stores there, inherited the way NGINX inherits them."""
+
+    where: str
+    """``FILE:LINE`` of the location (or server) block."""
+    zone: str
+    key: str | None
+    """``proxy_cache_key``; None: NGINX's default ``$scheme$proxy_host$request_uri``."""
+    ignore_headers: tuple[str, ...] = ()
+    cache_valid: tuple[tuple[str, ...], ...] = ()
+    """The arguments of each ``proxy_cache_valid``."""
+
+
+@dataclass(frozen=True)
 class AccessLog:
     """One ``access_log`` directive that writes a file or to syslog."""
 
@@ -71,6 +86,8 @@ class AccessLog:
     syslog_tag: str | None = None
     problem: str | None = None
     """Why logwarden cannot follow it; None when it can."""
+    cache: tuple[CacheScope, ...] = ()
+    """The caching locations whose requests this directive logs."""
 
     def describe(self) -> str:
         state = "usable" if self.problem is None else f"not usable: {self.problem}"
@@ -86,6 +103,8 @@ class Choice:
     syslog_tag: str | None
     log_format: str
     escape: str
+    cache: tuple[CacheScope, ...] = ()
+    """The caching locations of the logs picked."""
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -203,8 +222,12 @@ class _Found:
 def _walk_config(files: _DiskFiles | _DumpFiles) -> tuple[AccessLog, ...]:
     found = _Found(formats={"combined": (COMBINED, "default")}, logs=[])
     _walk(files, files.main, files.parse(files.main), found, depth=0)
-    return tuple(dict.fromkeys(_access_log(args, where, found.formats)
-                               for args, where in found.logs))
+    scopes: dict[str, list[CacheScope]] = {}
+    _cache_scopes(files, _expand(files, files.main, files.parse(files.main), 0), _Inherited(),
+                  scopes)
+    return tuple(dict.fromkeys(
+        replace(_access_log(args, where, found.formats), cache=tuple(scopes.get(where, ())))
+        for args, where in found.logs))
 
 
 def _walk(files: _DiskFiles | _DumpFiles, path: str, stmts: list[dict[str, Any]],
@@ -224,6 +247,82 @@ def _walk(files: _DiskFiles | _DumpFiles, path: str, stmts: list[dict[str, Any]]
             found.logs.append(([_unescape(a) for a in args], where))
         if "block" in stmt and name not in _SKIPPED_BLOCKS:
             _walk(files, path, stmt["block"], found, depth)
+
+
+_Statement = tuple[str, dict[str, Any]]
+"""A directive and the file it is in."""
+
+
+def _expand(files: _DiskFiles | _DumpFiles, path: str, stmts: list[dict[str, Any]],
+            depth: int) -> list[_Statement]:
+    """One block's directives with ``include`` replaced by what it includes, as NGINX reads
+    them (each keeps its own file, for the messages)."""
+    out: list[_Statement] = []
+    for stmt in stmts:
+        if stmt["directive"] == "include" and stmt["args"]:
+            if depth >= _MAX_INCLUDE_DEPTH:
+                raise NginxConfError(f"{path}:{stmt['line']}: includes nested too deep (a loop?)")
+            for included in files.expand(stmt["args"][0]):
+                out += _expand(files, included, files.parse(included), depth + 1)
+        else:
+            out.append((path, stmt))
+    return out
+
+
+@dataclass(frozen=True)
+class _Inherited:
+    """The directives a block takes from the blocks around it unless it sets its own (for
+    these, a block's own directives replace the inherited ones, in whatever order written)."""
+
+    logs: tuple[str, ...] = ()
+    """``FILE:LINE`` of the access_log directives in force (none after ``access_log off``)."""
+    cache: str | None = None
+    key: str | None = None
+    ignore_headers: tuple[str, ...] = ()
+    cache_valid: tuple[tuple[str, ...], ...] = ()
+
+    def within(self, block: list[_Statement]) -> _Inherited:
+        own: dict[str, list[tuple[str, list[str]]]] = {}
+        for path, stmt in block:
+            own.setdefault(stmt["directive"], []).append(
+                (f"{path}:{stmt['line']}", [_unescape(a) for a in stmt["args"]]))
+        changed: dict[str, Any] = {}
+        if "access_log" in own:
+            changed["logs"] = tuple(where for where, args in own["access_log"]
+                                    if args and args[0] != "off")
+        if "proxy_cache" in own:
+            zone = own["proxy_cache"][-1][1]
+            changed["cache"] = None if not zone or zone[0] == "off" else zone[0]
+        if "proxy_cache_key" in own:
+            changed["key"] = " ".join(own["proxy_cache_key"][-1][1])
+        if "proxy_ignore_headers" in own:
+            changed["ignore_headers"] = tuple(a for _, args in own["proxy_ignore_headers"]
+                                              for a in args)
+        if "proxy_cache_valid" in own:
+            changed["cache_valid"] = tuple(tuple(args) for _, args in own["proxy_cache_valid"])
+        return replace(self, **changed)
+
+
+_SCOPE_BLOCKS = frozenset({"http", "server", "location"})
+
+
+def _cache_scopes(files: _DiskFiles | _DumpFiles, block: list[_Statement],
+                  inherited: _Inherited, found: dict[str, list[CacheScope]],
+                  kind: str = "main", where: str = "") -> None:
+    """Every location (and server without one) under ``block`` that caches, noted under
+    each access_log directive in force there."""
+    here = inherited.within(block)
+    children = [(path, stmt) for path, stmt in block
+                if stmt["directive"] in _SCOPE_BLOCKS and "block" in stmt]
+    for path, stmt in children:
+        _cache_scopes(files, _expand(files, path, stmt["block"], 0), here, found,
+                      stmt["directive"], f"{path}:{stmt['line']}")
+    serves = kind == "location" or (
+        kind == "server" and not any(s["directive"] == "location" for _, s in children))
+    if serves and here.cache is not None:
+        scope = CacheScope(where, here.cache, here.key, here.ignore_headers, here.cache_valid)
+        for log in here.logs:
+            found.setdefault(log, []).append(scope)
 
 
 def _escape_and_pieces(args: list[str]) -> tuple[str, list[str]]:
@@ -326,7 +425,8 @@ def choose(found: Sequence[AccessLog], source: str, *, access_log: Sequence[str]
     fmt, escape = formats.pop()
     return Choice(tuple(a.target for a in picked if a.kind == "file"),
                   tuple(a.target for a in picked if a.kind == "syslog"),
-                  tags.pop() if tags else None, fmt, escape)
+                  tags.pop() if tags else None, fmt, escape,
+                  tuple(dict.fromkeys(scope for a in picked for scope in a.cache)))
 
 
 def _pick(found: Sequence[AccessLog], target: str, kind: str) -> AccessLog:
