@@ -15,6 +15,7 @@ from lab.agent import Agent
 from logwarden.commands.replay import Replay
 from logwarden.config import REPLAY, load_config
 from tests.agents import LOG_FORMAT
+from tests.lines import example_line
 
 # Both decide with one Router. Its dedup window and token bucket run on arrival time live and
 # on the lines' time in replay (equal for lines read live, not for a file read at once); so the
@@ -28,7 +29,8 @@ STATUSES = ["HIT"] * 6 + ["MISS", "EXPIRED", "STALE", "UPDATING", "BYPASS", "REV
 def generated_log(path: Path, lines: int, start: float, seed: int = 7) -> None:
     """Lines of the example format: repeated URLs, every status, own refreshes, POSTs, origin
     errors, https, raw UTF-8 targets and spaces (escaped as NGINX writes them), over-long
-    targets, garbage; one line per millisecond from ``start``."""
+    targets, answers with no-store or a cookie, garbage; one line per millisecond from
+    ``start``."""
     rnd = random.Random(seed)
     out = []
     for i in range(lines):
@@ -43,9 +45,11 @@ def generated_log(path: Path, lines: int, start: float, seed: int = 7) -> None:
         target = rnd.choice([f"/p/{rnd.randrange(40)}?v={rnd.randrange(3)}"] * 18
                             + [f"/caf\\xC3\\xA9/{rnd.randrange(5)}", f"/a\\x20b/{rnd.randrange(5)}",
                                f"/long/{rnd.randrange(5)}/" + "x" * 300])
+        caching = rnd.choice(["-\t-\t-\t-\t0"] * 6 + ["no-store\t-\t-\t-\t0",
+                                                    "max-age=60\t-\t-\t-\t1"])
         out.append(("\t".join([f"{start + i / 1000:.3f}", scheme, "www.example.com", port,
                                method, target, "200", status, upstream, "0.001", "-", agent,
-                               "-", "-", "-", "-", "0"])
+                               caching])
                     + "\n").encode())
     path.write_bytes(b"".join(out))
 
@@ -75,6 +79,8 @@ def test_replay_decides_and_admits_like_the_live_agent(tmp_path: Path) -> None:
         "refused": samples[("logwarden_refreshes_total",
                             (("outcome", "refused"), ("peer", closed)))],
         "fanouts": samples[("logwarden_refresh_fanouts_total", ())],
+        "uncacheable": {dict(lbl)["rule"]: v for (name, lbl), v in samples.items()
+                        if name == "logwarden_uncacheable_total" and v},
     }
     decided = re.findall(r"DEBUG logwarden\.route\.router: (\w+ \S+)$",
                          (tmp_path / "agent.log").read_text(), re.M)
@@ -98,6 +104,12 @@ def test_replay_decides_and_admits_like_the_live_agent(tmp_path: Path) -> None:
     assert summary["refreshes"] + live["refused"] == live["fanouts"]
     assert summary["malformed"] == samples[("logwarden_lines_malformed_total", ())] > 0
     assert summary["lines"] == 3000 and summary["refreshes"] == len(refreshes)
+    assert summary["uncacheable"] == live["uncacheable"]
+    assert set(live["uncacheable"]) == {"no_store", "set_cookie", "repeated_miss"}
+    assert sum(t["fanouts"] for t in summary["top_urls"]) <= summary["refreshes"] \
+        == sum(t["fanouts"] for t in summary["top_hosts"])  # one host
+    assert summary["top_uncacheable"][0]["lines"] >= summary["top_uncacheable"][-1]["lines"]
+    assert {t["rule"] for t in summary["top_uncacheable"]} <= set(live["uncacheable"])
     assert {r["methods"][0] for r in refreshes} == {"HEAD"}
     assert all(r["peers"] == [closed] for r in refreshes)
 
@@ -125,19 +137,26 @@ def test_dedup_and_rate_follow_the_logs_own_time(tmp_path: Path) -> None:
 
 def test_replay_text_output_and_errors(tmp_path: Path) -> None:
     log = tmp_path / "a.log"
-    log.write_text("1795334000.000\thttp\twww.example.com\t80\tGET\t/x\t200\tMISS\t200\t0.001\t-"
-                   "\tcurl\t-\t-\t-\t-\t0\n1795334000.000\thttp\twww.example.com\t80\tGET\t/x\t200\tHIT\t-\t"
-                   "0.001\t-\tcurl\t-\t-\t-\t-\t0\n")
+    at = 1795334000.0
+    log.write_bytes(example_line("/x", msec=at) + example_line("/x", "HIT", msec=at)
+                    + example_line("/api", msec=at, caching="private\t-\t-\t-\t0"))
     run = [sys.executable, "-m", "logwarden", "replay"]
     out = subprocess.run([*run, str(log), "--log-format", LOG_FORMAT, "--mode", "purge",
                           "--purge-then-refresh"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "MISS     PURGE+HEAD http://www.example.com/x -> the peers",
-        "lines 2 (malformed 0, too long 0)",
-        "ignored: cache_status 1",
+        "lines 3 (malformed 0, too long 0)",
+        "ignored: cache_status 1, uncacheable 1",
         "triggers 1: MISS 1",
-        "refreshes after dedup 1 (deduplicated 0; not sent: none)"]
+        "refreshes after dedup 1 (deduplicated 0; not sent: none)",
+        "uncacheable (NGINX stored no copy; no refresh sent) by rule: private 1",
+        "top URLs by fan-outs:",
+        "         1  http://www.example.com/x",
+        "top hosts by fan-outs:",
+        "         1  www.example.com",
+        "top uncacheable URLs (lines, rule):",
+        "         1  http://www.example.com/api (private)"]
     missing = subprocess.run([*run, str(tmp_path / "nope.log"), "--log-format", LOG_FORMAT],
                              capture_output=True, text=True, timeout=30)
     assert missing.returncode == 2

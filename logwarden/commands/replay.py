@@ -17,13 +17,15 @@ from typing import Any
 
 from logwarden.config import Config
 from logwarden.decide.process import LineClock, Processor, Tally, triggers_for
-from logwarden.model import Refresh
+from logwarden.model import Record, Refresh
 from logwarden.ops.metrics import Metrics
 from logwarden.route.router import Recorder, Router
 from logwarden.sources import Batch
 
 BATCH_LINES = 4096
 """Lines decided at once: the batch size the daemon sees under load, bounded memory."""
+TOP = 10
+"""URLs and hosts shown in each "top" list of the summary."""
 
 
 class Replay:
@@ -34,7 +36,8 @@ class Replay:
         self.clock = LineClock()
         self.parser = config.log_format_parser()
         self.mode = config.refresh_mode
-        self.processor = Processor(self.parser, triggers_for(config, self.clock), self.clock)
+        self.processor = Processor(self.parser, triggers_for(config, self.clock), self.clock,
+                                   on_uncacheable=self._uncacheable)
         self._sent: list[Refresh] = []
         self.recorder = Recorder(config.targets, dynamic=bool(config.peers_file
                                                               or config.peers_dns),
@@ -43,6 +46,12 @@ class Replay:
         self.tally = Tally(skipped=0)
         self.lines = self.too_long = self.refreshes = self.deduplicated = 0
         self.not_sent: Counter[str] = Counter()
+        self.fanouts: Counter[str] = Counter()
+        """Fan-outs per URL (one per URL per peer scheme), and per host below: where the
+        refreshes go. One entry per distinct URL: replay reads a file, it can afford them."""
+        self.host_fanouts: Counter[str] = Counter()
+        self.uncacheable: Counter[tuple[str, str]] = Counter()
+        """Lines per (URL, rule) taken as uncacheable."""
 
     def run(self, lines: Iterable[bytes]) -> Iterator[Refresh]:
         """The refreshes that would be sent, in log order."""
@@ -62,8 +71,13 @@ class Replay:
                 elif reason is not None:
                     self.not_sent[reason] += 1
             self.refreshes += len(self._sent)
+            self.fanouts.update(refresh.url for refresh in self._sent)
+            self.host_fanouts.update(refresh.host for refresh in self._sent)
             yield from self._sent
             self._sent.clear()
+
+    def _uncacheable(self, record: Record, rule: str) -> None:
+        self.uncacheable[self.processor.triggers.refresh_for(record).url, rule] += 1
 
     def describe(self, refresh: Refresh) -> dict[str, Any]:
         target = refresh.target.decode("latin-1")
@@ -82,6 +96,12 @@ class Replay:
             "ignored": dict(ignored), "triggers": dict(t.triggers),
             "deduplicated": self.deduplicated, "not_sent": dict(self.not_sent),
             "refreshes": self.refreshes, "line_time": self._has_time(),
+            "uncacheable": dict(t.uncacheable),
+            "top_urls": [{"url": url, "fanouts": n} for url, n in self.fanouts.most_common(TOP)],
+            "top_hosts": [{"host": host, "fanouts": n}
+                          for host, n in self.host_fanouts.most_common(TOP)],
+            "top_uncacheable": [{"url": url, "rule": rule, "lines": n}
+                                for (url, rule), n in self.uncacheable.most_common(TOP)],
         }
 
     def _has_time(self) -> bool:
@@ -130,7 +150,18 @@ def _summary_text(s: dict[str, Any]) -> str:
         f"refreshes after dedup {s['refreshes']} (deduplicated {s['deduplicated']}; "
         f"not sent: {_counts(s['not_sent'])})",
     ]
+    if s["uncacheable"]:
+        lines.append(f"uncacheable (NGINX stored no copy; no refresh sent) by rule: "
+                     f"{_counts(s['uncacheable'])}")
+    lines += _top("top URLs by fan-outs", [(t["url"], t["fanouts"]) for t in s["top_urls"]])
+    lines += _top("top hosts by fan-outs", [(t["host"], t["fanouts"]) for t in s["top_hosts"]])
+    lines += _top("top uncacheable URLs (lines, rule)",
+                  [(f"{t['url']} ({t['rule']})", t["lines"]) for t in s["top_uncacheable"]])
     if not s["line_time"]:
         lines.append("note: the format has no $msec/$time_local/$time_iso8601: the dedup "
                      "window and the rate limit took the whole file as one instant")
     return "\n".join(lines)
+
+
+def _top(title: str, rows: list[tuple[str, int]]) -> list[str]:
+    return [f"{title}:", *(f"  {n:>8}  {what}" for what, n in rows)] if rows else []

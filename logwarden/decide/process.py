@@ -18,7 +18,7 @@ from logwarden.config import Config
 from logwarden.decide.cacheable import RULES as UNCACHEABLE_RULES
 from logwarden.decide.origin import WATCHED_STATUSES, OriginWatch
 from logwarden.decide.triggers import Triggers
-from logwarden.model import OWN_AGENT_MARK, Refresh
+from logwarden.model import OWN_AGENT_MARK, Record, Refresh
 from logwarden.ops.metrics import Metrics
 from logwarden.parse.logformat import LogFormat
 from logwarden.parse.prefilter import Prefilter
@@ -41,12 +41,16 @@ class Processor:
     """Decides batches of lines with one parser and one :class:`Triggers` (its memory)."""
 
     def __init__(self, parser: LogFormat, triggers: Triggers,
-                 line_clock: LineClock | None = None, origin: OriginWatch | None = None) -> None:
+                 line_clock: LineClock | None = None, origin: OriginWatch | None = None,
+                 on_uncacheable: Callable[[Record, str], None] | None = None) -> None:
         """``origin``: also hand it the lines that may show the origin failing, triggering or
-        not (their statuses pass the sift: free; a 5xx test there made it 1.5x slower)."""
+        not (their statuses pass the sift: free; a 5xx test there made it 1.5x slower).
+        ``on_uncacheable``: told each record taken as uncacheable and its rule (replay's
+        list of them)."""
         self.parse = parser.parse
         self.triggers = triggers
         self.origin = origin
+        self.on_uncacheable = on_uncacheable
         watched = WATCHED_STATUSES if origin is not None and origin.enabled else frozenset()
         self.prefilter = Prefilter(parser, triggers.statuses | watched, keep_agent=OWN_AGENT_MARK)
         self.line_clock = line_clock
@@ -74,6 +78,8 @@ class Processor:
             if reason is not None:
                 if reason in UNCACHEABLE_RULES:
                     tally.uncacheable[reason] += 1
+                    if self.on_uncacheable is not None:
+                        self.on_uncacheable(record, reason)
                     reason = "uncacheable"
                 tally.ignored[reason] += 1
                 continue
