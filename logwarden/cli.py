@@ -12,6 +12,7 @@ import click
 from logwarden import __version__
 from logwarden.config import REPLAY, RUN, SETTINGS, WARM, Config, ConfigError, Needs, load_config
 from logwarden.ops.logs import setup as setup_logging
+from logwarden.parse.logformat import CACHING_VARIABLES
 
 F = Callable[..., Any]
 
@@ -80,6 +81,25 @@ def check(config_file: str | None, **flags: Any) -> None:
     dynamic = " + --peers-file/--peers-dns" if config.peers_file or config.peers_dns else ""
     click.echo(f"# refreshes go to: {static}{dynamic}", err=True)
     click.echo(f"# {_verification(config)}", err=True)
+    click.echo(f"# {_uncacheable(config)}", err=True)
+
+
+def _uncacheable(config: Config) -> str:
+    """How answers NGINX did not store are told (README "Uncacheable answers")."""
+    fmt = config.parser
+    if fmt is not None and not {*CACHING_VARIABLES} & set(fmt.variables):
+        how = ("learned (a URL MISSed again); log the caching headers to tell from the "
+               "first line (README \"Uncacheable answers\")")
+    else:
+        how = "from the caching headers on each line"
+    policy = config.cache_policy
+    if policy is None:
+        return f"uncacheable answers: {how}; proxy_cache_valid not known (no --nginx-conf)"
+    ignored = ", ".join(sorted(policy.ignore_headers)) or "none"
+    stored = ", ".join("any" if code is None else str(code)
+                       for code in sorted(policy.valid, key=lambda c: c or 0)) or "none"
+    return (f"uncacheable answers: {how}; proxy_ignore_headers: {ignored}; statuses "
+            f"proxy_cache_valid stores: {stored}")
 
 
 def _verification(config: Config) -> str:

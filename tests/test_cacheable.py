@@ -3,6 +3,8 @@ NGINX's order, ``proxy_ignore_headers`` and ``proxy_cache_valid`` from the confi
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from email.utils import formatdate
 from pathlib import Path
 
@@ -150,3 +152,12 @@ def test_the_config_gives_each_log_its_caching_locations(tmp_path: Path) -> None
                           "access_log": (str(tmp_path / "all.log"),)}, needs=REPLAY)
     assert config.cache_policy == CachePolicy(
         frozenset({"set-cookie", "cache-control", "expires"}), frozenset({200, 301, 302}))
+    checked = subprocess.run(
+        [sys.executable, "-m", "logwarden", "check", "--nginx-conf", str(tmp_path / "nginx.conf"),
+         "--access-log", str(tmp_path / "all.log"), "--peer", "http://127.0.0.1:1"],
+        capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    assert "# uncacheable answers: learned (a URL MISSed again); log the caching headers" \
+        in checked.stderr
+    assert "proxy_ignore_headers: cache-control, expires, set-cookie; statuses " \
+        "proxy_cache_valid stores: 200, 301, 302\n" in checked.stderr

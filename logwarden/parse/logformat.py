@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 
 from logwarden.model import Caching, Record
 
@@ -115,8 +116,8 @@ class LogFormat:
             variant or "", *CACHING_VARIABLES[:4],
             next((name for name in CACHING_VARIABLES[4:] if name in index), ""))))
         s = self._slots
-        self._caching = (s.cache_control, s.expires, s.x_accel_expires, s.vary, s.set_cookie) \
-            if {*CACHING_VARIABLES} & set(variables) else None
+        self._caching = itemgetter(s.cache_control, s.expires, s.x_accel_expires, s.vary,
+                                   s.set_cookie) if {*CACHING_VARIABLES} & set(variables) else None
         self._time_field = ((s.msec, "") if s.msec >= 0 else
                             (s.time_iso8601, "%Y-%m-%dT%H:%M:%S%z") if s.time_iso8601 >= 0 else
                             (s.time_local, "%d/%b/%Y:%H:%M:%S %z"))
@@ -160,7 +161,7 @@ class LogFormat:
                       int(status) if status and status.isdigit() else None,
                       _text(v[s.upstream_status]), v[s.user_agent], self._time(v),
                       v[s.upstream_header_time], v[s.upstream_date], v[s.variant],
-                      None if caching is None else Caching(*[v[i] for i in caching]))
+                      None if caching is None else Caching._make(caching(v)))
 
     def _time(self, values: list[bytes | None]) -> float | None:
         slot, fmt = self._time_field
