@@ -3,6 +3,7 @@ NGINX's order, ``proxy_ignore_headers`` and ``proxy_cache_valid`` from the confi
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from email.utils import formatdate
@@ -12,7 +13,7 @@ import pytest
 
 from logwarden.config import REPLAY, load_config
 from logwarden.decide.cacheable import CachePolicy, parse_time, uncacheable_rule
-from logwarden.decide.process import Processor, triggers_for
+from logwarden.decide.process import Processor, Tally, triggers_for
 from logwarden.model import Caching
 from logwarden.parse.logformat import LogFormat
 from logwarden.parse.nginxconf import read
@@ -161,3 +162,45 @@ def test_the_config_gives_each_log_its_caching_locations(tmp_path: Path) -> None
         in checked.stderr
     assert "proxy_ignore_headers: cache-control, expires, set-cookie; statuses " \
         "proxy_cache_valid stores: 200, 301, 302\n" in checked.stderr
+
+
+def test_lines_decided_from_their_headers_alone_are_decided_as_from_their_record() -> None:
+    """The processor's shortcut (a MISS/EXPIRED whose caching headers say uncacheable is not
+    parsed further) gives what the full path gives, line for line: same refreshes, same tally,
+    same memory afterwards (own lines, purges, 5xx and escapes mixed in)."""
+    rnd = random.Random(11)
+    headers = ["no-store\t-\t-\t-\t0", "max-age=60\t-\t-\t-\t0", "max-age=60\t-\t-\t-\t1",
+               "private\t-\t60\t-\t0", "no-cache=\\x22x\\x22\t-\t-\t-\t0", "-\t-\t-\t*\t0",
+               "-\t" + http_date(60) + "\t-\t-\t0", "-\t-\t-\t-\t-", "max-age=0\t-\t0\t-\t0"]
+    lines = []
+    for i in range(3000):
+        line = example_line(f"/p/{rnd.randrange(60)}", rnd.choice(
+            ["MISS"] * 4 + ["EXPIRED", "STALE", "HIT", "BYPASS"]), msec=NOW + i / 100,
+            upstream=rnd.choice(["200"] * 5 + ["502", "-"]), caching=rnd.choice(headers))
+        if rnd.random() < 0.1:
+            line = line.replace(b"\tcurl/8\t", b"\tlogwarden/0.1\t")
+        if rnd.random() < 0.05:
+            line = line.replace(b"\tGET\t", b"\tPURGE\t")
+        lines.append(line)
+    config = load_config({"log_format": LOG_FORMAT, "dedup_window": 0.0, "mode": "purge"},
+                         needs=REPLAY)
+    listed: list[str] = []
+    quick = Processor(config.log_format_parser(), triggers_for(config))
+    full = Processor(config.log_format_parser(), triggers_for(config),
+                     on_uncacheable=lambda record, rule: listed.append(rule))
+    assert quick.caching is not None and full.caching is None
+    totals = Tally(skipped=0), Tally(skipped=0)
+    for start in range(0, len(lines), 256):
+        batch = lines[start:start + 256]
+        (ours, t1), (theirs, t2) = (p.batch(Batch.of(x.rstrip(b"\n") for x in batch))
+                                    for p in (quick, full))
+        assert ours == theirs
+        assert (t1.skipped, t1.malformed, t1.ignored, t1.uncacheable, t1.triggers) == \
+            (t2.skipped, t2.malformed, t2.ignored, t2.uncacheable, t2.triggers)
+        totals[0].add(t1)
+        totals[1].add(t2)
+    # "private" with X-Accel-Expires: 60 is stored: no rule
+    assert set(totals[0].uncacheable) == {"no_store", "set_cookie", "no_cache", "vary",
+                                          "x_accel_expires"}
+    assert len(listed) == sum(totals[1].uncacheable.values()) > 300
+    assert list(quick.triggers._purged._seen) == list(full.triggers._purged._seen) != []

@@ -46,6 +46,8 @@ _DEFAULT_VALID_CODES = frozenset({200, 301, 302})
 _TIME_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
                "M": 2592000, "y": 31536000}
 _TIME = re.compile(r"(\d+)(ms|[smhdwMy]?)")
+_SECONDS = re.compile(rb"[^,; ]*")
+"""A max-age value runs to one of these, as NGINX reads it."""
 
 
 class CachePolicy(NamedTuple):
@@ -101,31 +103,39 @@ def parse_time(text: str) -> float:
 
 
 def uncacheable_rule(caching: Caching, status: int | None, now: float,
-                     policy: CachePolicy | None) -> str | None:
+                     policy: CachePolicy | None,
+                     judged: tuple[str | None, bool] | None = None) -> str | None:
     """The rule (:data:`RULES`) by which NGINX did not store this answer; None when it did,
-    or may have. ``now``: when the answer was logged (Expires is compared with it)."""
+    or may have. ``now``: when the answer was logged (Expires is compared with it).
+    ``judged``: what :func:`header_rule` said of ``caching``, when already asked."""
+    rule, timed = header_rule(caching, policy) if judged is None else judged
+    if rule is not None or timed:
+        return rule
     ignored = policy.ignore_headers if policy is not None else frozenset()
-    if caching.set_cookie not in (None, b"0") and "set-cookie" not in ignored:
-        return "set_cookie"
-    vary = caching.vary
-    if vary is not None and "vary" not in ignored and (vary == b"*" or len(vary) > VARY_MAX):
-        return "vary"
-    timed = False
-    if caching.x_accel_expires is not None and "x-accel-expires" not in ignored:
-        rule, timed = _x_accel_expires(caching.x_accel_expires)
-        if rule is not None:
-            return rule
-    if not timed and caching.cache_control is not None and "cache-control" not in ignored:
-        rule, timed = _cache_control(caching.cache_control.lower())
-        if rule is not None:
-            return rule
-    if not timed and caching.expires is not None and "expires" not in ignored:
-        if not _future(caching.expires, now):
-            return "expires"
-        timed = True
-    if not timed and policy is not None and not policy.stores(status):
+    if caching.expires is not None and "expires" not in ignored:
+        return None if _future(caching.expires, now) else "expires"
+    if policy is not None and not policy.stores(status):
         return "no_valid"
     return None
+
+
+def header_rule(caching: Caching, policy: CachePolicy | None) -> tuple[str | None, bool]:
+    """Rules 1 to 4, those that need neither the line's time nor its status: (the rule, or
+    None; whether a header gave the answer a time, so that no later rule applies). The
+    processor runs them on a line before parsing the rest of it."""
+    ignored = policy.ignore_headers if policy is not None else frozenset()
+    if caching.set_cookie not in (None, b"0") and "set-cookie" not in ignored:
+        return "set_cookie", False
+    vary = caching.vary
+    if vary is not None and "vary" not in ignored and (vary == b"*" or len(vary) > VARY_MAX):
+        return "vary", False
+    if caching.x_accel_expires is not None and "x-accel-expires" not in ignored:
+        rule, timed = _x_accel_expires(caching.x_accel_expires)
+        if rule is not None or timed:
+            return rule, timed
+    if caching.cache_control is not None and "cache-control" not in ignored:
+        return _cache_control(caching.cache_control.lower())
+    return None, False
 
 
 def _x_accel_expires(value: bytes) -> tuple[str | None, bool]:
@@ -151,7 +161,7 @@ def _cache_control(value: bytes) -> tuple[str | None, bool]:
         at, skip = value.find(b"max-age="), 8
     if at < 0:
         return None, False
-    digits = re.match(rb"[^,; ]*", value[at + skip:])
+    digits = _SECONDS.match(value, at + skip)
     seconds = digits.group() if digits else b""
     if not seconds.isdigit() or int(seconds) == 0:
         return "max_age", False  # NGINX: "0", or a value that is not a number

@@ -10,11 +10,13 @@ the live agent would have done.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from logwarden.config import Config
+from logwarden.decide.cacheable import FETCHED
 from logwarden.decide.cacheable import RULES as UNCACHEABLE_RULES
 from logwarden.decide.origin import WATCHED_STATUSES, OriginWatch
 from logwarden.decide.triggers import Triggers
@@ -25,6 +27,11 @@ from logwarden.parse.prefilter import Prefilter
 from logwarden.route.router import Router
 from logwarden.sources import Batch, LineQueue
 from logwarden.sources.positions import Positions
+
+_FETCHED = frozenset(status.encode() for status in FETCHED)
+JUDGED_MAX = 4096
+"""Distinct caching-header stretches remembered by :meth:`Processor._at_once`: an origin
+sends a few combinations over and over."""
 
 
 def triggers_for(config: Config, clock: Callable[[], float] | None = None) -> Triggers:
@@ -47,7 +54,14 @@ class Processor:
         not (their statuses pass the sift: free; a 5xx test there made it 1.5x slower).
         ``on_uncacheable``: told each record taken as uncacheable and its rule (replay's
         list of them)."""
-        self.parse = parser.parse
+        self.match, self.record = parser.match, parser.record
+        self.glance = parser.glance
+        self.caching = parser.caching if parser.logs_caching and on_uncacheable is None \
+            else None
+        """Set when a line's caching headers may decide it before its record is built
+        (replay wants the record of every uncacheable line: it lists their URLs)."""
+        self.caching_span = parser.caching_span
+        self._judged: dict[bytes, tuple[str | None, bool]] = {}
         self.triggers = triggers
         self.origin = origin
         self.on_uncacheable = on_uncacheable
@@ -60,21 +74,28 @@ class Processor:
         as ignored (logwarden.parse.prefilter says what that means for malformed lines). The
         batch is tested without splitting it into lines (Prefilter.sift_block) where the format
         allows."""
-        parse, triggers, origin = self.parse, self.triggers, self.origin
+        match, build, triggers, origin = self.match, self.record, self.triggers, self.origin
         candidates = self.prefilter.sift_block(lines.data, lines.count)
         tally = Tally(skipped=len(lines) - len(candidates))
         refreshes = []
+        at_once = self._at_once if self.caching is not None else None
         for line in candidates:
-            record = parse(line)
-            if record is None:
+            matched = match(line)
+            if matched is None:
                 tally.malformed += 1
                 continue
+            judged = at_once(matched) if at_once is not None else None
+            if judged is not None and judged[0] is not None:
+                tally.uncacheable[judged[0]] += 1
+                tally.ignored["uncacheable"] += 1
+                continue
+            record = build(matched, line)
             ust = record.upstream_status  # tested inline: a call per candidate costs
             if ust is not None and ("5" in ust or record.cache_status == "STALE") and origin:
                 origin.note(record)
             if self.line_clock is not None and record.time is not None:
                 self.line_clock.now = record.time
-            reason = triggers.decide(record)
+            reason = triggers.decide(record, judged)
             if reason is not None:
                 if reason in UNCACHEABLE_RULES:
                     tally.uncacheable[reason] += 1
@@ -89,6 +110,26 @@ class Processor:
         if origin:
             origin.flush()
         return refreshes, tally
+
+
+    def _at_once(self, matched: re.Match[bytes]) -> tuple[str | None, bool] | None:
+        """What the caching headers of a line say (:meth:`Triggers.at_once`), for a MISS or
+        EXPIRED not logwarden's own (the triggers remember its purges) nor one for the
+        origin watch; else None. Remembered by the stretch of line that holds them
+        (bounded)."""
+        status, agent, upstream = self.glance(matched)
+        if status not in _FETCHED or (agent is not None and agent.startswith(OWN_AGENT_MARK)) \
+                or (self.origin and upstream is not None and b"5" in upstream):
+            return None
+        span = self.caching_span(matched)
+        try:
+            return self._judged[span]
+        except KeyError:
+            if len(self._judged) >= JUDGED_MAX:
+                self._judged.clear()
+            assert self.caching is not None
+            judged = self._judged[span] = self.triggers.at_once(self.caching(matched))
+            return judged
 
 
 class LineClock:

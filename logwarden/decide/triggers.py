@@ -12,9 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from logwarden.decide.cacheable import FETCHED, CachePolicy, uncacheable_rule
+from logwarden.decide.cacheable import FETCHED, CachePolicy, header_rule, uncacheable_rule
 from logwarden.decide.window import Window
-from logwarden.model import STORED_COPY, Record, Refresh, final_upstream_status, is_5xx
+from logwarden.model import (
+    STORED_COPY,
+    Caching,
+    Record,
+    Refresh,
+    final_upstream_status,
+    is_5xx,
+)
 
 _REPLAYABLE_METHODS = frozenset({"GET", "HEAD"})
 FAILED_UPDATE_SECONDS = 5.0
@@ -56,16 +63,27 @@ class Triggers:
         self._missed = Window(UNCACHEABLE_SECONDS, max_keys, clock)
         self._uncacheable = Window(UNCACHEABLE_SECONDS, max_keys, clock)
 
-    def decide(self, record: Record) -> str | None:
+    def decide(self, record: Record, judged: tuple[str | None, bool] | None = None
+               ) -> str | None:
         """Why ``record`` does not trigger, or None: the pure rules, then what the memory
         says (logwarden's purges, failed updates), then whether NGINX stored the answer (its
         caching headers, else its URL's MISSes). An uncacheable one gives its rule
-        (:data:`logwarden.decide.cacheable.RULES`)."""
-        reason = self.after_purges(record, self.skip_reason(record))
-        if reason is None and record.caching is not None and record.cache_status in FETCHED:
-            reason = uncacheable_rule(record.caching, record.status,
-                                      record.time or self.wall_clock(), self.policy)
-        return self.after_misses(record, reason)
+        (:data:`logwarden.decide.cacheable.RULES`). ``judged``: what :meth:`at_once` said
+        of the record's line, when asked."""
+        caching = record.caching
+        if caching is not None and record.cache_status in FETCHED and not record.own:
+            rule = uncacheable_rule(caching, record.status, record.time or self.wall_clock(),
+                                    self.policy, judged)
+            if rule is not None:  # first: all it needs is on the line (see at_once)
+                return rule
+        return self.after_misses(record, self.after_purges(record, self.skip_reason(record)))
+
+    def at_once(self, caching: Caching) -> tuple[str | None, bool]:
+        """What the caching headers alone of a MISS or EXPIRED line (not logwarden's own)
+        say (:func:`~logwarden.decide.cacheable.header_rule`): with a rule, :meth:`decide`
+        would give it, so the processor skips the full parse of the line; else it hands
+        this to :meth:`decide` with the record, which goes on from there."""
+        return header_rule(caching, self.policy)
 
     def after_misses(self, record: Record, reason: str | None) -> str | None:
         """``repeated_miss`` for a MISS of a URL MISSed on this node within

@@ -116,8 +116,14 @@ class LogFormat:
             variant or "", *CACHING_VARIABLES[:4],
             next((name for name in CACHING_VARIABLES[4:] if name in index), ""))))
         s = self._slots
-        self._caching = itemgetter(s.cache_control, s.expires, s.x_accel_expires, s.vary,
-                                   s.set_cookie) if {*CACHING_VARIABLES} & set(variables) else None
+        self._caching_slots = (s.cache_control, s.expires, s.x_accel_expires, s.vary,
+                               s.set_cookie)
+        glanced = (s.cache_status, s.user_agent, s.upstream_status)
+        self._glance_groups = () if -1 in glanced else tuple(i + 1 for i in glanced)
+        present = [i + 1 for i in self._caching_slots if i >= 0]
+        self._caching_span = (min(present), max(present)) if present else (0, 0)
+        self._caching = itemgetter(*self._caching_slots) \
+            if {*CACHING_VARIABLES} & set(variables) else None
         self._time_field = ((s.msec, "") if s.msec >= 0 else
                             (s.time_iso8601, "%Y-%m-%dT%H:%M:%S%z") if s.time_iso8601 >= 0 else
                             (s.time_local, "%d/%b/%Y:%H:%M:%S %z"))
@@ -145,10 +151,45 @@ class LogFormat:
                 for name, value in zip(self._groups, match.groups(), strict=True)}
 
     def parse(self, line: bytes) -> Record | None:
-        """Straight-line on purpose: this runs for every candidate line (bench/README.md)."""
         match = self.pattern.fullmatch(_strip_newline(line))
-        if match is None:
-            return None
+        return None if match is None else self.record(match, line)
+
+    def match(self, line: bytes) -> re.Match[bytes] | None:
+        """The first half of :meth:`parse`: whether the line is of this format."""
+        return self.pattern.fullmatch(_strip_newline(line))
+
+    @property
+    def logs_caching(self) -> bool:
+        """Whether the format logs any of the origin answer's caching headers."""
+        return self._caching is not None
+
+    def glance(self, match: re.Match[bytes]) -> tuple[bytes, bytes | None, bytes | None]:
+        """The cache status, user agent and upstream status of a matched line as logged:
+        whether its caching headers (:meth:`caching`) decide it, without building the
+        record."""
+        if self._glance_groups:  # the three in the format: one call in C
+            return match.group(*self._glance_groups)  # type: ignore[return-value]
+        group, s = match.group, self._slots
+        return (group(s.cache_status + 1), group(s.user_agent + 1) if s.user_agent >= 0
+                else None, group(s.upstream_status + 1) if s.upstream_status >= 0 else None)
+
+    def caching_span(self, match: re.Match[bytes]) -> bytes:
+        """The stretch of a matched line that holds its caching headers (with whatever the
+        format puts between them): equal stretches hold equal headers, so it keys a cache
+        of what they decide (one slice; building :meth:`caching` costs four times more)."""
+        first, last = self._caching_span
+        return match.string[match.start(first):match.end(last)]
+
+    def caching(self, match: re.Match[bytes]) -> Caching:
+        """The caching headers of a matched line, unescaped (a format that logs them:
+        :attr:`logs_caching`)."""
+        group, unescape = match.group, self._unescape
+        return Caching._make([None if i < 0 else unescape(group(i + 1))
+                              for i in self._caching_slots])
+
+    def record(self, match: re.Match[bytes], line: bytes) -> Record:
+        """The second half of :meth:`parse`. Straight-line on purpose: this runs for every
+        candidate line (bench/README.md)."""
         s, v = self._slots, self._values(match.groups(), line)  # v[-1]: a field not in format
         if s.method >= 0 and s.uri >= 0:
             method = (v[s.method] or b"").decode("latin-1")
