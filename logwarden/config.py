@@ -297,6 +297,10 @@ SETTINGS: tuple[Setting, ...] = (
             choices=ESCAPES),
     Setting("nginx_conf", str, None, "nginx.conf (includes followed), or '-' for `nginx -T` "
             "output on stdin: the access logs and their log_format are read from it."),
+    Setting("nginx_prefix", str, None, "NGINX's prefix (nginx -p), for relative access_log "
+            "paths in --nginx-conf (default: the --prefix `nginx -V` shows)."),
+    Setting("log_format_name", str, None, "With --nginx-conf: the log_format to read a file "
+            "that several blocks write in different formats."),
     Setting("default_host", str, None, "Host header to send when the format has no $host.",
             check=_check_default_host),
     Setting("from_start", bool, False, "Read what the file holds instead of starting at its end."),
@@ -420,6 +424,8 @@ class Config:
     log_format: str
     log_format_escape: str
     nginx_conf: str | None
+    nginx_prefix: str | None
+    log_format_name: str | None
     default_host: str | None
     from_start: bool
     self_url: str | None
@@ -583,9 +589,9 @@ def _from_nginx_conf(v: dict[str, Any], stdin: Callable[[], str] | None) -> dict
         raise ConfigError("log_format", v["log_format"], "and nginx_conf both give the format: "
                           "drop --log-format, the one in the NGINX config is used")
     try:
-        found = read_nginx_conf(source, stdin)
+        found = read_nginx_conf(source, stdin, v["nginx_prefix"])
         chosen = choose_access_logs(found, source, access_log=v["access_log"],
-                                    syslog=v["syslog"])
+                                    syslog=v["syslog"], format_name=v["log_format_name"])
     except NginxConfError as exc:
         raise ConfigError("nginx_conf", source, str(exc)) from None
     return {"access_log": chosen.access_log, "syslog": chosen.syslog,

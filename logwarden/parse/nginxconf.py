@@ -15,11 +15,14 @@ picks the ones to follow (``--access-log``/``--syslog`` decide when several qual
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob
 import os
 import re
+import shutil
+import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -56,7 +59,9 @@ class NginxConfError(ValueError):
 @dataclass(frozen=True)
 class CacheScope:
     """A location (or a server without locations) that caches and writes an access log:
-    the directives that say what NGINX stores there, inherited the way NGINX inherits them."""
+    the directives that say what NGINX stores there, inherited the way NGINX inherits them.
+    Variables named are without ``$``; ``*_roots`` follow ``map``/``geo`` back to the
+    variables NGINX computes them from (a ``geo`` from ``remote_addr``)."""
 
     where: str
     """``FILE:LINE`` of the location (or server) block."""
@@ -66,6 +71,23 @@ class CacheScope:
     ignore_headers: tuple[str, ...] = ()
     cache_valid: tuple[tuple[str, ...], ...] = ()
     """The arguments of each ``proxy_cache_valid``."""
+    key_roots: tuple[str, ...] = ()
+    bypass: tuple[str, ...] = ()
+    """The variables of every ``proxy_cache_bypass``."""
+    bypass_roots: tuple[str, ...] = ()
+    no_cache: tuple[str, ...] = ()
+    """The variables of every ``proxy_no_cache``."""
+    no_cache_roots: tuple[str, ...] = ()
+    convert_head: bool = True
+    background_update: bool = False
+    use_stale: tuple[str, ...] = ()
+    slice: bool = False
+    cache_status_header: str | None = None
+    """The ``add_header`` name whose value is ``$upstream_cache_status``."""
+    gzip: bool = False
+    """``gzip`` or ``gzip_vary`` on: NGINX compresses, or says it varies."""
+    purge_keys: tuple[tuple[str, str], ...] = ()
+    """``(FILE:LINE, key)`` of each ``proxy_cache_purge`` with a key, in the server."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +110,8 @@ class AccessLog:
     """Why logwarden cannot follow it; None when it can."""
     cache: tuple[CacheScope, ...] = ()
     """The caching locations whose requests this directive logs."""
+    params: tuple[str, ...] = ()
+    """The directive's parameters after the format (``buffer=``, ``flush=``, ``if=``...)."""
 
     def describe(self) -> str:
         state = "usable" if self.problem is None else f"not usable: {self.problem}"
@@ -110,12 +134,14 @@ class Choice:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def read(source: str, stdin: Callable[[], str] | None = None) -> tuple[AccessLog, ...]:
-    """Every file or syslog access log of the config at ``source`` (``-``: read ``stdin()``)."""
+def read(source: str, stdin: Callable[[], str] | None = None,
+         prefix: str | None = None) -> tuple[AccessLog, ...]:
+    """Every file or syslog access log of the config at ``source`` (``-``: read ``stdin()``).
+    ``prefix``: NGINX's, for relative log paths (None: what ``nginx -V`` says, if found)."""
     if source == "-":
         if stdin is None:
             raise NginxConfError("'-' needs the config (or `nginx -T` output) on stdin")
-        return _from_dump(stdin())
+        return _from_dump(stdin(), prefix)
     try:
         text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
@@ -123,14 +149,28 @@ def read(source: str, stdin: Callable[[], str] | None = None) -> tuple[AccessLog
                              "(`nginx -V` shows it as --conf-path) or pipe `nginx -T` "
                              "into --nginx-conf -") from None
     if _DUMP_MARKER.search(text):
-        return _from_dump(text)
-    return _walk_config(_DiskFiles(os.path.abspath(source)))
+        return _from_dump(text, prefix)
+    return _walk_config(_DiskFiles(os.path.abspath(source)), prefix)
 
 
-def _from_dump(text: str) -> tuple[AccessLog, ...]:
+def _from_dump(text: str, prefix: str | None) -> tuple[AccessLog, ...]:
     pieces = split_dump(text)
     with tempfile.TemporaryDirectory(prefix="logwarden-nginx-T-") as tmp:
-        return _walk_config(_DumpFiles(pieces, tmp))
+        return _walk_config(_DumpFiles(pieces, tmp), prefix)
+
+
+@functools.cache
+def nginx_prefix() -> str | None:
+    """The prefix compiled into the nginx binary on this machine (``nginx -V``), if any."""
+    binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+    if binary is None:
+        return None
+    try:
+        said = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"--prefix=(\S+)", said.stderr + said.stdout)
+    return match.group(1) if match else None
 
 
 def split_dump(text: str) -> dict[str, str]:
@@ -219,15 +259,60 @@ class _Found:
     logs: list[tuple[list[str], str]]
 
 
-def _walk_config(files: _DiskFiles | _DumpFiles) -> tuple[AccessLog, ...]:
+def _walk_config(files: _DiskFiles | _DumpFiles, prefix: str | None) -> tuple[AccessLog, ...]:
     found = _Found(formats={"combined": (COMBINED, "default")}, logs=[])
     _walk(files, files.main, files.parse(files.main), found, depth=0)
     scopes: dict[str, list[CacheScope]] = {}
-    _cache_scopes(files, _expand(files, files.main, files.parse(files.main), 0), _Inherited(),
-                  scopes)
+    main = _expand(files, files.main, files.parse(files.main), 0)
+    _cache_scopes(files, main, _Inherited(), scopes, _Variables.of(files, main))
     return tuple(dict.fromkeys(
-        replace(_access_log(args, where, found.formats), cache=tuple(scopes.get(where, ())))
+        replace(_access_log(args, where, found.formats, prefix),
+                cache=tuple(scopes.get(where, ())))
         for args, where in found.logs))
+
+
+_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def variables_in(text: str) -> tuple[str, ...]:
+    """The ``$variables`` of an NGINX string, in order, without ``$``."""
+    return tuple(dict.fromkeys(a or b for a, b in _VARIABLE.findall(text)))
+
+
+@dataclass
+class _Variables:
+    """The variables ``map`` and ``geo`` define (http level), and where each comes from."""
+
+    sources: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, files: _DiskFiles | _DumpFiles, main: list[_Statement]) -> _Variables:
+        sources: dict[str, tuple[str, ...]] = {}
+        for path, stmt in main:
+            if stmt["directive"] == "http" and "block" in stmt:
+                for _, inner in _expand(files, path, stmt["block"], 0):
+                    args = [_unescape(a) for a in inner["args"]]
+                    if inner["directive"] == "map" and len(args) == 2:
+                        sources[args[1].lstrip("$")] = variables_in(args[0])
+                    elif inner["directive"] == "geo" and args:
+                        source = variables_in(args[0]) if len(args) == 2 else ("remote_addr",)
+                        sources[args[-1].lstrip("$")] = source
+        return cls(sources)
+
+    def roots(self, names: Iterable[str]) -> tuple[str, ...]:
+        """The variables ``names`` are computed from, through maps and geos."""
+        out: dict[str, None] = {}
+        todo, seen = list(names), set()
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in self.sources:
+                todo += self.sources[name]
+            else:
+                out[name] = None
+        return tuple(out)
 
 
 def _walk(files: _DiskFiles | _DumpFiles, path: str, stmts: list[dict[str, Any]],
@@ -277,15 +362,15 @@ class _Inherited:
     logs: tuple[str, ...] = ()
     """``FILE:LINE`` of the access_log directives in force (none after ``access_log off``)."""
     cache: str | None = None
-    key: str | None = None
-    ignore_headers: tuple[str, ...] = ()
-    cache_valid: tuple[tuple[str, ...], ...] = ()
+    values: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = ()
+    """The other directives in force: name and the arguments of each of its directives."""
+    purge_keys: tuple[tuple[str, str], ...] = ()
 
     def within(self, block: list[_Statement]) -> _Inherited:
-        own: dict[str, list[tuple[str, list[str]]]] = {}
+        own: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
         for path, stmt in block:
             own.setdefault(stmt["directive"], []).append(
-                (f"{path}:{stmt['line']}", [_unescape(a) for a in stmt["args"]]))
+                (f"{path}:{stmt['line']}", tuple(_unescape(a) for a in stmt["args"])))
         changed: dict[str, Any] = {}
         if "access_log" in own:
             changed["logs"] = tuple(where for where, args in own["access_log"]
@@ -293,36 +378,78 @@ class _Inherited:
         if "proxy_cache" in own:
             zone = own["proxy_cache"][-1][1]
             changed["cache"] = None if not zone or zone[0] == "off" else zone[0]
-        if "proxy_cache_key" in own:
-            changed["key"] = " ".join(own["proxy_cache_key"][-1][1])
-        if "proxy_ignore_headers" in own:
-            changed["ignore_headers"] = tuple(a for _, args in own["proxy_ignore_headers"]
-                                              for a in args)
-        if "proxy_cache_valid" in own:
-            changed["cache_valid"] = tuple(tuple(args) for _, args in own["proxy_cache_valid"])
+        values = dict(self.values)
+        for name in _INHERITED:
+            if name in own:
+                values[name] = tuple(args for _, args in own[name])
+        changed["values"] = tuple(values.items())
         return replace(self, **changed)
 
+    def scope(self, where: str, variables: _Variables) -> CacheScope:
+        assert self.cache is not None
+        v = dict(self.values)
 
+        def args(name: str) -> tuple[str, ...]:
+            return tuple(a for directive in v.get(name, ()) for a in directive)
+
+        def last(name: str, default: str) -> str:
+            return v[name][-1][0] if v.get(name) and v[name][-1] else default
+
+        key = " ".join(v["proxy_cache_key"][-1]) if v.get("proxy_cache_key") else None
+        bypass = tuple(n for a in args("proxy_cache_bypass") for n in variables_in(a))
+        no_cache = tuple(n for a in args("proxy_no_cache") for n in variables_in(a))
+        status_header = next((a[0] for a in v.get("add_header", ())
+                              if len(a) >= 2 and "$upstream_cache_status" in a[1]), None)
+        return CacheScope(
+            where, self.cache, key, args("proxy_ignore_headers"), v.get("proxy_cache_valid", ()),
+            variables.roots(variables_in(key or "$scheme$proxy_host$request_uri")),
+            bypass, variables.roots(bypass), no_cache, variables.roots(no_cache),
+            last("proxy_cache_convert_head", "on") == "on",
+            last("proxy_cache_background_update", "off") == "on", args("proxy_cache_use_stale"),
+            "slice" in v, status_header,
+            last("gzip", "off") == "on" or last("gzip_vary", "off") == "on", self.purge_keys)
+
+
+_INHERITED = ("proxy_cache_key", "proxy_ignore_headers", "proxy_cache_valid",
+              "proxy_cache_bypass", "proxy_no_cache", "proxy_cache_convert_head",
+              "proxy_cache_background_update", "proxy_cache_use_stale", "slice", "add_header",
+              "gzip", "gzip_vary")
+"""Directives a location inherits from its server and http blocks (when it sets none)."""
 _SCOPE_BLOCKS = frozenset({"http", "server", "location"})
 
 
 def _cache_scopes(files: _DiskFiles | _DumpFiles, block: list[_Statement],
                   inherited: _Inherited, found: dict[str, list[CacheScope]],
-                  kind: str = "main", where: str = "") -> None:
+                  variables: _Variables, kind: str = "main", where: str = "") -> None:
     """Every location (and server without one) under ``block`` that caches, noted under
     each access_log directive in force there."""
     here = inherited.within(block)
+    if kind == "server":  # a purge route is a location of the server: every one sees it
+        here = replace(here, purge_keys=_purge_keys(files, block))
     children = [(path, stmt) for path, stmt in block
                 if stmt["directive"] in _SCOPE_BLOCKS and "block" in stmt]
     for path, stmt in children:
-        _cache_scopes(files, _expand(files, path, stmt["block"], 0), here, found,
+        _cache_scopes(files, _expand(files, path, stmt["block"], 0), here, found, variables,
                       stmt["directive"], f"{path}:{stmt['line']}")
     serves = kind == "location" or (
         kind == "server" and not any(s["directive"] == "location" for _, s in children))
     if serves and here.cache is not None:
-        scope = CacheScope(where, here.cache, here.key, here.ignore_headers, here.cache_valid)
+        scope = here.scope(where, variables)
         for log in here.logs:
             found.setdefault(log, []).append(scope)
+
+
+def _purge_keys(files: _DiskFiles | _DumpFiles, block: list[_Statement]
+                ) -> tuple[tuple[str, str], ...]:
+    """``(FILE:LINE, key)`` of every ``proxy_cache_purge ZONE KEY`` in a server's block."""
+    out = []
+    for path, stmt in block:
+        if stmt["directive"] == "proxy_cache_purge" and len(stmt["args"]) >= 2 \
+                and stmt["args"][0] not in ("on", "off", "PURGE"):
+            out.append((f"{path}:{stmt['line']}", " ".join(map(_unescape, stmt["args"][1:]))))
+        if stmt["directive"] in ("location", "if") and "block" in stmt:
+            out += _purge_keys(files, _expand(files, path, stmt["block"], 0))
+    return tuple(out)
 
 
 def _escape_and_pieces(args: list[str]) -> tuple[str, list[str]]:
@@ -344,8 +471,16 @@ def _quote(piece: str) -> str:
     return f"'{text}'"
 
 
-def _access_log(args: list[str], where: str, formats: dict[str, tuple[str, str]]) -> AccessLog:
+def _access_log(args: list[str], where: str, formats: dict[str, tuple[str, str]],
+                prefix: str | None) -> AccessLog:
     target, format_name = args[0], args[1] if len(args) > 1 else "combined"
+    if not target.startswith("syslog:") and not os.path.isabs(target):
+        prefix = prefix or nginx_prefix()
+        if prefix is None:
+            return AccessLog(target, "file", format_name, "", "default", where, problem=(
+                "a relative path, which NGINX resolves against its prefix (nginx -p, or the "
+                "--prefix nginx -V shows): give it with --nginx-prefix"))
+        target = os.path.join(prefix, target)
     fmt, escape = formats.get(format_name, ("", "default"))
     problem = None if format_name in formats else f"log_format {format_name} is not defined"
     params = args[2:]
@@ -366,11 +501,23 @@ def _access_log(args: list[str], where: str, formats: dict[str, tuple[str, str]]
             LogFormat.compile(fmt, escape)
         except LogFormatError as exc:
             problem = str(exc).split(":", 1)[0]
-    return AccessLog(target, kind, format_name, fmt, escape, where, tag, problem)
+    return AccessLog(target, kind, format_name, fmt, escape, where, tag, problem,
+                     params=tuple(params))
+
+
+_OWN_OUTPUT = frozenset({"/dev/stdout", "/dev/stderr", "/proc/self/fd/1", "/proc/self/fd/2",
+                         "/dev/fd/1", "/dev/fd/2"})
+"""Paths that are NGINX's own standard output: a container's log, not a file to tail (and
+logwarden would read its own output if it opened them)."""
+SYSTEM_LOGGER = frozenset({"/dev/log", "/run/systemd/journal/dev-log", "/var/run/syslog"})
+"""The system logger's sockets: syslogd or journald owns them, logwarden cannot listen there."""
 
 
 def _file_target(path: str) -> tuple[str, str | None]:
     """A path with variables in its file name is followed as a glob (every file it names)."""
+    if path in _OWN_OUTPUT:
+        return path, ("NGINX's standard output (logwarden would read its own): log to a file "
+                      "or to syslog:server=127.0.0.1:5514 for logwarden")
     directory, name = os.path.split(path)
     if "$" in directory:
         return path, "variables in the directory cannot be followed"
@@ -385,6 +532,9 @@ def _syslog_target(target: str) -> tuple[str, str, str | None]:
     server, tag = params.get("server", ""), params.get("tag", "nginx")
     if server.startswith("unix:"):
         url = "unix://" + server.removeprefix("unix:")
+        if server.removeprefix("unix:") in SYSTEM_LOGGER:
+            return url, tag, ("the system logger's socket (syslogd or journald owns it): add "
+                              "an access_log syslog:server=127.0.0.1:5514 for logwarden")
     else:
         host, port = server, "514"  # NGINX's default syslog port
         if re.search(r":\d+$", server) and not server.endswith("]"):
@@ -401,10 +551,20 @@ def _syslog_target(target: str) -> tuple[str, str, str | None]:
 
 
 def choose(found: Sequence[AccessLog], source: str, *, access_log: Sequence[str] = (),
-           syslog: Sequence[str] = ()) -> Choice:
+           syslog: Sequence[str] = (), format_name: str | None = None) -> Choice:
     """The access logs to follow: the ones ``access_log``/``syslog`` name, else every usable
-    one when they share one format and are all files; otherwise the error says what to do."""
-    usable = [a for a in found if a.problem is None]
+    one when they share one format and are all files; otherwise the error says what to do.
+    A path named by several directives is followed once; one written in several formats
+    needs ``format_name`` (``--log-format-name``) to say which format to read it with."""
+    if format_name is not None:
+        named = [a for a in found if a.format_name == format_name]
+        if not named:
+            names = ", ".join(sorted({a.format_name for a in found})) or "none"
+            raise NginxConfError(f"no access_log of {source} uses log_format {format_name} "
+                                 f"(they use: {names})")
+        found = named
+    found = _mixed_formats(found)
+    usable = _once([a for a in found if a.problem is None])
     if access_log or syslog:
         picked = [_pick(found, t, "file") for t in access_log]
         picked += [_pick(found, t, "syslog") for t in syslog]
@@ -416,6 +576,7 @@ def choose(found: Sequence[AccessLog], source: str, *, access_log: Sequence[str]
     else:
         raise NginxConfError("several access logs qualify; pick with --access-log PATH or "
                              "--syslog URL: " + "; ".join(a.describe() for a in usable))
+    picked = _once(picked)
     formats = {(a.log_format, a.escape) for a in picked}
     tags = {a.syslog_tag for a in picked if a.syslog_tag}
     if len(formats) > 1 or len(tags) > 1:
@@ -423,10 +584,34 @@ def choose(found: Sequence[AccessLog], source: str, *, access_log: Sequence[str]
                              "one logwarden per format: "
                              + "; ".join(a.describe() for a in picked))
     fmt, escape = formats.pop()
+    targets = {(a.kind, a.target) for a in picked}
     return Choice(tuple(a.target for a in picked if a.kind == "file"),
                   tuple(a.target for a in picked if a.kind == "syslog"),
                   tags.pop() if tags else None, fmt, escape,
-                  tuple(dict.fromkeys(scope for a in picked for scope in a.cache)))
+                  tuple(dict.fromkeys(scope for a in found if (a.kind, a.target) in targets
+                                      for scope in a.cache)))
+
+
+def _once(logs: Sequence[AccessLog]) -> list[AccessLog]:
+    """One entry per path or listener (several server blocks may name the same file)."""
+    return list({(a.kind, a.target): a for a in reversed(logs)}.values())[::-1]
+
+
+def _mixed_formats(found: Sequence[AccessLog]) -> list[AccessLog]:
+    """``found`` with each path that several blocks write in different formats marked not
+    usable: read with one format, the lines of the others would all count as malformed."""
+    formats: dict[tuple[str, str], dict[str, str]] = {}
+    for a in found:
+        formats.setdefault((a.kind, a.target), {}).setdefault(a.format_name, a.where)
+    out = []
+    for a in found:
+        seen = formats[(a.kind, a.target)]
+        if len(seen) > 1 and a.problem is None:
+            listed = ", ".join(f"{name} ({where})" for name, where in seen.items())
+            a = replace(a, problem=f"written in several formats: {listed}; pick one with "
+                                   "--log-format-name (the other lines would be malformed)")
+        out.append(a)
+    return out
 
 
 def _pick(found: Sequence[AccessLog], target: str, kind: str) -> AccessLog:
