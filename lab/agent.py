@@ -29,7 +29,8 @@ class Agent:
     """A logwarden subprocess; ``stop()`` sends SIGTERM and returns its exit code.
 
     It runs in its own session, so a Ctrl-C meant for the demo reaches the demo alone, which
-    then stops the agents in order.
+    then stops the agents in order. ``self_url`` is one of its ``--peer``s, given or not in
+    ``peers`` (logwarden requires it: the same peer list on every node).
     """
 
     def __init__(self, access_log: Path | None, log_format: str, self_url: str,
@@ -40,7 +41,8 @@ class Agent:
             sys.executable, "-m", "logwarden", "run",
             *(["--access-log", str(access_log)] if access_log else []),
             "--log-format", log_format,
-            "--self", self_url, *[a for p in peers for a in ("--peer", p)],
+            "--self", self_url,
+            *[a for p in dict.fromkeys([*peers, self_url]) for a in ("--peer", p)],
             "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
             "--positions", str(stderr.with_suffix(".positions.json")) if stderr else "off",
             *extra,

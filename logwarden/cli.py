@@ -35,7 +35,8 @@ def _settings_options(func: F) -> F:
 
 def _load(config_file: str | None, flags: dict[str, Any], needs: Needs = RUN) -> Config:
     try:
-        return load_config(flags, config_file, needs=needs, stdin=sys.stdin.read)
+        return load_config(flags, config_file, needs=needs,
+                           stdin=None if sys.stdin.isatty() else sys.stdin.read)
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -72,7 +73,9 @@ def run(config_file: str | None, **flags: Any) -> None:
 @main.command()
 @_settings_options
 def check(config_file: str | None, **flags: Any) -> None:
-    """Validate the configuration and print the effective settings as TOML; start nothing."""
+    """Validate the configuration and print the effective settings as TOML, then what the
+    followed files' last lines show; start nothing. Exit 1 when none of a file's last lines
+    parses with the format."""
     config = _load(config_file, flags)
     for found in config.nginx_access_logs:
         click.echo(f"# {config.nginx_conf}: {found.describe()}", err=True)
@@ -82,6 +85,15 @@ def check(config_file: str | None, **flags: Any) -> None:
     click.echo(f"# refreshes go to: {static}{dynamic}", err=True)
     click.echo(f"# {_verification(config)}", err=True)
     click.echo(f"# {_uncacheable(config)}", err=True)
+    for warning in config.warnings:
+        click.echo(f"# warning: {warning}", err=True)
+    from logwarden.commands.check import check_logs
+
+    said = check_logs(config)
+    for line in said.lines:
+        click.echo(f"# {line}", err=True)
+    if not said.ok:
+        sys.exit(1)
 
 
 def _uncacheable(config: Config) -> str:

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from logwarden.parse.nginxconf import AccessLog, NginxConfError
 from logwarden.parse.nginxconf import choose as choose_access_logs
 from logwarden.parse.nginxconf import read as read_nginx_conf
 from logwarden.route.bus import parse_bus_url
-from logwarden.route.discovery import check_peer_url, is_self, read_peers_file
+from logwarden.route.discovery import check_peer_url, is_self, peer_identity, read_peers_file
 from logwarden.sources.positions import default_path as default_positions_path
 from logwarden.sources.syslog import Address
 from logwarden.sources.syslog import parse_url as parse_syslog_url
@@ -45,6 +46,8 @@ CACHE_STATUSES = ("MISS", "BYPASS", "EXPIRED", "STALE", "UPDATING", "REVALIDATED
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_OWN_OUTPUT = re.compile(r"/(?:dev/(?:stdout|stderr|fd/[12])|proc/(?:self|thread-self)/fd/[12])")
+_MAX_LINKS = 8
 
 
 class ConfigError(ValueError):
@@ -94,11 +97,12 @@ def _check_peer_url(key: str, url: str) -> None:
         raise ConfigError(key, url, str(exc)) from None
 
 
-def _check_peers_file(key: str, path: str | None) -> None:
+def _check_peers_file(key: str, path: str | None) -> tuple[str, ...]:
+    """The peers the file names at the start."""
     if path is None:
-        return
+        return ()
     try:
-        read_peers_file(path)
+        return read_peers_file(path)
     except OSError as exc:
         raise ConfigError(key, path, f"cannot be read: {exc.strerror}") from None
     except ValueError as exc:
@@ -106,8 +110,16 @@ def _check_peers_file(key: str, path: str | None) -> None:
 
 
 def _check_access_logs(key: str, paths: tuple[str, ...]) -> None:
-    """A log that is not there yet is waited for; one that is there must be readable."""
+    """A log that is not there yet is waited for; one that is there must be a readable file
+    or FIFO, and not logwarden's own output."""
     for path in paths:
+        own = _own_output(path)
+        if own is not None:
+            named = "is" if own == os.path.normpath(path) else f"leads to {own}, which is"
+            raise ConfigError(key, path, f"{named} the standard output or error of the process "
+                              "that reads it: logwarden would read its own output. Have NGINX "
+                              "write the access log to a file, a FIFO or syslog, and give "
+                              "logwarden that")
         if set("*?[") & set(os.path.dirname(path)):
             raise ConfigError(key, path, "may have glob characters in the file name only")
         if os.path.isdir(path):
@@ -117,6 +129,23 @@ def _check_access_logs(key: str, paths: tuple[str, ...]) -> None:
             raise ConfigError(key, path, "cannot be read (permission denied): run logwarden as "
                               "a user that may read it (Debian: a member of the adm group, as "
                               "examples/logwarden.service does)")
+        mode = os.stat(path).st_mode if os.path.exists(path) else stat.S_IFREG
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise ConfigError(key, path, "is not a file or a FIFO (a device or a socket): give "
+                              "the file NGINX's access_log writes")
+
+
+def _own_output(path: str) -> str | None:
+    """The name of a standard output or error that ``path`` is, or leads to through symbolic
+    links (Docker's nginx image links /var/log/nginx/access.log to /dev/stdout)."""
+    for _ in range(_MAX_LINKS):
+        if _OWN_OUTPUT.fullmatch(os.path.normpath(path)):
+            return os.path.normpath(path)
+        try:
+            path = os.path.join(os.path.dirname(path), os.readlink(path))
+        except OSError:
+            return None
+    return None
 
 
 def _check_syslog_urls(key: str, urls: tuple[str, ...]) -> tuple[Address, ...]:
@@ -150,6 +179,21 @@ def _check_peers(key: str, urls: tuple[str, ...]) -> None:
 def _check_self(key: str, url: str | None) -> None:
     if url is not None:
         _check_peer_url(key, url)
+
+
+def _check_self_is_a_peer(url: str | None, peers: tuple[str, ...], dns: tuple[str, ...]) -> None:
+    """``self`` must be one of the peers known at the start (``--peer``, the peers file), the
+    same scheme, host and port (a default port, a trailing slash and case do not count), else
+    the node refreshes itself. With ``--peers-dns`` the peers are only known once resolved,
+    after the start: nothing is checked."""
+    if url is None or not peers or dns:
+        return
+    own = peer_identity(url)
+    if any(peer_identity(p) == own for p in peers):
+        return
+    raise ConfigError("self", url, f"is not one of the peers ({', '.join(peers)}): "
+                      "list this node among them (the same list on every node) and give "
+                      "--self as it is spelled there")
 
 
 def _check_bus(key: str, url: str | None) -> None:
@@ -496,6 +540,18 @@ class Config:
         return mode_of(self)
 
     @property
+    def warnings(self) -> tuple[str, ...]:
+        """What works but is likely not meant: ``check`` prints it, ``run`` logs it at start."""
+        if (self.refresh_header_file is None
+                and self.refresh_header == _BY_NAME["refresh_header"].default):
+            return (f"refresh_header: no secret given, refreshes carry the default "
+                    f"{self.refresh_header!r}; the example nginx.conf's map lets a refresh "
+                    "bypass the cache only with your shared secret: put the line "
+                    "'X-Refresh: <secret>' in a file only logwarden reads and give "
+                    "--refresh-header-file",)
+        return ()
+
+    @property
     def refresh_header_pair(self) -> tuple[str, str]:
         name, _, value = self.refresh_header.partition(":")
         return name.strip(), value.strip()
@@ -672,6 +728,7 @@ def _validate(v: dict[str, Any], needs: Needs) -> Config:
         if s.choices and v[s.name] not in s.choices:
             raise ConfigError(s.name, v[s.name], f"must be one of {', '.join(s.choices)}")
     v["statuses"] = parsed["statuses"]
+    _check_self_is_a_peer(v["self"], (*v["peer"], *parsed["peers_file"]), v["peers_dns"])
     if needs.sources and not v["access_log"] and not v["syslog"]:
         raise ConfigError("access_log", "",
                           "is required: the access log file to tail (or a syslog listener)")
@@ -707,7 +764,8 @@ def _check_format(v: dict[str, Any], variants: tuple[Variant, ...]) -> LogFormat
         fmt = _compile_format(v["log_format"], v["log_format_escape"], variable)
     if "host" not in fmt.variables and "http_host" not in fmt.variables and not v["default_host"]:
         raise ConfigError("log_format", v["log_format"],
-                          "has neither $host nor $http_host: set default_host")
+                          "has neither $host nor $http_host: give --default-host HOST "
+                          "(default_host in a TOML file), the Host that refreshes carry")
     if "BYPASS" in v["statuses"] and "http_user_agent" not in fmt.variables:
         raise ConfigError("statuses", ",".join(v["statuses"]),
                           "includes BYPASS, but the format lacks $http_user_agent, so logwarden "

@@ -28,6 +28,7 @@ from logwarden.route.bus import Bus
 from logwarden.route.discovery import PeerList
 from logwarden.route.router import AlsoHere, Recorder, Router, Target
 from logwarden.sources import LineQueue, Source, SourceError
+from logwarden.sources.fifo import FifoSource, is_fifo
 from logwarden.sources.file import FileSource
 from logwarden.sources.positions import Positions
 from logwarden.sources.syslog import SyslogSource
@@ -90,6 +91,8 @@ class Daemon:
     def _sources(self) -> list[Source]:
         cfg = self.config
         files: list[Source] = [
+            FifoSource(path, self.lines, self.metrics, poll_interval=cfg.poll_interval,
+                       max_line_bytes=cfg.max_line_bytes) if is_fifo(path) else
             FileSource(path, self.lines, self.metrics, positions=self.positions,
                        from_start=cfg.from_start, poll_interval=cfg.poll_interval,
                        rotate_wait=cfg.rotate_wait, max_line_bytes=cfg.max_line_bytes)
@@ -133,6 +136,8 @@ class Daemon:
         log.info("logwarden running: %d source(s), refreshing %s%s", len(self.sources),
                  ", ".join(self.dispatcher.urls) or "no peer yet",
                  " (dry run: nothing is sent)" if cfg.dry_run else "")
+        for warning in cfg.warnings:
+            log.warning("%s", warning)
         code = await self._wait([*tasks, stage])
         await self._stop(tasks, stage, helpers)
         log.info("logwarden stopped: %s", self.metrics.summary())

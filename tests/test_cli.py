@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from lab.agent import Agent
 from logwarden import __version__
 from logwarden.config import SETTINGS
+from tests.agents import LOG_FORMAT
 
 FMT = "$host \"$request\" $status $upstream_cache_status"
 ARGS = ["--access-log", "/var/log/nginx/access.log", "--log-format", FMT,
@@ -18,9 +20,10 @@ ARGS = ["--access-log", "/var/log/nginx/access.log", "--log-format", FMT,
         "--peer", "http://127.0.0.12:80"]
 
 
-def logwarden(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def logwarden(*args: str, env: dict[str, str] | None = None,
+              stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "logwarden", *args], capture_output=True,
-                          text=True, timeout=30, env=env)
+                          text=True, timeout=30, env=env, input=stdin)
 
 
 def test_version() -> None:
@@ -88,3 +91,64 @@ def test_every_setting_is_a_flag_and_documented() -> None:
     for s in SETTINGS:
         assert s.flag in help_text
         assert f"`{s.flag}" in readme, f"{s.flag} is not in the README's settings table"
+
+
+def test_check_tries_the_format_on_the_last_lines_of_each_file(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    args = ["--access-log", str(log), *ARGS[2:]]
+    good = b'www.example.com "GET /a HTTP/1.1" 200 MISS\n'
+    log.write_bytes(good * 300 + b"garbage\n" * 20 + b"www.example.com \"GET /b")  # one unended
+    out = logwarden("check", *args)
+    assert out.returncode == 0, out.stderr
+    assert f"# access_log {log}: 180 of its last 200 lines parse with the log_format\n" \
+        in out.stderr
+    log.write_bytes(b"")
+    out = logwarden("check", *args)
+    assert out.returncode == 0, out.stderr
+    assert f"# access_log {log}: empty: no line yet to try the log_format on" in out.stderr
+    log.write_bytes(b'www.example.com\t"GET /a HTTP/1.1"\t200\tMISS\n' * 3)  # another format
+    out = logwarden("check", *args)
+    assert out.returncode == 1
+    assert tomllib.loads(out.stdout)["access_log"] == [str(log)]  # the config was fine
+    assert f"# access_log {log}: none of its last 3 lines parses with the log_format: give " \
+           "the format this file is written with" in out.stderr
+    # ... the format of that file, typed with a literal \t as in nginx.conf: all parse.
+    tabs = ["--log-format", r'$host\t"$request"\t$status\t$upstream_cache_status']
+    out = logwarden("check", *args, *tabs)
+    assert out.returncode == 0, out.stderr
+    assert f"# access_log {log}: 3 of its last 3 lines parse" in out.stderr
+
+
+def test_a_self_that_is_no_peer_is_an_error_naming_both() -> None:
+    out = logwarden("check", *ARGS, "--self", "http://127.0.0.11:8080")
+    assert out.returncode == 2
+    assert out.stderr == ("logwarden: error: self: 'http://127.0.0.11:8080' is not one of the "
+                          "peers (http://127.0.0.11:80, http://127.0.0.12:80): list this node "
+                          "among them (the same list on every node) and give --self as it is "
+                          "spelled there\n")
+
+
+@pytest.mark.parametrize("piped", ["", "nginx: the configuration file /etc/nginx/nginx.conf "
+                                   "syntax is ok\nnginx: configuration file "
+                                   "/etc/nginx/nginx.conf test is successful\n"])
+def test_no_config_on_stdin_is_said_as_such(piped: str) -> None:
+    """Nothing piped, or `nginx -t 2>&1` (only its messages) instead of `nginx -T`."""
+    out = logwarden("check", "--nginx-conf", "-", "--peer", "http://127.0.0.12", stdin=piped)
+    assert out.returncode == 2
+    assert out.stderr.startswith("logwarden: error: nginx_conf: '-' has no config on stdin: "
+                                 "pipe `nginx -T` into it")
+
+
+def test_a_refresh_header_without_a_secret_is_a_warning_in_check_and_run(tmp_path: Path) -> None:
+    warning = "warning: refresh_header: no secret given, refreshes carry the default"
+    assert f"# {warning}" in logwarden("check", *ARGS).stderr
+    secret = tmp_path / "refresh-header"
+    secret.write_text("X-Refresh: s3cr3t\n")
+    with_secret = logwarden("check", *ARGS, "--refresh-header-file", str(secret))
+    assert with_secret.returncode == 0 and warning not in with_secret.stderr
+    log, said = tmp_path / "access.log", tmp_path / "agent.log"
+    log.touch()
+    agent = Agent(log, LOG_FORMAT, "http://127.0.0.11:80", ["http://127.0.0.12:80"],
+                  stderr=said).start()
+    assert agent.stop() == 0
+    assert said.read_text().count("WARNING logwarden.daemon: refresh_header: no secret") == 1

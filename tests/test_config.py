@@ -47,7 +47,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
 
 def test_lists_from_env_and_file(tmp_path: Path) -> None:
     env = {"LOGWARDEN_STATUSES": "miss, expired"}
-    c = load({"peer": ()}, env, 'peer = ["http://a:1", "http://b:2"]\n', tmp_path)
+    c = load({"peer": (), "self": None}, env, 'peer = ["http://a:1", "http://b:2"]\n', tmp_path)
     assert c.peer == ("http://a:1", "http://b:2")
     assert c.statuses == ("MISS", "EXPIRED")
 
@@ -81,7 +81,7 @@ def _write(tmp_path: Path, text: str) -> Path:
         ({"log_format": "$upstream_cache_status $request_uri"}, {}, None, "log_format",
          "request_method"),
         ({"log_format": "\"$request\" $upstream_cache_status"}, {}, None, "log_format",
-         "default_host"),
+         "give --default-host HOST"),
         ({"statuses": ("MISS,FRESH",)}, {}, None, "statuses", "FRESH"),
         ({"statuses": ("BYPASS",)}, {}, None, "statuses", "ping-pong"),
         ({"refresh_header": "X-Refresh"}, {}, None, "refresh_header", "Name: value"),
@@ -90,6 +90,13 @@ def _write(tmp_path: Path, text: str) -> Path:
         ({"metrics_listen": "9145"}, {}, None, "metrics_listen", "HOST:PORT"),
         ({"concurrency": 0}, {}, None, "concurrency", "greater than 0"),
         ({"access_log": ()}, {}, None, "access_log", "required"),
+        ({"access_log": ("/dev/stdout",)}, {}, None, "access_log", "read its own output"),
+        ({"access_log": ("/dev/stderr",)}, {}, None, "access_log", "read its own output"),
+        ({"access_log": ("/proc/self/fd/1",)}, {}, None, "access_log", "read its own output"),
+        ({"access_log": ("/dev/fd/2",)}, {}, None, "access_log", "read its own output"),
+        ({"access_log": ("/dev/null",)}, {}, None, "access_log", "is not a file or a FIFO"),
+        ({"self": "http://10.0.0.1:8080"}, {}, None, "self",
+         "is not one of the peers (http://10.0.0.1, http://10.0.0.2:8080)"),
     ],
 )
 def test_errors_name_the_key_and_value(
@@ -204,3 +211,40 @@ def test_the_configured_cache_status_header_verifies_bypass_refreshes(
         .judge(hit) == "not_refreshed"
     assert load({**flags, "cache_status_header": ""}).refresh_mode.requests()[-1] \
         .judge(Answer(200, [(b"x-cache-status", b"HIT")], b"")) == "ok"
+
+
+def test_a_link_to_the_standard_output_is_refused(tmp_path: Path) -> None:
+    """Docker's nginx image links its access.log to /dev/stdout: for logwarden, its own."""
+    link = tmp_path / "access.log"
+    link.symlink_to("/dev/stdout")
+    with pytest.raises(ConfigError, match="leads to /dev/stdout, which is the standard output"):
+        load({"access_log": (str(link),)})
+
+
+@pytest.mark.parametrize("spelled", ["http://10.0.0.1", "HTTP://10.0.0.1:80/", "http://10.0.0.1/"])
+def test_self_is_one_of_the_peers_however_spelled(spelled: str) -> None:
+    assert load({"self": spelled}).targets == ("http://10.0.0.2:8080",)
+
+
+def test_self_among_the_peers_known_at_the_start(tmp_path: Path) -> None:
+    """The peers file counts (it is read at the start); DNS peers are only known later."""
+    peers = tmp_path / "peers"
+    peers.write_text("http://10.0.0.3:80\n")
+    assert load({"peer": (), "self": "http://10.0.0.3", "peers_file": str(peers)}).self_url
+    with pytest.raises(ConfigError, match=r"self: 'http://10.0.0.4' is not one of the peers "
+                                          r"\(http://10.0.0.1, http://10.0.0.2:8080, "
+                                          r"http://10.0.0.3:80\)"):
+        load({"self": "http://10.0.0.4", "peers_file": str(peers)})
+    dns = load({"self": "http://10.0.0.4", "peers_dns": ("http://cache.svc:80",)})
+    assert dns.self_url == "http://10.0.0.4"
+
+
+def test_a_refresh_header_without_a_secret_is_a_warning(tmp_path: Path) -> None:
+    [warning] = load().warnings
+    assert warning.startswith("refresh_header: no secret given, refreshes carry the default "
+                              "'X-Refresh: 1'") and "--refresh-header-file" in warning
+    assert load({"refresh_header": "X-Refresh: 1"}).warnings == (warning,)
+    secret = tmp_path / "refresh-header"
+    secret.write_text("X-Refresh: s3cr3t\n")
+    assert load({"refresh_header_file": str(secret)}).warnings == ()
+    assert load({"refresh_header": "X-Refresh: s3cr3t"}).warnings == ()

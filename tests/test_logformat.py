@@ -199,6 +199,37 @@ def test_compile_errors_name_what_is_missing(fmt: str, escape: str, message: str
         LogFormat.compile(fmt, escape)
 
 
+TAB_LINE = b'www.example.com\t"GET /a HTTP/1.1"\t200\tMISS\n'
+
+
+@pytest.mark.parametrize("typed", [
+    r'$host\t"$request"\t$status\t$upstream_cache_status',  # typed without NGINX's quotes
+    r'$host\t\"$request\"\t$status\t$upstream_cache_status',
+    "'$host\\t\"$request\"\\t'\n  # the status, then the cache's\n  '$status\\t'"
+    "  # a comment after a piece\n  '$upstream_cache_status';",  # pasted from nginx.conf
+    "'$host\\t\"$request\"\\t$status\\t$upstream_cache_status' ; # the end\n",
+])
+def test_what_nginx_accepts_in_a_config_is_accepted_as_typed(typed: str) -> None:
+    """Unquoted, NGINX undoes ``\\t`` and ``\\"`` too; between quoted pieces it skips comments,
+    and the directive ends with ';'. Taken literally, no line would match."""
+    record = LogFormat.compile(typed).parse(TAB_LINE)
+    assert record is not None and (record.host, record.target) == ("www.example.com", b"/a")
+
+
+@pytest.mark.parametrize(("pasted", "message"), [
+    ("'$host \"$request\"'\n  '$status $upstream_cache_status", "unterminated ' quote"),
+    ("'$host \"$request\"'\n  $status '$upstream_cache_status';", "unexpected '\\$'"),
+    ("'$host \"$request\" $status'; '$upstream_cache_status';", "text after the closing ';'"),
+    ("log_format main '$host \"$request\" $status $upstream_cache_status';",
+     "starts with 'log_format': give only the quoted pieces"),
+    ("escape=json '$host \"$request\" $status $upstream_cache_status'",
+     "escape= as --log-format-escape"),
+])
+def test_config_pieces_that_do_not_parse_are_an_error(pasted: str, message: str) -> None:
+    with pytest.raises(LogFormatError, match=message):
+        LogFormat.compile(pasted)
+
+
 # Round trip: render values the way NGINX does, parse them back.
 
 def _nginx_default(value: bytes) -> bytes:

@@ -123,7 +123,8 @@ def test_an_offloaded_refresh_falls_back_to_the_origin_when_the_source_is_down(
     target = "/off/down?ma=60"
     assert body_version(a, target, "www.example.com") == ("MISS", 1)
     c.stop()
-    agent = start_agent(b, [a.url, b.url], OFFLOAD, "--self", c.url, "--retry-backoff", "0.05")
+    agent = start_agent(b, [a.url, b.url, c.url], OFFLOAD, "--self", c.url,
+                        "--retry-backoff", "0.05")
     origin.bump("/off/down")
     assert b.get(target).headers["X-Version"] == "2"
     wait_until(lambda: agent.value("logwarden_refreshes_total", peer=a.url, outcome="ok") == 1,
@@ -146,9 +147,9 @@ BASE = {"access_log": ("/var/log/nginx/access.log",), "log_format": "$host \"$re
 ])
 def test_the_source_is_self_with_its_port_spelled_out(own: str, source: tuple[str, str]) -> None:
     """As the peers' nginx.conf map lists it: "1:10.0.0.1:80"."""
-    config = load_config({**BASE, "self": own, "refresh_from_self": True}, None, {})
-    assert config.holder == source
-    assert load_config({**BASE, "self": own}, None, {}).holder is None
+    flags = {**BASE, "self": own, "peer": (*BASE["peer"], own)}
+    assert load_config({**flags, "refresh_from_self": True}, None, {}).holder == source
+    assert load_config(flags, None, {}).holder is None
 
 
 def test_refresh_from_self_needs_self() -> None:

@@ -128,7 +128,7 @@ async def test_cardinality_stays_bounded_with_10000_distinct_hosts(tmp_path: Pat
     lines = [line(host=h) for h in hosts] + [line(host="busy.example.com")] * 50
     config = load_config({
         "access_log": (str(log),), "log_format": LOG_FORMAT, "dry_run": True,
-        "self": "http://127.0.0.1:1", "peer": ("http://127.0.0.1:2",),
+        "self": "http://127.0.0.1:1", "peer": ("http://127.0.0.1:1", "http://127.0.0.1:2"),
         "metrics_listen": "127.0.0.1:0", "poll_interval": 0.05, "positions": "off",
         "origin_host_labels": 5,
     }, None, {})

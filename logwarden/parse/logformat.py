@@ -34,6 +34,10 @@ the example's map, or the header itself (its value is not needed, nor wise to lo
 
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
 _CONF_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", '"': '"', "'": "'", "\\": "\\"}
+_CONF_ESCAPE = re.compile(r"""\\([tnr"'\\])""")
+# Between nginx.conf's quoted pieces: blanks, a comment line, the closing ';', or a piece.
+_CONF_WORD = re.compile(r"\s+|#[^\n]*|;|'((?:[^'\\]|\\.)*)'|" + r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_DIRECTIVE = re.compile(r"\s*(log_format\s|escape=)")
 _HEX_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})")
 _JSON_ESCAPE = re.compile(rb"\\(?:u([0-9A-Fa-f]{4})|(.))", re.DOTALL)
 _JSON_SIMPLE = {b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f", b"n": b"\n",
@@ -234,41 +238,52 @@ def _require(variables: tuple[str, ...]) -> None:
 
 
 def _unquote(fmt: str) -> str:
-    """Join nginx.conf's quoted pieces (``'a' "b"``) the way NGINX's config parser does.
+    """The format as NGINX sees what ``fmt`` would be in nginx.conf.
 
-    Text that is not entirely quoted pieces is the bare format (it may start with a quote)."""
+    Quoted pieces (``'a' "b"``, also pasted from nginx.conf with ``#`` comment lines between
+    them and the closing ``;``) are joined the way NGINX's config parser does. Other text is
+    the bare format (it may start with a quote); NGINX undoes its escapes outside quotes too,
+    so ``$a\\t$b`` typed without quotes holds a TAB, as in nginx.conf. Pieces over several
+    lines that do not parse, and a pasted ``log_format NAME`` or ``escape=``, are errors:
+    taken as the bare format, no line would match."""
+    directive = _DIRECTIVE.match(fmt)
+    if directive:
+        raise LogFormatError(f"log format starts with {directive.group(1).strip()!r}: give only "
+                             "the quoted pieces after 'log_format NAME', and escape= as "
+                             "--log-format-escape")
     text = fmt.strip()
-    if not text or text[0] not in "'\"":
-        return fmt
-    try:
-        return _join_quoted(text)
-    except ValueError:
-        return fmt
+    if text[:1] in ("'", '"'):
+        try:
+            return _join_quoted(text)
+        except ValueError as exc:
+            if "\n" in text or text.endswith(";"):
+                raise LogFormatError(f"log format looks like pieces from nginx.conf, but {exc}: "
+                                     "give the quoted pieces after 'log_format NAME'") from None
+    return _conf_unescape(fmt)
 
 
 def _join_quoted(text: str) -> str:
-    pieces, i = [], 0
-    while i < len(text):
-        if text[i].isspace():
-            i += 1
-            continue
-        quote = text[i]
-        if quote not in "'\"":
-            raise ValueError(f"unexpected {text[i]!r} between quoted pieces at offset {i}")
-        i += 1
-        piece = []
-        while i < len(text) and text[i] != quote:
-            if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in _CONF_ESCAPES:
-                piece.append(_CONF_ESCAPES[text[i + 1]])
-                i += 2
-            else:
-                piece.append(text[i])
-                i += 1
-        if i >= len(text):
-            raise ValueError(f"unterminated {quote} quote")
-        pieces.append("".join(piece))
-        i += 1
+    pieces, pos, closed = [], 0, False
+    while pos < len(text):
+        word = _CONF_WORD.match(text, pos)
+        if word is None:
+            char = text[pos]
+            what = f"unterminated {char} quote" if char in "'\"" else f"unexpected {char!r}"
+            raise ValueError(f"{what} at offset {pos}")
+        if closed and word.group(0)[0] in ";'\"":
+            raise ValueError(f"text after the closing ';' at offset {pos}")
+        closed = closed or word.group(0) == ";"
+        if word.group(0)[0] in "'\"":
+            piece = word.group(1) if word.group(1) is not None else word.group(2)
+            pieces.append(_conf_unescape(piece))
+        pos = word.end()
     return "".join(pieces)
+
+
+def _conf_unescape(text: str) -> str:
+    """NGINX's config escapes undone: ``\\t``, ``\\n``, ``\\r``, ``\\"``, ``\\'``, ``\\\\``
+    (another backslash stays as it is)."""
+    return _CONF_ESCAPE.sub(lambda m: _CONF_ESCAPES[m.group(1)], text)
 
 
 def _tokens(fmt: str) -> list[tuple[str, str]]:

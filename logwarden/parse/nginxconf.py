@@ -136,12 +136,11 @@ class Choice:
 
 def read(source: str, stdin: Callable[[], str] | None = None,
          prefix: str | None = None) -> tuple[AccessLog, ...]:
-    """Every file or syslog access log of the config at ``source`` (``-``: read ``stdin()``).
-    ``prefix``: NGINX's, for relative log paths (None: what ``nginx -V`` says, if found)."""
+    """Every file or syslog access log of the config at ``source`` (``-``: read ``stdin()``;
+    None: stdin is a terminal, nothing was piped). ``prefix``: NGINX's, for relative log
+    paths (None: what ``nginx -V`` says, if found)."""
     if source == "-":
-        if stdin is None:
-            raise NginxConfError("'-' needs the config (or `nginx -T` output) on stdin")
-        return _from_dump(stdin(), prefix)
+        return _from_dump(stdin() if stdin is not None else "", prefix)
     try:
         text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
@@ -178,13 +177,18 @@ def split_dump(text: str) -> dict[str, str]:
 
     Text without the markers is taken as one nginx.conf (``cat nginx.conf |``) whose includes
     cannot be followed. NGINX's own messages (``nginx: … syntax is ok``, also when stderr was
-    piped in with ``2>&1``) are dropped; a failed test is an error."""
+    piped in with ``2>&1``) are dropped; a failed test is an error, and so is no config at all
+    (an empty stdin: nothing piped, or ``nginx -t``'s messages only)."""
     for said in _NGINX_SAYS.findall(text):
         if "test failed" in said or "[emerg]" in said or "[alert]" in said:
             raise NginxConfError(f"nginx -T reported an error: {said}")
     text = _NGINX_SAYS.sub("", text)
     marks = list(_DUMP_MARKER.finditer(text))
     if not marks:
+        if not text.strip():
+            raise NginxConfError("has no config on stdin: pipe `nginx -T` into it (capital T; "
+                                 "`nginx -t` only tests), e.g. nginx -T | logwarden check "
+                                 "--nginx-conf -")
         return {"<stdin>": text}
     return {m.group(1): text[m.end() + 1:marks[i + 1].start() if i + 1 < len(marks) else None]
             for i, m in enumerate(marks)}

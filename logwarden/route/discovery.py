@@ -51,7 +51,8 @@ def check_peer_url(url: str) -> None:
         raise ValueError("must not carry a path, query or credentials")
 
 
-def _identity(url: str) -> tuple[str, str, int]:
+def peer_identity(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a peer URL: the same for ``http://A``, ``http://a:80/``."""
     host, port = host_port(url)
     return urlsplit(url).scheme, host.lower(), port
 
@@ -60,8 +61,8 @@ def is_self(url: str, self_url: str | None) -> bool:
     """Is ``url`` this node: ``self_url``, or its listener of the other scheme (same address)?"""
     if not self_url:
         return False
-    scheme, host, port = _identity(url)
-    own_scheme, own_host, own_port = _identity(self_url)
+    scheme, host, port = peer_identity(url)
+    own_scheme, own_host, own_port = peer_identity(self_url)
     return host == own_host and (port == own_port or scheme != own_scheme)
 
 
@@ -163,7 +164,7 @@ class PeerList:
         """Look every ``--peers-dns`` name up again; a failed lookup keeps its last answer."""
         own = self.own_addresses() if self.dns else set()
         for url in self.dns:
-            scheme, name, port = _identity(url)
+            scheme, name, port = peer_identity(url)
             try:
                 async with asyncio.timeout(LOOKUP_TIMEOUT):
                     addresses = await self.resolver(name, port)

@@ -25,11 +25,13 @@ import fnmatch
 import glob
 import logging
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from logwarden.ops.metrics import Metrics
 from logwarden.sources import Batch, LineQueue
+from logwarden.sources.framing import LineBuffer
 from logwarden.sources.positions import (
     HEAD_BYTES,
     Checkpoint,
@@ -55,9 +57,7 @@ class _OpenFile:
     dev: int
     ino: int
     offset: int
-    partial: bytes = b""
-    skipping: bool = False
-    """True while discarding the rest of a line that exceeded ``max_line_bytes``."""
+    lines: LineBuffer = field(default_factory=LineBuffer)
     quiet_since: float = 0.0
     head: str = ""
     """Fingerprint of the file's start (positions), final once it covers ``HEAD_BYTES``."""
@@ -75,7 +75,7 @@ class _OpenFile:
     @property
     def done_offset(self) -> int:
         """Offset just after the last complete line read."""
-        return self.offset - len(self.partial)
+        return self.offset - len(self.lines.partial)
 
     def same_file(self, st: os.stat_result) -> bool:
         return (st.st_dev, st.st_ino) == (self.dev, self.ino)
@@ -89,7 +89,7 @@ class _OpenFile:
 
     def restart(self) -> None:
         """Read again from the start: the file was cut."""
-        self.offset, self.partial, self.skipping = 0, b"", False
+        self.offset, self.lines = 0, LineBuffer()
         self.head, self.head_final, self.cut = "", False, True
 
     def close(self) -> None:
@@ -207,6 +207,14 @@ class FileSource:
             self._path_gone(path, exc)
             return
         cur = self.current.get(path)
+        if not stat.S_ISREG(st.st_mode):
+            # Opening a FIFO would wait for a writer and stall the loop; it has no offsets.
+            if cur is not None:
+                self._retire(cur, rotated=True)
+            self._report(path, "not_a_file", f"{path} is not a regular file; not tailed (a "
+                         "FIFO is followed, as a stream, only when --access-log names it at "
+                         "start)")
+            return
         if cur is None:
             if not self._is_open(st):
                 self._open(path)
@@ -352,11 +360,7 @@ class FileSource:
 
     async def _finish(self, f: _OpenFile) -> None:
         """Close a rotated file for good; its unterminated last line is now complete."""
-        if f.partial and not f.skipping:
-            f.partial, last = b"", f.partial
-            await self._emit(f, last + b"\n", final=True)
-        else:
-            await self._emit(f, b"", final=True)
+        await self._emit(f, f.lines.rest(), final=True)
         self.draining.remove(f)
         f.close()
         self.metrics.open_files.dec()
@@ -370,50 +374,17 @@ class FileSource:
         while chunk := os.pread(f.fd, READ_SIZE, f.offset):
             got = True
             f.offset += len(chunk)
-            block = self._complete(f, chunk)
+            block, too_long = f.lines.complete(chunk, self.max_line_bytes)
+            if too_long:
+                self.metrics.lines_too_long.inc(too_long)
             if block:
                 await self._emit(f, block)
         return got
-
-    def _complete(self, f: _OpenFile, chunk: bytes) -> bytes:
-        """The complete lines ``chunk`` ends, each with its newline, as one block (not split:
-        the processor tests them in the block); over-long ones are counted and left out."""
-        data = f.partial + chunk if f.partial else chunk
-        if f.skipping:  # the first piece ends an over-long line we are discarding
-            end = data.find(b"\n")
-            if end < 0:
-                f.partial = b""
-                return b""
-            data = data[end + 1:]
-            f.skipping = False
-        end = data.rfind(b"\n") + 1
-        block, f.partial = data[:end], data[end:]
-        limit = self.max_line_bytes
-        if len(f.partial) > limit:
-            self.metrics.lines_too_long.inc()
-            f.partial, f.skipping = b"", True
-        if _may_hold_longer(block, limit):
-            lines = block.split(b"\n")
-            lines.pop()  # after the last newline
-            kept = [line + b"\n" for line in lines if len(line) <= limit]
-            if len(kept) < len(lines):
-                self.metrics.lines_too_long.inc(len(lines) - len(kept))
-                block = b"".join(kept)
-        return block
 
     async def _emit(self, f: _OpenFile, block: bytes, final: bool = False) -> None:
         batch = Batch(block, f.checkpoint(final))
         self.metrics.lines.inc(batch.count)
         await self.out.put(batch)
-
-
-def _may_hold_longer(block: bytes, limit: int) -> bool:
-    """False when no line of ``block`` is longer than ``limit``, told from a newline in each
-    window of ``limit // 2 + 1`` bytes (a longer line would span one): ~32 finds per MiB
-    instead of a split. True: split and look."""
-    step = limit // 2 + 1
-    find = block.find
-    return any(find(b"\n", i, i + step) < 0 for i in range(0, len(block), step))
 
 
 def _find_rotated(saved: Entry) -> str | None:
