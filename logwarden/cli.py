@@ -73,9 +73,10 @@ def run(config_file: str | None, **flags: Any) -> None:
 @main.command()
 @_settings_options
 def check(config_file: str | None, **flags: Any) -> None:
-    """Validate the configuration and print the effective settings as TOML, then what the
-    followed files' last lines show; start nothing. Exit 1 when none of a file's last lines
-    parses with the format."""
+    """Validate the configuration and print the effective settings as TOML, then a verdict
+    on each caching location of the --nginx-conf that writes a followed log, and what the
+    followed files' last lines show; start nothing. Exit 1 when a verdict is an error or
+    none of a file's last lines parses with the format."""
     config = _load(config_file, flags)
     for found in config.nginx_access_logs:
         click.echo(f"# {config.nginx_conf}: {found.describe()}", err=True)
@@ -88,11 +89,14 @@ def check(config_file: str | None, **flags: Any) -> None:
     for warning in config.warnings:
         click.echo(f"# warning: {warning}", err=True)
     from logwarden.commands.check import check_logs
+    from logwarden.commands.nginx_side import verdicts
 
-    said = check_logs(config)
+    said, judged = check_logs(config), verdicts(config)
+    for verdict in judged:
+        click.echo(f"# nginx {verdict.describe()}", err=True)
     for line in said.lines:
         click.echo(f"# {line}", err=True)
-    if not said.ok:
+    if not said.ok or any(v.level == "error" for v in judged):
         sys.exit(1)
 
 

@@ -650,7 +650,10 @@ def _from_nginx_conf(v: dict[str, Any], stdin: Callable[[], str] | None) -> dict
                                     syslog=v["syslog"], format_name=v["log_format_name"])
     except NginxConfError as exc:
         raise ConfigError("nginx_conf", source, str(exc)) from None
-    return {"access_log": chosen.access_log, "syslog": chosen.syslog,
+    method = v["refresh_method"]
+    if any("request_method" in c.key_roots or not c.convert_head for c in chosen.cache):
+        method = "GET"  # a HEAD refresh fills the HEAD entry (or stores no body)
+    return {"access_log": chosen.access_log, "syslog": chosen.syslog, "refresh_method": method,
             "syslog_tag": chosen.syslog_tag or v["syslog_tag"], "log_format": chosen.log_format,
             "log_format_escape": chosen.escape, "nginx_access_logs": found,
             "cache_policy": CachePolicy.union(CachePolicy.of(c.ignore_headers, c.cache_valid)
