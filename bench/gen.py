@@ -19,8 +19,9 @@ NGINX must not store, each line built the way NGINX 1.22 logs it (checked by han
   origin answer NGINX does not store, each with its own fields: ``private, no-cache`` with a
   Set-Cookie (``...\\tAccept-Encoding\\t1``), ``no-store``, ``max-age=0``, a cookie on a
   ``public, max-age=60`` answer, ``X-Accel-Expires: 0``, ``Vary: *``;
-- 5 % changes of cacheable URIs: 2 % MISS, 1.5 % EXPIRED (the origin's answer), 1 % UPDATING,
-  0.5 % STALE (served from the copy: no upstream status, or 504 for a fifth of the STALE);
+- 5 % changes of cacheable URIs: 2 % MISS (any URI alike, not by popularity: see
+  :meth:`Pool.cold`), 1.5 % EXPIRED (the origin's answer), 1 % UPDATING, 0.5 % STALE (served
+  from the copy: no upstream status, or 504 for a fifth of the STALE);
 - 10 % other: 2 % BYPASS (logwarden's HEAD refreshes, its user agent), 4 % ``-`` (NGINX
   answered itself: http-to-https redirects, 421 for unknown hosts, health probes), 2 % MISS 404
   for URIs that do not exist, 2 % POST to the uncacheable URIs (``-``: POST is not cached);
@@ -194,6 +195,12 @@ class Pool(NamedTuple):
     def pick(self, rng: random.Random) -> tuple[bytes, bytes, bytes]:
         return rng.choices(self.urls, cum_weights=self.cum)[0]
 
+    def cold(self, rng: random.Random) -> tuple[bytes, bytes, bytes]:
+        """Any URI alike: a stored URI MISSes when it is new or was evicted, mostly one from
+        the long tail, and rarely twice (a Zipf pick would MISS the popular ones again and
+        again, which NGINX does only for answers it does not store)."""
+        return rng.choice(self.urls)
+
 
 class Site(NamedTuple):
     """What the realistic lines are drawn from: the URIs NGINX stores and those it cannot."""
@@ -261,7 +268,8 @@ def _change(cache: bytes) -> Build:
         upstream = b"200" if cache in (b"MISS", b"EXPIRED") else b"-"
         if cache == b"STALE" and rng.random() < 0.2:
             upstream = b"504"
-        return _browsing(site, rng, t, site.stored.pick(rng), b"GET", b"200", cache, upstream)
+        url = site.stored.cold(rng) if cache == b"MISS" else site.stored.pick(rng)
+        return _browsing(site, rng, t, url, b"GET", b"200", cache, upstream)
     return build
 
 
