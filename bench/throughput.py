@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import math
 import pstats
 import shutil
 import statistics
@@ -117,11 +118,13 @@ def _row_busy(lines: int, ours: float, theirs: float) -> Row:
 
 def _row_realistic(lines: int, ours: float, theirs: float, busy: float) -> Row:
     """The target is the rate beside benchmark 1's: a realistic mix may cost more per line, but
-    not much more; mtail's ratio is context."""
+    not much more; mtail's ratio is context. The ratio to 1 is rounded down, so that a shown
+    0.80x is met (0.7994 was shown as 0.80x beside "NO")."""
+    of_busy = ours / busy
     return Row(f"1b. log lines/s, realistic mix, one core, vs mtail ({lines:,} lines)",
                fmt_rate(ours), f"{fmt_rate(theirs)} (1: {fmt_rate(busy)})",
-               f"{ours / theirs:.1f}x mtail, {ours / busy:.2f}x of 1", ">= 0.8x of benchmark 1",
-               ours / busy >= 0.8)
+               f"{ours / theirs:.1f}x mtail, {math.floor(of_busy * 100) / 100:.2f}x of 1",
+               ">= 0.8x of benchmark 1", of_busy >= 0.8)
 
 
 def logwarden_rate(tmp: Path, source: Path, lines: int, root: Path = ROOT) -> float:
