@@ -10,7 +10,8 @@ Its caching-header fields are ``-`` on lines served from the cache (a simplifica
 benchmark 1's figures stay comparable across commits; see :data:`NO_HEADERS`).
 
 ``realistic`` (:func:`realistic_lines`, benchmark 1b): a site whose origin also serves pages
-NGINX must not store, each line built the way NGINX 1.22 logs it (checked by hand):
+NGINX must not store, each line built the way NGINX 1.22 logs it (the HIT and uncacheable MISS
+fields checked on 1.22.1 behind a proxy_cache; UPDATING assumed to log like STALE):
 
 - 70 % HIT of the cacheable URIs (Zipf), 6 % of them 304; the stored copy's caching headers
   (``$upstream_http_*`` of a HIT are the cached response's, though ``$upstream_status`` is
