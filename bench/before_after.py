@@ -1,10 +1,11 @@
 """Benchmark 1's logwarden half for two checkouts, interleaved in one run: is a change slower?
 
-    python -m bench.before_after OTHER_CHECKOUT [LINES] [ROUNDS]
+    python -m bench.before_after OTHER_CHECKOUT [LINES] [ROUNDS] [--mix realistic]
 
 ``OTHER_CHECKOUT`` is a work tree of the code to compare with (``git worktree add /tmp/base
 REV``); each round runs it, then this one, on the same generated log, so that the machine's
-load falls on both alike. Prints each run, the medians and their ratio.
+load falls on both alike. Prints each run, the medians and their ratio. ``--mix realistic``:
+benchmark 1b's lines instead (bench/gen.py).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ def main() -> int:
     parser.add_argument("other", type=Path, help="the other checkout (run first each round)")
     parser.add_argument("lines", type=int, nargs="?", default=300_000)
     parser.add_argument("rounds", type=int, nargs="?", default=6)
+    parser.add_argument("--mix", choices=sorted(gen.MIXES), default="busy")
     args = parser.parse_args()
     trees = {"before": args.other.resolve(), "after": ROOT}
     rates: dict[str, list[float]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory(prefix="logwarden-bench-") as tmp:
         source = Path(tmp, "source.log")
-        gen.write(str(source), gen.lines(args.lines, start=time.time()))
+        gen.write(str(source), gen.MIXES[args.mix](args.lines, start=time.time()))
         for round_ in range(args.rounds):
             for name, root in trees.items():
                 work = Path(tmp, f"{round_}-{name}")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench.common import Row
+from bench.gen import CACHEABLE
 from lab import EXAMPLE_CONFIG, Cluster, LogLine, NginxNode
 from lab.agent import Agent, log_format_from_conf
 
@@ -81,12 +82,13 @@ def _refreshes(node: NginxNode, prefix: str) -> dict[str, LogLine]:
 
 
 def _hit_load(log: Path, stop: threading.Event) -> None:
-    """Append HIT lines at HIT_LINES_PER_SECOND, 50 per write, as NGINX's workers would."""
+    """Append HIT lines at HIT_LINES_PER_SECOND, 50 per write, as NGINX's workers would (in
+    the example format: a HIT logs the stored copy's caching headers)."""
     per_write, n = HIT_LINES_PER_SECOND // 100, 0
     with open(log, "ab", buffering=0) as fh:
         while not stop.wait(0.01):
             now = time.time()
             fh.write(b"".join(
                 b"%.3f\thttp\twww.example.com\t80\tGET\t/bg/%d\t200\tHIT\t-\t0.000\t-\t"
-                b"curl/8.5.0\n" % (now, (n + i) % 5000) for i in range(per_write)))
+                b"curl/8.5.0\t%s\n" % (now, (n + i) % 5000, CACHEABLE) for i in range(per_write)))
             n += per_write

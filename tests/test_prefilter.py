@@ -75,6 +75,16 @@ def test_generated_lines_decide_the_same() -> None:
     assert 0.8 < fast.count("cache_status") / len(lines) < 0.9  # HIT, BYPASS and "-" lines
 
 
+def test_realistic_lines_decide_the_same() -> None:
+    fmt, lines = LogFormat.compile(gen.FORMAT), list(gen.realistic_lines(20_000, seed=7))
+    fast = fast_decisions(fmt, lines)
+    assert fast == full_decisions(fmt, lines)
+    assert 0.74 < fast.count("cache_status") / len(lines) < 0.82  # HIT, BYPASS, "-", POST
+    stripped = [line.rstrip(b"\n") for line in lines]
+    skip = Prefilter(fmt, STATUSES, keep_agent=OWN_AGENT_MARK).skip
+    assert _block_sift(fmt, stripped) == [line for line in stripped if not skip(line)]
+
+
 @pytest.mark.parametrize("statuses", [("MISS",), ("HIT", "BYPASS"), STATUSES])
 def test_every_status_set(statuses: tuple[str, ...]) -> None:
     fmt, lines = LogFormat.compile(gen.FORMAT), list(gen.lines(3000, seed=3))
