@@ -187,7 +187,10 @@ def test_check_reads_nginx_T_from_stdin(tmp_path: Path) -> None:
         [sys.executable, "-m", "logwarden", "check", "--nginx-conf", "-", "--access-log",
          f"{conf.parent}/logs/b.log", "--peer", "http://127.0.0.12:80"],
         input=dump.stderr + dump.stdout, capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
+    # the NGINX side is judged too: this plain cache config has no bypass for refreshes
+    assert out.returncode == 1, out.stderr
+    assert f"# nginx error: {conf.parent}/logs/b.log <- {conf.parent}/sites/b.conf:5: " \
+        in out.stderr and "no proxy_cache_bypass" in out.stderr
     assert f'access_log = ["{conf.parent}/logs/b.log"]' in out.stdout
     assert 'log_format_escape = "json"' in out.stdout
     # It says what it found, usable or not, and where.
