@@ -104,8 +104,8 @@ def pasted(tmp_path_factory: pytest.TempPathFactory, secret_file: Path) -> Itera
 
 
 def cluster_args(cluster: Cluster, secret_file: Path) -> list[str]:
-    return [*node_args(cluster[0]), "--refresh-header-file", str(secret_file), *CLASSES,
-            "--default-host", HOST]
+    """The agents' settings, as node A's."""
+    return [*node_args(cluster[0]), "--refresh-header-file", str(secret_file), *CLASSES]
 
 
 @pytest.mark.nginx
@@ -114,10 +114,15 @@ def test_doctor_is_green_on_the_pasted_nodes(pasted: Cluster, secret_file: Path)
     for mode, proved in (("refresh", "refreshed (BYPASS), then stored (HIT)"),
                          ("purge", "cached (HIT), purged (200), refilled (MISS)")):
         out = logwarden("doctor", *cluster, "--doctor-url", f"/snippet/{mode}?ma=60",
-                        "--mode", mode)
+                        "--default-host", HOST, "--mode", mode)
         assert out.returncode == 0, out.stdout + out.stderr
         assert set(rows(out).values()) == {("ok", f"3 classes: {proved}")}
     assert "geo $logwarden_peer" in pasted[0].conf_path.read_text()  # pasted, not the example
+    # check reads the same config and agrees: its verdict on the cached location is ok.
+    out = logwarden("check", "--nginx-conf", str(pasted[0].conf_path), *cluster,
+                    "--mode", "purge")
+    assert out.returncode == 0, out.stderr
+    assert "# nginx ok: " in out.stderr and "# nginx error" not in out.stderr
 
 
 @pytest.mark.nginx
