@@ -257,6 +257,10 @@ def _render_sources(text: str, sources: Sequence[str]) -> str:
 
 Edit = Callable[[str], str]
 """Changes a rendered config (:class:`NginxNode`'s ``edit``): a node wired differently."""
+Render = Callable[["NginxNode"], str]
+"""A config of the caller's own for a node (:class:`NginxNode`'s ``config``), instead of the
+rendered example: built from the node's ``address``, ``port``, ``prefix``, ``origin`` and
+``sources`` (every node's ``ADDRESS:PORT``)."""
 
 
 def _no_bypass(text: str) -> str:
@@ -285,6 +289,26 @@ DEAF: dict[str, Edit] = {
 }
 
 
+def _bypass_not_stored(text: str) -> str:
+    return _replace(text, "proxy_cache_bypass $logwarden_refresh;",
+                    "proxy_cache_bypass $logwarden_refresh;\n"
+                    "            proxy_no_cache $logwarden_refresh;")
+
+
+def _no_cache_status(text: str) -> str:
+    return _replace(text, "add_header X-Cache-Status $upstream_cache_status always;", "")
+
+
+#: Every way to wire a node wrong that ``logwarden doctor`` tells apart: :data:`DEAF`, a bypass
+#: variable also in ``proxy_no_cache`` (the refresh bypasses and stores nothing), and no
+#: ``X-Cache-Status`` header (nothing can be verified).
+MISWIRED: dict[str, Edit] = {
+    **DEAF,
+    "bypass_not_stored": _bypass_not_stored,
+    "no_cache_status": _no_cache_status,
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # one node
 
@@ -303,12 +327,14 @@ class NginxNode(Running):
         self, name: str, address: str, template_path: Path, origin_url: str,
         peers: Sequence[str], workdir: Path, *, port: int | None = None,
         nginx: str | None = None, syslog: str | None = None, sources: Sequence[str] = (),
-        variants: bool = False, edit: Edit | None = None,
+        variants: bool = False, edit: Edit | None = None, config: Render | None = None,
     ) -> None:
         """``sources``: the ``ADDRESS:PORT`` of the nodes this one may fetch an offloaded
         refresh from (the origin-offload map); ``variants``: the variant-class recipe on;
-        ``edit`` changes the rendered config (e.g. one of :data:`DEAF`)."""
+        ``edit`` changes the rendered config (e.g. one of :data:`DEAF`); ``config`` replaces
+        it with one of the caller's own."""
         self.variants = variants
+        self.config = config
         self.name = name
         self.address = address
         self.port = port if port is not None else free_port(address)
@@ -340,6 +366,8 @@ class NginxNode(Running):
                 "-g", "daemon off;"]
 
     def render(self) -> str:
+        if self.config is not None:
+            return self.config(self)
         text = render_config(
             self.template_path.read_text(), listen=self.address, port=self.port,
             prefix=self.prefix, origin=self.origin, peers=self.peers, user=current_user(),
@@ -484,16 +512,18 @@ class Cluster(Running):
 
     Every node allows refreshes from ``client_address`` (where the agents connect from) and
     from every node address. If ``origin`` is given the cluster uses it and leaves it running.
-    ``edits`` changes the config of the nodes at those indexes (e.g. ``{2: DEAF["no_bypass"]}``).
+    ``edits`` changes the config of the nodes at those indexes (e.g. ``{2: DEAF["no_bypass"]}``);
+    ``config`` gives every node a config of the caller's own instead of the example's.
     """
 
     def __init__(
         self, workdir: Path, *, nodes: int = 3, addresses: Sequence[str] | None = None,
         origin: Origin | None = None, template_path: Path = EXAMPLE_CONFIG,
         client_address: str = CLIENT_ADDRESS, variants: bool = False,
-        edits: Mapping[int, Edit] | None = None,
+        edits: Mapping[int, Edit] | None = None, config: Render | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.config = config
         self.variants = variants
         self.addresses = tuple(addresses or (f"127.0.0.{11 + i}" for i in range(nodes)))
         self.template_path = Path(template_path)
@@ -513,7 +543,7 @@ class Cluster(Running):
                 node = NginxNode(
                     chr(ord("a") + i), address, self.template_path, self.origin.url,
                     self.peers, self.workdir, port=ports[i], sources=sources,
-                    variants=self.variants, edit=self.edits.get(i))
+                    variants=self.variants, edit=self.edits.get(i), config=self.config)
                 self.nodes.append(node)
                 node.start()
         except BaseException:

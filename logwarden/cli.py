@@ -1,4 +1,5 @@
-"""Command line: ``logwarden run`` and ``logwarden check``, flags generated from config.SETTINGS."""
+"""Command line: ``logwarden run``, ``check``, ``warm``, ``replay``, ``doctor`` and
+``nginx-snippet``, flags generated from config.SETTINGS."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ from typing import Any, NoReturn
 import click
 
 from logwarden import __version__
-from logwarden.config import REPLAY, RUN, SETTINGS, WARM, Config, ConfigError, Needs, load_config
+from logwarden.config import (
+    DOCTOR,
+    REPLAY,
+    RUN,
+    SETTINGS,
+    SNIPPET,
+    WARM,
+    Config,
+    ConfigError,
+    Needs,
+    load_config,
+)
 from logwarden.ops.logs import setup as setup_logging
 from logwarden.parse.logformat import CACHING_VARIABLES
 
@@ -163,3 +175,47 @@ def replay(file: str, as_json: bool, config_file: str | None, **flags: Any) -> N
         replay_file(config, file, click.echo, as_json=as_json)
     except OSError as exc:
         _fail(f"{file}: cannot be read: {exc.strerror}")
+
+
+@main.command()
+@_settings_options
+def doctor(config_file: str | None, **flags: Any) -> None:
+    """Check every node (--self and the peers) live, before going live: on the canary
+    (--doctor-url), a refresh must bypass the cache and be stored, a request without the
+    refresh header must not bypass; in purge mode a purge must be accepted and refilled. One
+    row per node with the fix; only the canary's cache entry changes. Exit 0 when every node
+    passes, 1 otherwise."""
+    config = _load(config_file, flags, DOCTOR)
+    setup_logging(config.log_level, config.log_format_output)
+    from logwarden.commands.doctor import DoctorError
+    from logwarden.commands.doctor import doctor as run_doctor
+
+    try:
+        code = run_doctor(config, sys.stdout)
+    except DoctorError as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+@main.command("nginx-snippet")
+@click.option("--cache-zone", metavar="ZONE", help="The keys_zone of the cached location, for "
+              "the purge route [default: from --nginx-conf, else logwarden].")
+@click.option("--cache-key", metavar="KEY", help="Its proxy_cache_key, for the variant and "
+              "purge keys [default: from --nginx-conf, else $scheme$host$request_uri].")
+@_settings_options
+def nginx_snippet(config_file: str | None, cache_zone: str | None, cache_key: str | None,
+                  **flags: Any) -> None:
+    """Print the NGINX lines every node needs for this cluster (peers' geo allow-list, the
+    refresh secret's map, bypass, cache-status header, log format, variant classes, the purge
+    route in purge mode), each section under the block to paste it in. The output holds the
+    secret."""
+    config = _load(config_file, flags, SNIPPET)
+    from logwarden.commands.snippet import SnippetError, snippet
+
+    try:
+        text, warnings = snippet(config, cache_zone, cache_key)
+    except SnippetError as exc:
+        _fail(str(exc))
+    for warning in warnings:
+        click.echo(f"logwarden: warning: {warning}", err=True)
+    click.echo(text, nl=False)

@@ -323,6 +323,20 @@ def _check_default_host(key: str, host: str | None) -> None:
         raise ConfigError(key, host, "is not a host name")
 
 
+def _check_doctor_url(key: str, url: str) -> None:
+    """The canary of ``doctor``: a path (on ``default_host``) or an http(s) URL with a host."""
+    if not url.isascii() or not url.isprintable() or " " in url:
+        raise ConfigError(key, url, "must be printable ASCII without spaces (percent-encode "
+                          "the rest)")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if not url.startswith("/") and not (url.startswith(("http://", "https://")) and host):
+        raise ConfigError(key, url, "is neither a path (/...) nor an http(s) URL")
+
+
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -452,6 +466,9 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("text", "json")),
     Setting("dry_run", bool, False, "Read, decide and count refreshes, but send none "
             "(benchmarks, trying a config)."),
+    Setting("doctor_url", str, "/", "The canary URL `logwarden doctor` refreshes on every "
+            "node: a path (on --default-host) or http(s)://HOST/PATH; only its cache entry "
+            "changes.", check=_check_doctor_url),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -520,6 +537,7 @@ class Config:
     log_level: str
     log_format_output: str
     dry_run: bool
+    doctor_url: str
     nginx_access_logs: tuple[AccessLog, ...] = field(default=(), repr=False, compare=False)
     """Every access log --nginx-conf found (``check`` prints them)."""
     cache_policy: CachePolicy | None = field(default=None, repr=False, compare=False)
@@ -609,11 +627,16 @@ class Needs:
     """A node to refresh other than this one: a peer, a peers file or DNS name, or the bus."""
     nodes: bool = False
     """Any node at all, this one (``--self``) included."""
+    nginx_logs: bool = True
+    """``nginx_conf`` gives the access logs and their format. ``nginx-snippet`` reads it for
+    the cache zone and key instead: a config that does not log for logwarden yet."""
 
 
 RUN = Needs(sources=True, log_format=True, peers=True)
 REPLAY = Needs(log_format=True)
 WARM = Needs(nodes=True)
+DOCTOR = Needs(nodes=True)
+SNIPPET = Needs(nodes=True, nginx_logs=False)
 
 
 def load_config(
@@ -632,7 +655,7 @@ def load_config(
         values.update(_read_toml(config_file))
     values.update(_read_env(environ))
     values.update({k: v for k, v in flags.items() if v is not None and v != ()})
-    if values["nginx_conf"]:
+    if values["nginx_conf"] and needs.nginx_logs:
         values.update(_from_nginx_conf(values, stdin))
     return _validate(values, needs)
 

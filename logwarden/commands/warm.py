@@ -294,6 +294,14 @@ class Progress:
             self._bar.render_finish()
 
 
+def node_client(node: str, settings: DispatchSettings) -> PeerClient:
+    """A one-connection client for ``node``'s URL, with the dispatcher's TLS rules: for the
+    requests a command sends outside the dispatcher."""
+    https = urlsplit(node).scheme == "https"
+    tls = tls_context(settings.peer_ca, settings.insecure_tls) if https else None
+    return PeerClient(*host_port(node), tls, 1)
+
+
 class NodeFetcher:
     """Downloads sitemaps from the first node of the URL's scheme, as a client would (its
     own agent ignores the line: the User-Agent is logwarden's)."""
@@ -306,9 +314,7 @@ class NodeFetcher:
         node = next((n for n in self.nodes if urlsplit(n).scheme == refresh.scheme), None)
         if node is None:
             raise WarmError(f"no {refresh.scheme}:// node to fetch it from")
-        https = urlsplit(node).scheme == "https"
-        tls = tls_context(self.settings.peer_ca, self.settings.insecure_tls) if https else None
-        client = PeerClient(*host_port(node), tls, 1)
+        client = node_client(node, self.settings)
         try:
             async with asyncio.timeout(max(self.settings.timeout, SITEMAP_TIMEOUT)):
                 answer = await client.fetch("GET", refresh.target, refresh.host,

@@ -226,20 +226,29 @@ class Purge(Mode):
         return outcome if warmed == "ok" else warmed
 
 
+def header_variable(header: str) -> str:
+    """The NGINX variable of a request header: ``X-Refresh`` is ``$http_x_refresh``."""
+    return "$http_" + header.lower().replace("-", "_")
+
+
+def deaf_causes(header: str, address: str = "ADDRESS") -> str:
+    """Why a peer answers a refresh from its cache, in the names of examples/nginx.conf;
+    ``address`` is the one this node connects from, when known."""
+    return ("(1) its geo $logwarden_peer lacks this node's address (add "
+            f"'{address} 1;' for the address this node connects from); (2) its map "
+            f"\"$logwarden_peer:{header_variable(header)}\" $logwarden_refresh has another "
+            f"secret than this node's {header} header (the line '\"1:SECRET\" 1;'); (3) the "
+            "cached location lacks 'proxy_cache_bypass $logwarden_refresh;'")
+
+
 def bypass_hints(header: str, cache_status: str) -> tuple[Hint, ...]:
-    """What a bypass answer that is not ``ok`` (nor an error) usually means, in the names of
-    examples/nginx.conf (the ``$http_…`` variable spelled from the refresh header's name)."""
+    """What a bypass answer that is not ``ok`` (nor an error) usually means."""
     if not cache_status:
         return ()
-    variable = "$http_" + header.lower().replace("-", "_")
     return (
         Hint("not_refreshed", f"answers refreshes from its cache ({cache_status} is not "
              "BYPASS), so it keeps its old copies. The usual causes, in the peer's nginx.conf: "
-             "(1) its geo $logwarden_peer lacks this node's address (add 'ADDRESS 1;' for the "
-             "address this node connects from); (2) its map \"$logwarden_peer:"
-             f"{variable}\" $logwarden_refresh has another secret than this node's "
-             f"{header} header (the line '\"1:SECRET\" 1;'); (3) the cached location lacks "
-             "'proxy_cache_bypass $logwarden_refresh;'"),
+             + deaf_causes(header)),
         Hint("unverified", f"sends no {cache_status} header: refreshes to it are counted "
              f"'unverified', not 'ok' (add 'add_header {cache_status} $upstream_cache_status "
              "always;' as examples/nginx.conf does, or set cache_status_header = '' to judge "

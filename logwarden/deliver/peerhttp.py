@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections import deque
 from typing import NamedTuple
@@ -137,6 +138,19 @@ def host_port(url: str) -> tuple[str, int]:
     """The host and port an ``http(s)://`` URL names, the port defaulting to its scheme's."""
     parts = urlsplit(url)
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def source_address(host: str, port: int) -> str | None:
+    """The local address a connection to ``host:port`` leaves from: the one a peer's allow-list
+    must hold (unless NAT or a proxy sits between). None when there is no route. A connected
+    UDP socket asks the kernel's routing without sending anything."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            return str(sock.getsockname()[0])
+    except OSError:
+        return None
 
 
 class PeerClient:
