@@ -53,7 +53,7 @@ def judged(tmp_path: Path, **changes: str) -> tuple[list[tuple[str, str]], objec
 def test_a_location_wired_right_is_ok(tmp_path: Path) -> None:
     found, config = judged(tmp_path)
     assert [level for level, _ in found] == ["ok"]
-    assert getattr(config, "refresh_method") == "HEAD"
+    assert config.refresh_method == "HEAD"
 
 
 @pytest.mark.parametrize(("changes", "level", "said"), [
@@ -88,7 +88,7 @@ def test_each_case_gets_its_verdict(tmp_path: Path, changes: dict[str, str], lev
 def test_request_method_in_the_key_makes_refreshes_get_and_purges_an_error(
         tmp_path: Path) -> None:
     _, config = judged(tmp_path, key="$scheme$request_method$host$request_uri")
-    assert getattr(config, "refresh_method") == "GET"
+    assert config.refresh_method == "GET"
     found, _ = judged(tmp_path, key="$scheme$request_method$host$request_uri",
                       purge_key="$scheme$request_method$host$request_uri", mode="purge")
     [(level, said)] = found
@@ -148,7 +148,7 @@ def test_targets_as_real_configs_have_them(tmp_path: Path) -> None:
     assert one.access_log == (f"{tmp_path}/one.log",)
     assert len({scope.where for log in one.nginx_access_logs if log.target.endswith("one.log")
                 for scope in log.cache}) == 2
-    with pytest.raises(ConfigError, match="written in several formats: a .*, b .*; pick one "
+    with pytest.raises(ConfigError, match=r"written in several formats: a .*, b .*; pick one "
                        "with --log-format-name"):
         load_config({**flags, "access_log": (f"{tmp_path}/mixed.log",)}, needs=RUN)
     mixed = load_config({**flags, "access_log": (f"{tmp_path}/mixed.log",),

@@ -146,7 +146,7 @@ def _bypass(scope: CacheScope, config: Config) -> Iterator[tuple[str, str]]:
     header = config.refresh_header_pair[0]
     variable = "http_" + header.lower().replace("-", "_")
     add = (f"fix: add a geo of the peer addresses and a map of \"$peer:${variable}\" with the "
-           "secret (examples/nginx.conf, or `logwarden snippet`), then proxy_cache_bypass "
+           "secret (examples/nginx.conf, or `logwarden nginx-snippet`), then proxy_cache_bypass "
            "$logwarden_refresh;")
     if not scope.bypass:
         yield "error", f"no proxy_cache_bypass: a refresh is answered from the cache; {add}"

@@ -42,6 +42,8 @@ RECOMMENDED_LOG_FORMAT = (
     r"$http_user_agent\t$upstream_http_cache_control\t$upstream_http_expires\t"
     r"$upstream_http_x_accel_expires\t$upstream_http_vary\t$logwarden_set_cookie'")
 """The format of examples/nginx.conf (a test keeps them equal), offered when none fits."""
+SET_COOKIE_MAP = 'map $upstream_http_set_cookie $logwarden_set_cookie { "" 0; default 1; }'
+"""The map the format's last field needs (whether the origin sent a cookie, never which)."""
 
 _DUMP_MARKER = re.compile(r"^# configuration file (.+):$", re.MULTILINE)
 _NGINX_SAYS = re.compile(  # what nginx -T prints on stderr, maybe piped in with 2>&1
@@ -633,6 +635,7 @@ def _none_usable(found: Sequence[AccessLog], source: str) -> str:
     directory = os.path.dirname(files[0]) if files else "/var/log/nginx"
     seen = "; ".join(a.describe() for a in found) or "no access_log writing a file or syslog"
     return (f"no access log logwarden can use in {source} ({seen}). Add to its http block: "
-            f"log_format logwarden {RECOMMENDED_LOG_FORMAT}; "
+            f"{SET_COOKIE_MAP} log_format logwarden {RECOMMENDED_LOG_FORMAT}; "
             f"access_log {directory}/logwarden.log logwarden; "
-            "then reload NGINX and run logwarden again")
+            "then reload NGINX and run logwarden again (`logwarden nginx-snippet` prints "
+            "every line to add)")
