@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,19 @@ def test_targets_as_real_configs_have_them(tmp_path: Path) -> None:
     prefixed = load_config({**flags, "access_log": ("/srv/nginx/relative.log",),
                             "nginx_prefix": "/srv/nginx"}, needs=RUN)
     assert prefixed.access_log == ("/srv/nginx/relative.log",)
+    # run says the same at start, in one line (exit 2), and reads it with the format named
+    base = [sys.executable, "-m", "logwarden", "run", "--nginx-conf", str(tmp_path / "nginx.conf"),
+            "--access-log", f"{tmp_path}/mixed.log", "--peer", "http://127.0.0.1:1",
+            "--peer", "http://127.0.0.2:1", "--dry-run", "--metrics-listen", "off"]
+    refused = subprocess.run(base, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "--log-format-name" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    (tmp_path / "mixed.log").write_text('h "GET /a HTTP/1.1" 200 MISS\n'  # format a
+                                        'MISS h "GET /b HTTP/1.1"\n')   # format b
+    named = subprocess.run(
+        [sys.executable, "-m", "logwarden", "replay", f"{tmp_path}/mixed.log", "--json",
+         "--nginx-conf", str(tmp_path / "nginx.conf"), "--access-log", f"{tmp_path}/mixed.log",
+         "--log-format-name", "b"], capture_output=True, text=True, timeout=30)
+    assert named.returncode == 0, named.stderr
+    summary = json.loads(named.stdout.splitlines()[-1])["summary"]
+    assert (summary["malformed"], summary["triggers"]) == (1, {"MISS": 1})
