@@ -43,7 +43,8 @@ from typing import NamedTuple
 FORMAT = ("$msec\t$scheme\t$host\t$server_port\t$request_method\t$request_uri\t$status\t"
           "$upstream_cache_status\t$upstream_status\t$request_time\t$http_x_refresh\t"
           "$http_user_agent\t$upstream_http_cache_control\t$upstream_http_expires\t"
-          "$upstream_http_x_accel_expires\t$upstream_http_vary\t$logwarden_set_cookie")
+          "$upstream_http_x_accel_expires\t$upstream_http_vary\t$logwarden_set_cookie\t"
+          "$upstream_http_etag\t$upstream_http_last_modified")
 """The ``logwarden`` log_format of examples/nginx.conf (tests check they stay the same)."""
 
 CACHE_MIX = (("HIT", 84.0), ("MISS", 8.0), ("EXPIRED", 3.0), ("UPDATING", 2.0), ("STALE", 1.0),
@@ -61,10 +62,12 @@ AGENTS = (
     b"python-requests/2.32.3",
 )
 OWN_AGENT = b"logwarden/0.1.0"
-NO_HEADERS = b"-\t-\t-\t-\t0"
+NO_VERSION = b"\t-\t-"
+"""The ETag and Last-Modified fields of an answer without them."""
+NO_HEADERS = b"-\t-\t-\t-\t0" + NO_VERSION
 """The caching-header fields of a line without any: NGINX answered it itself (``-``), or the
 origin sent none. Benchmark 1 logs it on its HIT lines too, where NGINX logs the copy's."""
-CACHEABLE = b"public, max-age=300\t-\t-\tAccept-Encoding\t0"
+CACHEABLE = b'public, max-age=300\t-\t-\tAccept-Encoding\t0\t"5f3a-2c1"\t-'
 """The caching-header fields of an answer NGINX stores."""
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 SECTIONS = (b"img", b"css", b"js", b"api/v1/items", b"news", b"static/fonts", b"p")
@@ -81,21 +84,22 @@ PRIVATE_SECTIONS = (b"api/v2/cart", b"account/login", b"account/orders", b"api/v
                     b"checkout", b"search", b"graphql", b"api/v2/recommendations")
 STORED = (
     CACHEABLE,
-    b"public, max-age=31536000, immutable\t-\t-\t-\t0",
-    b"max-age=3600\tThu, 01 Jan 2026 01:00:00 GMT\t-\tAccept-Encoding\t0",
-    b"-\t-\t600\t-\t0",
-    b"public, s-maxage=600, max-age=60\t-\t-\tAccept-Encoding, Origin\t0",
+    b"public, max-age=31536000, immutable\t-\t-\t-\t0" + NO_VERSION,
+    b"max-age=3600\tThu, 01 Jan 2026 01:00:00 GMT\t-\tAccept-Encoding\t0" + NO_VERSION,
+    b"-\t-\t600\t-\t0" + NO_VERSION,
+    b"public, s-maxage=600, max-age=60\t-\t-\tAccept-Encoding, Origin\t0" + NO_VERSION,
 )
 """Caching-header fields of answers NGINX stores: logged on their MISS and on every HIT."""
 NOT_STORED = (
-    b"private, no-cache\t-\t-\tAccept-Encoding\t1",
-    b"no-store\t-\t-\t-\t0",
-    b"no-cache, no-store, must-revalidate\tThu, 01 Jan 1970 00:00:00 GMT\t-\tAccept-Encoding\t0",
-    b"max-age=0\t-\t-\tAccept-Encoding, Cookie\t0",
-    b"public, max-age=60\t-\t-\tAccept-Encoding\t1",
-    b"private, max-age=0\t-\t-\tCookie\t1",
-    b"-\t-\t0\t-\t0",
-    b"public, max-age=300\t-\t-\t*\t0",
+    b"private, no-cache\t-\t-\tAccept-Encoding\t1" + NO_VERSION,
+    b"no-store\t-\t-\t-\t0" + NO_VERSION,
+    b"no-cache, no-store, must-revalidate\tThu, 01 Jan 1970 00:00:00 GMT\t-\tAccept-Encoding\t0"
+    + NO_VERSION,
+    b"max-age=0\t-\t-\tAccept-Encoding, Cookie\t0" + NO_VERSION,
+    b"public, max-age=60\t-\t-\tAccept-Encoding\t1" + NO_VERSION,
+    b"private, max-age=0\t-\t-\tCookie\t1" + NO_VERSION,
+    b"-\t-\t0\t-\t0" + NO_VERSION,
+    b"public, max-age=300\t-\t-\t*\t0" + NO_VERSION,
 )
 """Caching-header fields of answers NGINX does not store (so every request is a MISS):
 no-cache/no-store/private, max-age=0, a Set-Cookie, ``X-Accel-Expires: 0``, ``Vary: *``."""

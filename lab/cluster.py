@@ -64,7 +64,7 @@ _LAB_WORKERS = 2  # "auto" would start one per CPU, per node
 LOG_FIELDS = (
     "msec", "scheme", "host", "port", "method", "target", "status", "cache_status",
     "upstream_status", "request_time", "refresh", "user_agent", "cache_control", "expires",
-    "x_accel_expires", "vary", "set_cookie",
+    "x_accel_expires", "vary", "set_cookie", "etag", "last_modified",
 )
 
 
@@ -92,6 +92,8 @@ class LogLine(NamedTuple):
     x_accel_expires: str
     vary: str
     set_cookie: str
+    etag: str
+    last_modified: str
 
     @classmethod
     def parse(cls, line: str) -> LogLine:

@@ -3,7 +3,9 @@
 Every path (the request target without its query) has a version counter that starts at 1 and
 moves only when the test calls :meth:`Origin.bump`, so a response body tells which copy a cache
 node holds. ``?ma=N`` sets ``Cache-Control: max-age=N`` (default 60), ``?cc=VALUE`` the whole
-``Cache-Control`` (``no-store``, ``private``...), ``?cookie=1`` adds a ``Set-Cookie``. GET and
+``Cache-Control`` (``no-store``, ``private``...), ``?cookie=1`` adds a ``Set-Cookie``,
+``?etag=1`` an ETag and ``?lm=1`` a Last-Modified per version; ``?split=1`` and ``?flap=1``
+move the version by themselves (:meth:`Origin.version_for`). GET and
 HEAD are answered; HEAD sends the same headers without a body. :meth:`Origin.put` serves a
 fixed document at a path (a sitemap), and :meth:`Origin.fail` makes every request fail until
 :meth:`Origin.heal`: with an HTTP status, or by closing the connection without an answer
@@ -22,12 +24,14 @@ import socketserver
 import sys
 import threading
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs
 
 from lab.process import Running
 
 DEFAULT_MAX_AGE = 60
+LAST_MODIFIED_BASE = 1_767_225_600  # 2026-01-01: version N was modified N hours later
 CLOSE = "close"
 """``Origin.fail(CLOSE)``: close each connection without answering (NGINX logs 502, ``error``)."""
 
@@ -79,7 +83,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
         path = target.split("?", 1)[0]
-        version = origin.version(path)
+        query = parse_qs(target.partition("?")[2])
+        version = origin.version_for(path, query, self.headers.get("User-Agent", ""))
         vary = "vary=ae" in target.partition("?")[2].split("&")
         encoding = self.headers.get("Accept-Encoding", "")
         body, content_type = origin.document(path) or (
@@ -88,8 +93,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(failure or 200)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        query = parse_qs(target.partition("?")[2])
         self.send_header("Cache-Control", query.get("cc", [f"max-age={_max_age(target)}"])[0])
+        if "etag" in query:  # ?etag=1: a strong ETag per version
+            self.send_header("ETag", f'"v{version}"')
+        if "lm" in query:  # ?lm=1: a Last-Modified per version, an hour apart
+            self.send_header("Last-Modified", formatdate(LAST_MODIFIED_BASE + 3600 * version,
+                                                         usegmt=True))
         if "cookie" in query:  # ?cookie=1: a session cookie, as logged-in pages send
             self.send_header("Set-Cookie", f"session={version}; Path=/; HttpOnly")
         self.send_header("X-Version", str(version))
@@ -149,6 +158,7 @@ class Origin(Running):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._versions: dict[str, int] = {}
+        self._armed: set[str] = set()
         self._documents: dict[str, tuple[bytes, str]] = {}
         self._requests: list[OriginRequest] = []
         self.failure: int | str | None = None
@@ -203,6 +213,21 @@ class Origin(Running):
 
     def version(self, path: str) -> int:
         with self._lock:
+            return self._versions.get(path, 1)
+
+    def version_for(self, path: str, query: dict[str, list[str]], agent: str) -> int:
+        """The version a request gets: ``?flap=1`` bumps it on every fetch; ``?split=1`` on
+        the first fetch by logwarden (a refresh) after a client's, as if the origin changed
+        between the triggering node's fetch and its peers' refreshes."""
+        with self._lock:
+            if "flap" in query:
+                self._versions[path] = self._versions.get(path, 1) + 1
+            elif "split" in query:
+                if not agent.startswith("logwarden/"):
+                    self._armed.add(path)
+                elif path in self._armed:
+                    self._armed.discard(path)
+                    self._versions[path] = self._versions.get(path, 1) + 1
             return self._versions.get(path, 1)
 
     def bump(self, path: str) -> int:

@@ -65,7 +65,8 @@ class Daemon:
         settings = DispatchSettings.from_config(cfg)
         classes = len(cfg.variants) > 1 and not cfg.dry_run  # this node's other classes too
         self.dispatcher = Dispatcher((), settings, m, propagation="msec" in parser.variables,
-                                     own=cfg.self_url if classes and not cfg.bus else None)
+                                     own=cfg.self_url if classes and not cfg.bus else None,
+                                     home=cfg.self_url)
         """The peers: every refresh in direct mode; the fallback in bus mode."""
         self.local: Dispatcher | None = None
         """Bus mode: refreshes this node's own NGINX on the other nodes' messages."""

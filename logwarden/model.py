@@ -65,6 +65,9 @@ class Record(NamedTuple):
     """The variant class of the request (``--variant-variable``), when the format logs it."""
     caching: Caching | None = None
     """The origin answer's caching headers, when the format logs any of them."""
+    version: str | None = None
+    """Which copy the answer is (:func:`version_of`): from ``$upstream_http_etag``, else
+    ``$upstream_http_last_modified``, when the format logs them and the origin sent them."""
 
     @property
     def own(self) -> bool:
@@ -91,6 +94,13 @@ class Refresh(NamedTuple):
     the line does not tell."""
     here: bool = False
     """For the node that triggered: refresh its other variant classes only."""
+    version: str | None = None
+    """The triggering line's copy (:attr:`Record.version`), to compare with the peers'."""
+    changed: bool | None = None
+    """Whether that copy differs from the last one this node saw of the URL; None: no
+    version, or none seen before."""
+    heal: bool = False
+    """A second round for nodes left on another copy than the newest (a split round)."""
 
     @property
     def key(self) -> tuple[str, str, bytes]:
@@ -103,6 +113,17 @@ class Refresh(NamedTuple):
         of a refused one reaches a terminal or logwarden's own log."""
         host = escaped(self.host.encode("utf-8", "surrogatepass"))
         return f"{self.scheme}://{host}{escaped(self.target)}"
+
+
+def version_of(etag: bytes | None, last_modified: bytes | None) -> str | None:
+    """A copy's identity as a line or an answer shows it: its ETag (a weak one, as NGINX's
+    gzip makes it from a strong one, counts the same), else its Last-Modified. A length is
+    not taken: the log's and an answer's differ with compression."""
+    if etag:
+        return "e:" + etag.removeprefix(b"W/").decode("latin-1")
+    if last_modified:
+        return "m:" + last_modified.decode("latin-1")
+    return None
 
 
 def is_5xx(status: str) -> bool:

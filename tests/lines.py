@@ -20,11 +20,11 @@ def line(target: str, status: str = "MISS", ua: str = "curl/8", host: str = "www
 
 def example_line(target: str = "/p?x=1", cache: str = "MISS", *, host: str = "www.example.com",
                  upstream: str = "200", msec: float | None = None, extra: str = "",
-                 caching: str = "max-age=60\t-\t-\t-\t0") -> bytes:
+                 caching: str = "max-age=60\t-\t-\t-\t0", version: str = "-\t-") -> bytes:
     """A line of the example's format: a GET of ``target`` answered 200, logged at ``msec``
     (now by default), the origin's caching headers ``caching`` (Cache-Control, Expires,
-    X-Accel-Expires, Vary, Set-Cookie flag); ``extra`` is appended to the last field, for
-    formats that add fields."""
+    X-Accel-Expires, Vary, Set-Cookie flag) and ``version`` (ETag, Last-Modified); ``extra``
+    is appended to the last field, for formats that add fields."""
     fields = (f"{time.time() if msec is None else msec:.3f}", "http", host, "80", "GET", target,
-              "200", cache, upstream, "0.001", "-", "curl/8", caching)
+              "200", cache, upstream, "0.001", "-", "curl/8", caching, version)
     return ("\t".join(fields) + extra + "\n").encode()

@@ -36,7 +36,7 @@ def test_shares_follow_the_mix() -> None:
 def test_lines_are_as_nginx_logs_them() -> None:
     fmt, rows = LogFormat.compile(gen.FORMAT), _fields()
     assert all(fmt.parse(b"\t".join(fields)) is not None for fields in rows)
-    assert all(len(fields) == 17 for fields in rows)
+    assert all(len(fields) == 19 for fields in rows)
     for fields in rows:
         cache, upstream, headers = fields[7], fields[8], b"\t".join(fields[12:])
         if cache == b"HIT":  # the stored copy's headers; NGINX did not ask the origin

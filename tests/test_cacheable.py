@@ -157,7 +157,7 @@ def test_the_config_gives_each_log_its_caching_locations(tmp_path: Path) -> None
         [sys.executable, "-m", "logwarden", "check", "--nginx-conf", str(tmp_path / "nginx.conf"),
          "--access-log", str(tmp_path / "all.log"), "--peer", "http://127.0.0.1:1"],
         capture_output=True, text=True, timeout=30)
-    assert checked.returncode == 0, checked.stderr
+    assert checked.returncode == 1, checked.stderr  # no bypass in this config: an error
     assert "# uncacheable answers: learned (a URL MISSed again); log the caching headers" \
         in checked.stderr
     assert "proxy_ignore_headers: cache-control, expires, set-cookie; statuses " \

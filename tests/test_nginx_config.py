@@ -70,7 +70,8 @@ LOG_FORMAT = """\
                          '$upstream_status\\t$request_time\\t$http_x_refresh\\t'
                          '$http_user_agent\\t$upstream_http_cache_control\\t'
                          '$upstream_http_expires\\t$upstream_http_x_accel_expires\\t'
-                         '$upstream_http_vary\\t$logwarden_set_cookie';
+                         '$upstream_http_vary\\t$logwarden_set_cookie\\t'
+                         '$upstream_http_etag\\t$upstream_http_last_modified';
 """
 
 
@@ -258,7 +259,8 @@ def test_access_log_line_is_the_tab_format(cluster: Cluster, origin: Origin) -> 
         msec="", scheme="http", host="www.example.com", port=str(a.port), method="GET",
         target=target, status="200", cache_status="MISS", upstream_status="200",
         request_time="", refresh="-", user_agent="lab \\x22q\\x22 1.0",
-        cache_control="max-age=60", expires="-", x_accel_expires="-", vary="-", set_cookie="0")
+        cache_control="max-age=60", expires="-", x_accel_expires="-", vary="-", set_cookie="0",
+        etag="-", last_modified="-")
     assert log_for(a, "/t/enc1?a=1&b=2")[0].cache_status == "MISS"  # a different key
     assert origin.requests_for("/t/enc%31")[0].target == target  # origin got it raw too
 

@@ -84,7 +84,8 @@ def test_example_format_counts_failures_by_host_and_reason() -> None:
 
 
 def test_header_time_and_date_give_error_timeout_and_age() -> None:
-    fmt = LOG_FORMAT.replace("$logwarden_set_cookie'", f"$logwarden_set_cookie{EXTRA_FIELDS}'")
+    last = "$upstream_http_last_modified"
+    fmt = LOG_FORMAT.replace(f"{last}'", f"{last}{EXTRA_FIELDS}'")
     date = "\tMon, 23 Nov 2026 12:56:43 GMT"
     watch, metrics = watch_of(fmt)
     note_all(watch, fmt, [
@@ -159,8 +160,9 @@ def test_stale_pages_served_while_the_origin_fails_are_counted(
     if find_nginx() is None:
         pytest.skip("nginx not found")
     template = EXAMPLE_CONFIG.read_text()
-    assert template.count("$logwarden_set_cookie';") == 1
-    template = template.replace("$logwarden_set_cookie';", f"$logwarden_set_cookie{EXTRA_FIELDS}';")
+    assert template.count("$upstream_http_last_modified';") == 1
+    last = "$upstream_http_last_modified"
+    template = template.replace(f"{last}';", f"{last}{EXTRA_FIELDS}';")
     (tmp_path / "nginx.conf").write_text(template)
     with Cluster(tmp_path / "c", nodes=1, origin=origin,
                  template_path=tmp_path / "nginx.conf") as cluster:

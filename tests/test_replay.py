@@ -46,7 +46,7 @@ def generated_log(path: Path, lines: int, start: float, seed: int = 7) -> None:
                             + [f"/caf\\xC3\\xA9/{rnd.randrange(5)}", f"/a\\x20b/{rnd.randrange(5)}",
                                f"/long/{rnd.randrange(5)}/" + "x" * 300])
         caching = rnd.choice(["-\t-\t-\t-\t0"] * 6 + ["no-store\t-\t-\t-\t0",
-                                                    "max-age=60\t-\t-\t-\t1"])
+                                                    "max-age=60\t-\t-\t-\t1"]) + "\t-\t-"
         out.append(("\t".join([f"{start + i / 1000:.3f}", scheme, "www.example.com", port,
                                method, target, "200", status, upstream, "0.001", "-", agent,
                                caching])
@@ -120,7 +120,7 @@ def test_dedup_and_rate_follow_the_logs_own_time(tmp_path: Path) -> None:
     lines = []
     for i in range(10):  # the same URL EXPIRED every 0.5 s: a 1 s window keeps every 2nd
         lines.append(f"{1795334000 + i * 0.5:.3f}\thttp\th\t80\tGET\t/same\t200\tEXPIRED\t"
-                     "200\t0.001\t-\tcurl\t-\t-\t-\t-\t0\n")
+                     "200\t0.001\t-\tcurl\t-\t-\t-\t-\t0\t-\t-\n")
     log.write_text("".join(lines))
     config = load_config({"log_format": LOG_FORMAT}, needs=REPLAY)
     replay = Replay(config)

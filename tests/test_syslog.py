@@ -32,7 +32,7 @@ NOHOSTNAME_DATAGRAM = b"<133>Nov 22 08:04:44 ngx_alt: 127.0.0.1 - - ..."
 PADDED_DAY_DATAGRAM = (b'<190>Dec  3 04:05:08 vm nginx: [03/Dec/2026:04:05:08 -0500] '
                        b'2026-12-03T04:05:08-05:00 1796288708.018 "GET /day3 HTTP/1.1"')
 TAB_MESSAGE = (b"1795335563.744\thttp\twww.example.com\t8080\tGET\t/f/page1?ma=60&static=1\t200\t"
-               b"MISS\t200\t0.001\t-\tcurl/7.88.1\t-\t-\t-\t-\t0")
+               b"MISS\t200\t0.001\t-\tcurl/7.88.1\t-\t-\t-\t-\t0\t-\t-")
 TAB_DATAGRAM = b"<190>Nov 22 08:19:23 vm nginx: " + TAB_MESSAGE
 
 

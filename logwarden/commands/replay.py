@@ -77,7 +77,7 @@ class Replay:
             self._sent.clear()
 
     def _uncacheable(self, record: Record, rule: str) -> None:
-        self.uncacheable[self.processor.triggers.refresh_for(record).url, rule] += 1
+        self.uncacheable[self.processor.triggers.refresh_for(record, note=False).url, rule] += 1
 
     def describe(self, refresh: Refresh) -> dict[str, Any]:
         target = refresh.target.decode("latin-1")

@@ -106,6 +106,8 @@ class Processor:
                 continue
             refresh = triggers.refresh_for(record)
             tally.triggers[refresh.cache_status] += 1
+            if refresh.changed is not None:
+                tally.changed[refresh.changed] += 1
             refreshes.append(refresh)
         if origin:
             origin.flush()
@@ -154,6 +156,8 @@ class Tally:
         self.uncacheable: Counter[str] = Counter()
         """The ``uncacheable`` ones of :attr:`ignored`, by rule."""
         self.triggers: Counter[str] = Counter()
+        self.changed: Counter[bool] = Counter()
+        """Triggers whose copy differs (True) from the URL's last one seen, or not."""
 
     def add(self, other: Tally) -> None:
         """Sum ``other`` into this tally (replay's totals)."""
@@ -161,6 +165,7 @@ class Tally:
         self.malformed += other.malformed
         self.ignored.update(other.ignored)
         self.uncacheable.update(other.uncacheable)
+        self.changed.update(other.changed)
         self.triggers.update(other.triggers)
 
     def add_to(self, m: Metrics) -> None:
@@ -173,6 +178,9 @@ class Tally:
             m.triggers.labels(status).inc(n)
         if self.malformed:
             m.lines_malformed.inc(self.malformed)
+        if self.changed:
+            m.changes.inc(self.changed[True])
+            m.unchanged.inc(self.changed[False])
 
 
 class ProcessStage:

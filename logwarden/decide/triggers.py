@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from logwarden.decide.cacheable import FETCHED, CachePolicy, header_rule, uncacheable_rule
+from logwarden.decide.versions import Versions
 from logwarden.decide.window import Window
 from logwarden.model import (
     STORED_COPY,
@@ -62,6 +63,7 @@ class Triggers:
         self._failed = Window(FAILED_UPDATE_SECONDS, max_keys, clock)
         self._missed = Window(UNCACHEABLE_SECONDS, max_keys, clock)
         self._uncacheable = Window(UNCACHEABLE_SECONDS, max_keys, clock)
+        self.versions = Versions(max_keys)
 
     def decide(self, record: Record, judged: tuple[str | None, bool] | None = None
                ) -> str | None:
@@ -169,14 +171,22 @@ class Triggers:
     def _key(self, record: Record) -> tuple[str, str | None, bytes]:
         return record.scheme or "http", record.host or self.default_host, record.target
 
-    def refresh_for(self, record: Record) -> Refresh:
-        """The refresh a triggering record asks for (call after :meth:`skip_reason`)."""
+    def refresh_for(self, record: Record, note: bool = True) -> Refresh:
+        """The refresh a triggering record asks for (call after :meth:`skip_reason`).
+        ``note``: remember its version (False: only to name the URL)."""
         host = record.host or self.default_host
         assert host is not None
+        # The upstream fields of a STALE/UPDATING line (or a REVALIDATED 304) show the copy
+        # it was served from, not the one fetched: only a MISS or EXPIRED names the new copy.
         variant = record.variant
-        return Refresh(record.scheme or "http", host, record.target, record.cache_status,
-                       record.time, variant=None if variant is None else
-                       variant.decode("latin-1"))
+        version = record.version if record.cache_status in FETCHED else None
+        refresh = Refresh(record.scheme or "http", host, record.target, record.cache_status,
+                          record.time, variant=None if variant is None else
+                          variant.decode("latin-1"))
+        if version is None or not note:
+            return refresh
+        return refresh._replace(version=version, changed=self.versions.note(
+            (refresh.key, refresh.variant), version))
 
 
 def _origin_failed(upstream_status: str | None) -> bool:

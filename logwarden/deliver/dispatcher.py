@@ -46,7 +46,7 @@ from logwarden.deliver.peerhttp import (
     TLSError,
     host_port,
 )
-from logwarden.model import Refresh, escaped
+from logwarden.model import Refresh, escaped, version_of
 from logwarden.ops.metrics import REFRESH_OUTCOMES, Metrics
 
 if TYPE_CHECKING:  # config imports discovery, bus...: keep the dispatcher free of them
@@ -151,20 +151,33 @@ class VaryWatch:
 
 
 class FanOut:
-    """The peers of one fan-out still to answer; the last answer observes the propagation time
-    (from the triggering line's own time)."""
+    """The peers of one fan-out still to answer, and which copy each refreshed one now holds.
+    The last answer observes the propagation time (from the triggering line's own time) and
+    hands the fan-out to ``converged``: the dispatcher compares the copies there."""
 
-    __slots__ = ("histogram", "left", "logged_at")
+    __slots__ = ("converged", "histogram", "left", "refresh", "versions")
 
-    def __init__(self, left: int, logged_at: float, histogram: Histogram) -> None:
+    def __init__(self, left: int, refresh: Refresh, histogram: Histogram | None,
+                 converged: Callable[[FanOut], None] | None) -> None:
         self.left = left
-        self.logged_at = logged_at
+        self.refresh = refresh
         self.histogram = histogram
+        self.converged = converged
+        self.versions: dict[Peer, str | None] = {}
+
+    def answered(self, peer: Peer, answer: Answer) -> None:
+        """``peer`` refreshed the copy: its answer names which one it stores now."""
+        self.versions[peer] = version_of(answer.header(b"etag"),
+                                         answer.header(b"last-modified"))
 
     def done(self) -> None:
         self.left -= 1
-        if not self.left:
-            self.histogram.observe(max(0.0, time.time() - self.logged_at))
+        if self.left:
+            return
+        if self.histogram is not None and self.refresh.logged_at:
+            self.histogram.observe(max(0.0, time.time() - self.refresh.logged_at))
+        if self.converged is not None:
+            self.converged(self)
 
 
 _Item = tuple[Refresh, FanOut | None]
@@ -238,7 +251,7 @@ class Peer:
             self._pending.discard(refresh.key)
             self._busy += 1
             try:
-                outcome = await self.deliver(refresh, slot) if await self._admit() \
+                outcome = await self.deliver(refresh, slot, fanout) if await self._admit() \
                     else "skipped"
                 self.count(outcome)
                 self._note(outcome)
@@ -277,16 +290,18 @@ class Peer:
             else:
                 self._record("ok", None)
 
-    async def deliver(self, refresh: Refresh, slot: asyncio.Semaphore) -> str:
-        """What the mode sends for ``refresh`` on this peer, each request with retries."""
+    async def deliver(self, refresh: Refresh, slot: asyncio.Semaphore,
+                      fanout: FanOut | None = None) -> str:
+        """What the mode sends for ``refresh`` on this peer, each request with retries; the
+        refreshed answer of the triggering class tells ``fanout`` the copy now stored."""
 
         async def send(request: Request, refresh: Refresh) -> str:
-            return await self._with_retries(request, refresh, slot)
+            return await self._with_retries(request, refresh, slot, fanout)
 
         return await self.settings.mode.deliver(refresh, send)
 
     async def _with_retries(self, request: Request, refresh: Refresh,
-                            slot: asyncio.Semaphore) -> str:
+                            slot: asyncio.Semaphore, fanout: FanOut | None = None) -> str:
         """Retry connect errors, timeouts and 502/503/504 with exponential backoff and jitter,
         while the breaker stays closed; other answers are final."""
         for attempt in range(self.settings.retries + 1):
@@ -297,7 +312,7 @@ class Peer:
             headers = list(request.headers)
             if request.names_holder and not attempt and refresh.holder:
                 headers.append((SOURCE_HEADER, refresh.holder))
-            outcome, status = await self._attempt(request, refresh, slot, headers)
+            outcome, status = await self._attempt(request, refresh, slot, headers, fanout)
             retry = outcome in _TRANSPORT_FAILURES or status in RETRY_STATUSES
             if not retry or self.breaker.is_open:
                 break
@@ -305,7 +320,8 @@ class Peer:
         return outcome
 
     async def _attempt(self, request: Request, refresh: Refresh, slot: asyncio.Semaphore,
-                       headers: list[tuple[str, str]]) -> tuple[str, int | None]:
+                       headers: list[tuple[str, str]], fanout: FanOut | None = None
+                       ) -> tuple[str, int | None]:
         """One request; returns (outcome, status). Never raises for I/O errors."""
         status, method = None, request.method
         async with slot:
@@ -331,6 +347,9 @@ class Peer:
             else:
                 outcome = request.judge(answer)
                 self.vary.notice(answer, refresh.host)
+                if fanout is not None and outcome == "ok" and refresh.version is not None \
+                        and request.stores and request.variant == (refresh.variant or ""):
+                    fanout.answered(self, answer)
             self._duration.observe(time.perf_counter() - started)
         if log.isEnabledFor(logging.DEBUG):  # escaping the target costs: only when shown
             log.debug("%s %s%s host=%s -> %s %s", method, self.url, escaped(refresh.target),
@@ -409,12 +428,17 @@ class Dispatcher:
     """
 
     def __init__(self, peers: Sequence[str], settings: DispatchSettings, metrics: Metrics,
-                 *, propagation: bool = False, own: str | None = None) -> None:
+                 *, propagation: bool = False, own: str | None = None,
+                 home: str | None = None) -> None:
         """``propagation``: observe ``logwarden_propagation_seconds`` (the line times are
-        precise: the format has ``$msec``). ``own``: this node's URL, for its own classes."""
+        precise: the format has ``$msec``). ``own``: this node's URL, for its own classes.
+        ``home``: this node's URL, to heal it when the peers got a newer copy than its line
+        shows (:meth:`converged`)."""
         self.settings = settings
         self.metrics = metrics
         self.propagation = propagation
+        self.home_url = home
+        self._home: Peer | None = None
         self.peers: list[Peer] = []
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tls: ssl.SSLContext | None = None
@@ -462,7 +486,8 @@ class Dispatcher:
             peer.start()
 
     def _all(self) -> list[Peer]:
-        return [*self.peers, *([self.own] if self.own else [])]
+        return [*self.peers, *([self.own] if self.own else []),
+                *([self._home] if self._home else [])]
 
     def _own_for(self, scheme: str) -> Peer | None:
         return self.own if self.own is not None and self.own.scheme == scheme else None
@@ -485,13 +510,47 @@ class Dispatcher:
         own = self._own_for(refresh.scheme)
         self.metrics.fanouts.inc()
         fanout = None
-        if self.propagation and refresh.logged_at:
-            fanout = FanOut(len(peers) + (own is not None), refresh.logged_at,
-                            self.metrics.propagation)
+        timed = self.propagation and refresh.logged_at
+        if timed or refresh.version is not None:
+            fanout = FanOut(len(peers) + (own is not None), refresh,
+                            self.metrics.propagation if timed else None,
+                            self.converged if refresh.version is not None else None)
         for peer in peers:
             peer.offer(refresh, fanout)
         if own is not None:
             own.offer(refresh._replace(here=True), fanout)
+
+    def converged(self, fanout: FanOut) -> None:
+        """Every peer has answered a fan-out of a versioned line. A peer whose refresh fetched
+        another copy than the line's (the origin changed between this node's fetch and the
+        peers': a split round) leaves the cluster on two versions for a whole TTL: refresh
+        every node not on the newest copy once more, this one included (``home``). At most
+        one extra round per change: a heal's own fan-out is not healed again."""
+        refresh, seen = fanout.refresh, fanout.versions
+        copies = [v for v in seen.values() if v is not None]
+        if not copies or refresh.heal:
+            return
+        # A peer fetched after this node: a copy other than the line's is the newer one
+        # (the most common of them; of equals, the last answer's).
+        newer = [v for v in copies if v != refresh.version] or copies
+        newest = max(reversed(newer), key=newer.count)
+        behind = [peer for peer, v in seen.items() if v is not None and v != newest]
+        home = self._home_peer() if refresh.version != newest else None
+        if not behind and home is None:
+            return
+        self.metrics.heals.inc()
+        log.info("split round for %s: this node's line shows %s, its peers hold %s; "
+                 "refreshing %d node(s) again", refresh.url, refresh.version,
+                 ", ".join(sorted(set(copies))), len(behind) + (home is not None))
+        heal = refresh._replace(heal=True, version=newest, changed=None)
+        for peer in [*behind, *([home] if home is not None else [])]:
+            peer.offer(heal)
+
+    def _home_peer(self) -> Peer | None:
+        """This node as a peer, made on the first heal it needs."""
+        if self._home is None and self.home_url is not None:
+            self._home = self._new_peer(self.home_url)
+        return self._home
 
     def depth(self) -> int:
         return sum(peer.queue.qsize() for peer in self._all())

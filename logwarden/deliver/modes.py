@@ -109,6 +109,9 @@ class Request:
     """What to tell the operator about a peer whose answers show a wiring mistake."""
     variant: str = ""
     """The variant class it refreshes (``--variant``), for the metrics; "" without classes."""
+    stores: bool = False
+    """A refreshed answer is the copy the peer now stores (a bypass; not a purge): its ETag
+    or Last-Modified says which version that is."""
 
     def hint(self, outcome: str, status: int | None) -> Hint | None:
         """The hint an answer calls for, if any."""
@@ -180,7 +183,7 @@ class Bypass(Mode):
         self.refresh = Request(method, variant.headers(header, ("User-Agent", USER_AGENT)),
                                verified_by(cache_status), names_holder=True,
                                hints=bypass_hints(header[0], cache_status),
-                               variant=variant.value)
+                               variant=variant.value, stores=True)
 
     @classmethod
     def from_config(cls, cfg: Config, variant: Variant = Variant(None)) -> Bypass:

@@ -49,6 +49,16 @@ class Metrics:
             "(set_cookie, vary, x_accel_expires, no_cache, no_store, private, max_age, expires, "
             "no_valid: proxy_cache_valid covers not the status), or repeated_miss (MISSed "
             "again with no stored copy between).", ["rule"], registry=r)
+        self.changes = Counter(
+            "logwarden_changes", "Triggers whose copy (ETag, else Last-Modified) differs from "
+            "the last one this node stored of the URL: content changes.", registry=r)
+        self.unchanged = Counter(
+            "logwarden_unchanged", "Triggers whose copy is the one stored before: expiries "
+            "that fetched the same content.", registry=r)
+        self.heals = Counter(
+            "logwarden_heals", "Split rounds healed: a fan-out's peers fetched another copy "
+            "than the triggering line's (the origin changed in between), so the nodes not on "
+            "the newest were refreshed once more.", registry=r)
         self.triggers = Counter(
             "logwarden_triggers", "Lines that asked for a fan-out, by $upstream_cache_status.",
             ["cache_status"], registry=r)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
 
-from logwarden.model import Caching, Record
+from logwarden.model import Caching, Record, version_of
 
 ESCAPES = ("default", "json", "none")
 CACHING_VARIABLES = ("upstream_http_cache_control", "upstream_http_expires",
@@ -95,6 +95,8 @@ class _Slots:
     x_accel_expires: int
     vary: int
     set_cookie: int
+    etag: int
+    last_modified: int
 
 
 class LogFormat:
@@ -118,7 +120,10 @@ class LogFormat:
             "http_host", "scheme", "status", "upstream_status", "http_user_agent", "msec",
             "time_iso8601", "time_local", "upstream_header_time", "upstream_http_date",
             variant or "", *CACHING_VARIABLES[:4],
-            next((name for name in CACHING_VARIABLES[4:] if name in index), ""))))
+            next((name for name in CACHING_VARIABLES[4:] if name in index), ""),
+            "upstream_http_etag", "upstream_http_last_modified")))
+        self._versioned = "upstream_http_etag" in index \
+            or "upstream_http_last_modified" in index
         s = self._slots
         self._caching_slots = (s.cache_control, s.expires, s.x_accel_expires, s.vary,
                                s.set_cookie)
@@ -206,7 +211,8 @@ class LogFormat:
                       int(status) if status and status.isdigit() else None,
                       _text(v[s.upstream_status]), v[s.user_agent], self._time(v),
                       v[s.upstream_header_time], v[s.upstream_date], v[s.variant],
-                      None if caching is None else Caching._make(caching(v)))
+                      None if caching is None else Caching._make(caching(v)),
+                      version_of(v[s.etag], v[s.last_modified]) if self._versioned else None)
 
     def _time(self, values: list[bytes | None]) -> float | None:
         slot, fmt = self._time_field

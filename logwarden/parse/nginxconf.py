@@ -40,7 +40,8 @@ RECOMMENDED_LOG_FORMAT = (
     r"'$msec\t$scheme\t$host\t$server_port\t$request_method\t$request_uri\t$status\t"
     r"$upstream_cache_status\t$upstream_status\t$request_time\t$http_x_refresh\t"
     r"$http_user_agent\t$upstream_http_cache_control\t$upstream_http_expires\t"
-    r"$upstream_http_x_accel_expires\t$upstream_http_vary\t$logwarden_set_cookie'")
+    r"$upstream_http_x_accel_expires\t$upstream_http_vary\t$logwarden_set_cookie\t"
+    r"$upstream_http_etag\t$upstream_http_last_modified'")
 """The format of examples/nginx.conf (a test keeps them equal), offered when none fits."""
 SET_COOKIE_MAP = 'map $upstream_http_set_cookie $logwarden_set_cookie { "" 0; default 1; }'
 """The map the format's last field needs (whether the origin sent a cookie, never which)."""
