@@ -429,11 +429,14 @@ class Dispatcher:
 
     def __init__(self, peers: Sequence[str], settings: DispatchSettings, metrics: Metrics,
                  *, propagation: bool = False, own: str | None = None,
-                 home: str | None = None) -> None:
+                 home: str | None = None,
+                 on_changed: Callable[[Refresh], None] | None = None) -> None:
         """``propagation``: observe ``logwarden_propagation_seconds`` (the line times are
         precise: the format has ``$msec``). ``own``: this node's URL, for its own classes.
         ``home``: this node's URL, to heal it when the peers got a newer copy than its line
-        shows (:meth:`converged`)."""
+        shows (:meth:`converged`). ``on_changed``: told each refresh of a changed copy once
+        every node holds the same one (the caches in front may then be purged)."""
+        self.on_changed = on_changed
         self.settings = settings
         self.metrics = metrics
         self.propagation = propagation
@@ -528,7 +531,9 @@ class Dispatcher:
         one extra round per change: a heal's own fan-out is not healed again."""
         refresh, seen = fanout.refresh, fanout.versions
         copies = [v for v in seen.values() if v is not None]
-        if not copies or refresh.heal:
+        if refresh.heal or not copies:
+            if refresh.changed and len(set(copies)) <= 1:
+                self._changed(refresh)
             return
         # A peer fetched after this node: a copy other than the line's is the newer one
         # (the most common of them; of equals, the last answer's).
@@ -537,14 +542,23 @@ class Dispatcher:
         behind = [peer for peer, v in seen.items() if v is not None and v != newest]
         home = self._home_peer() if refresh.version != newest else None
         if not behind and home is None:
+            if refresh.changed:
+                self._changed(refresh)
             return
         self.metrics.heals.inc()
         log.info("split round for %s: this node's line shows %s, its peers hold %s; "
                  "refreshing %d node(s) again", refresh.url, refresh.version,
                  ", ".join(sorted(set(copies))), len(behind) + (home is not None))
-        heal = refresh._replace(heal=True, version=newest, changed=None)
-        for peer in [*behind, *([home] if home is not None else [])]:
-            peer.offer(heal)
+        nodes = [*behind, *([home] if home is not None else [])]
+        # the peers fetched a copy other than the line's: a change, whatever the memory said
+        heal = refresh._replace(heal=True, version=newest, changed=True)
+        healed = FanOut(len(nodes), heal, None, self.converged)
+        for peer in nodes:
+            peer.offer(heal, healed)
+
+    def _changed(self, refresh: Refresh) -> None:
+        if self.on_changed is not None:
+            self.on_changed(refresh)
 
     def _home_peer(self) -> Peer | None:
         """This node as a peer, made on the first heal it needs."""
