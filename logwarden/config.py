@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from logwarden.decide.cacheable import CachePolicy
+from logwarden.deliver.downstream import Template, read_template
 from logwarden.deliver.modes import (
     DEFAULT_CACHE_STATUS_HEADER,
     MODES,
@@ -323,6 +324,28 @@ def _check_default_host(key: str, host: str | None) -> None:
         raise ConfigError(key, host, "is not a host name")
 
 
+def _check_downstreams(key: str, specs: tuple[str, ...]) -> tuple[Template | str, ...]:
+    """Each edge URL as it is, each template read (its auth header file too, never shown)."""
+    parsed: list[Template | str] = []
+    for spec in specs:
+        try:
+            if spec.startswith("template:"):
+                parsed.append(read_template(spec.removeprefix("template:")))
+            else:
+                check_peer_url(spec)
+                parsed.append(spec)
+        except ValueError as exc:
+            hint = "" if spec.startswith(("template:", "http:", "https:")) else \
+                ": give an edge as http(s)://HOST[:PORT], a CDN's API as template:FILE"
+            raise ConfigError(key, spec, f"{exc}{hint}") from None
+    return tuple(parsed)
+
+
+def _check_headers(key: str, headers: tuple[str, ...]) -> None:
+    for header in headers:
+        _check_header(key, header)
+
+
 def _check_doctor_url(key: str, url: str) -> None:
     """The canary of ``doctor``: a path (on ``default_host``) or an http(s) URL with a host."""
     if not url.isascii() or not url.isprintable() or " " in url:
@@ -440,6 +463,22 @@ SETTINGS: tuple[Setting, ...] = (
             check=_positive),
     Setting("queue_size", int, 10000, "Refreshes waiting per peer before new ones are dropped.",
             check=_positive),
+    Setting("downstream", str, (), "A cache in front of the cluster, purged for a URL once "
+            "every node holds a changed copy (README \"A CDN in front\"): http(s)://EDGE[:PORT] "
+            "(Varnish, NGINX: --downstream-method), or template:FILE for a CDN's purge API "
+            "(repeatable).", multiple=True, check=_check_downstreams),
+    Setting("downstream_method", str, "PURGE", "Method of the purges sent to an edge "
+            "downstream (PURGE, BAN...), with the original Host and target.", check=_check_token),
+    Setting("downstream_header", str, (), "Header 'Name: value' sent with every purge to an "
+            "edge downstream (repeatable; printed by check: a secret goes in a template's "
+            "auth_header_file).", multiple=True, check=_check_headers),
+    Setting("downstream_rate", float, 10.0, "Purge requests per second to each downstream "
+            "(token bucket; a template's \"rate\" wins); 0: no limit.", check=_not_negative),
+    Setting("downstream_burst", int, 50, "Purge requests each downstream's token bucket "
+            "allows at once (a template's \"burst\" wins).", check=_positive),
+    Setting("downstream_delay", float, 1.0, "Bus mode: seconds from publishing a changed copy "
+            "to purging the downstreams (no node learns when the others hold it).",
+            check=_not_negative),
     Setting("metrics_listen", str, "127.0.0.1:9145", "HOST:PORT for /metrics and /healthz, "
             "or 'off'.", check=_check_listen),
     Setting("origin_host_labels", int, 20, "Hosts with a label of their own in the origin-"
@@ -525,6 +564,12 @@ class Config:
     peer_concurrency: int
     timeout: float
     queue_size: int
+    downstream: tuple[str, ...]
+    downstream_method: str
+    downstream_header: tuple[str, ...]
+    downstream_rate: float
+    downstream_burst: int
+    downstream_delay: float
     metrics_listen: str
     origin_host_labels: int
     shutdown_timeout: float
@@ -551,6 +596,8 @@ class Config:
     """``syslog`` parsed, one address per URL."""
     variants: tuple[Variant, ...] = field(default=(), repr=False, compare=False)
     """``variant`` parsed, one class each."""
+    downstreams: tuple[Template | str, ...] = field(default=(), repr=False, compare=False)
+    """``downstream`` parsed: an edge's URL, or the template its file holds."""
 
     @property
     def refresh_mode(self) -> Mode:
@@ -767,7 +814,8 @@ def _validate(v: dict[str, Any], needs: Needs) -> Config:
     config = Config(**{_BY_NAME[name].field if name in _BY_NAME else name: value
                        for name, value in v.items()},
                     parser=parser, metrics_address=parsed["metrics_listen"],
-                    syslog_addresses=parsed["syslog"], variants=parsed["variant"])
+                    syslog_addresses=parsed["syslog"], variants=parsed["variant"],
+                    downstreams=parsed["downstream"])
     if needs.nodes and not (config.peer or config.self_url or config.peers_file
                             or config.peers_dns):
         raise ConfigError("peer", "", "is required: the nodes to warm")

@@ -21,6 +21,7 @@ from logwarden.config import Config
 from logwarden.decide.origin import OriginWatch
 from logwarden.decide.process import Processor, ProcessStage, triggers_for
 from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
+from logwarden.deliver.downstream import AfterPublish, Downstreams
 from logwarden.model import Refresh
 from logwarden.ops.metrics import Metrics, MetricsServer
 from logwarden.ops.sdnotify import notify
@@ -64,9 +65,13 @@ class Daemon:
                                       dns=cfg.peers_dns)
         settings = DispatchSettings.from_config(cfg)
         classes = len(cfg.variants) > 1 and not cfg.dry_run  # this node's other classes too
+        self.downstreams = Downstreams.from_config(cfg, m) \
+            if cfg.downstreams and not cfg.dry_run else None
+        """The caches in front: purged once the cluster holds a changed copy."""
         self.dispatcher = Dispatcher((), settings, m, propagation="msec" in parser.variables,
                                      own=cfg.self_url if classes and not cfg.bus else None,
-                                     home=cfg.self_url)
+                                     home=cfg.self_url, on_changed=self.downstreams.submit
+                                     if self.downstreams else None)
         """The peers: every refresh in direct mode; the fallback in bus mode."""
         self.local: Dispatcher | None = None
         """Bus mode: refreshes this node's own NGINX on the other nodes' messages."""
@@ -77,6 +82,8 @@ class Daemon:
         target: Target = self.dispatcher
         if self.bus is not None and self.local is not None:
             target = AlsoHere(self.bus, self.local) if classes else self.bus
+            if self.downstreams is not None:
+                target = AfterPublish(target, self.downstreams, cfg.downstream_delay)
         if cfg.dry_run:  # decided and admitted as usual; nothing is sent
             target = Recorder(cfg.targets, dynamic=self.peer_list.dynamic, metrics=m)
         self.router = Router.from_config(cfg, target, m)
@@ -169,6 +176,8 @@ class Daemon:
         for dispatcher in (self.dispatcher, self.local):
             if dispatcher is not None:
                 dispatcher.start()
+        if self.downstreams is not None:
+            self.downstreams.start()
         if self.bus is not None:
             log.info("bus mode: triggers go to %s channel %r; the other nodes' refresh %s%s",
                      cfg.bus, cfg.bus_channel, cfg.local,
@@ -190,9 +199,12 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.positions.save()
+        deadline = time.monotonic() + cfg.shutdown_timeout
         for dispatcher in (self.dispatcher, self.local):
             if dispatcher is not None:
                 await dispatcher.close(cfg.shutdown_timeout)
+        if self.downstreams is not None:  # last: the dispatchers' drain may converge changes
+            await self.downstreams.close(max(0.0, deadline - time.monotonic()))
         await self.server.close()
 
     async def _wait(self, tasks: list[asyncio.Task[None]]) -> int:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -38,14 +37,8 @@ from prometheus_client import Histogram
 
 from logwarden.deliver.breaker import Breaker
 from logwarden.deliver.modes import Bypass, Hint, Mode, Request
-from logwarden.deliver.peerhttp import (
-    Answer,
-    ConnectError,
-    PeerClient,
-    PeerError,
-    TLSError,
-    host_port,
-)
+from logwarden.deliver.peerhttp import Answer, PeerClient, PeerError, host_port
+from logwarden.deliver.retry import RETRY_STATUSES, TRANSPORT_FAILURES, backoff, failure
 from logwarden.model import Refresh, escaped, version_of
 from logwarden.ops.metrics import REFRESH_OUTCOMES, Metrics
 
@@ -54,8 +47,6 @@ if TYPE_CHECKING:  # config imports discovery, bus...: keep the dispatcher free 
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({502, 503, 504})
-_TRANSPORT_FAILURES = frozenset({"connect_error", "timeout"})
 VARY_HOST_LABELS = 20
 """Hosts with a label of their own in ``logwarden_vary_uncovered_total``."""
 SOURCE_HEADER = "X-Logwarden-Source"
@@ -307,13 +298,12 @@ class Peer:
         for attempt in range(self.settings.retries + 1):
             if attempt:
                 self.metrics.refresh_retries.labels(self.url).inc()
-                delay = self.settings.retry_backoff * 2 ** (attempt - 1)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                await asyncio.sleep(backoff(self.settings.retry_backoff, attempt))
             headers = list(request.headers)
             if request.names_holder and not attempt and refresh.holder:
                 headers.append((SOURCE_HEADER, refresh.holder))
             outcome, status = await self._attempt(request, refresh, slot, headers, fanout)
-            retry = outcome in _TRANSPORT_FAILURES or status in RETRY_STATUSES
+            retry = outcome in TRANSPORT_FAILURES or status in RETRY_STATUSES
             if not retry or self.breaker.is_open:
                 break
         self._requests[request.variant].inc()
@@ -331,15 +321,10 @@ class Peer:
                     answer = await self.client.fetch(
                         method, refresh.target, refresh.host, headers)
                     status = answer.status
-            except TimeoutError:
-                outcome = "timeout"
-            except TLSError as exc:
-                outcome = "tls_error"
-                log.debug("TLS to %s for %s failed: %s", self.url, refresh.host, exc)
-            except ConnectError:
-                outcome = "connect_error"
-            except PeerError:
-                outcome = "http_error"
+            except (TimeoutError, PeerError) as exc:
+                outcome = failure(exc)
+                if outcome == "tls_error":
+                    log.debug("TLS to %s for %s failed: %s", self.url, refresh.host, exc)
             except Exception:  # a bug must cost one request, not a worker: say it loudly
                 log.exception("%s %s%s host=%s failed unexpectedly", method, self.url,
                               escaped(refresh.target), refresh.host)
@@ -361,7 +346,7 @@ class Peer:
     def _record(self, outcome: str, status: int | None) -> None:
         """Feed the breaker: transport failures and 5xx count, any other answer is a success
         (``not_refreshed`` and ``unverified`` too: the peer is up, only wired wrong)."""
-        failed = (outcome in _TRANSPORT_FAILURES or (status or 0) >= 500
+        failed = (outcome in TRANSPORT_FAILURES or (status or 0) >= 500
                   or (status is None and outcome == "http_error"))
         self._probed.set()
         if failed:

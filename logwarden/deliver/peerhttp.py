@@ -88,14 +88,17 @@ class _Connection:
         self.writer = writer
         self.h11 = h11.Connection(h11.CLIENT)
 
-    async def exchange(self, request: h11.Request, target: bytes, max_body: int = 0) -> Answer:
+    async def exchange(self, request: h11.Request, target: bytes, max_body: int = 0,
+                       payload: bytes = b"") -> Answer:
         """Send ``request`` (its target the placeholder) with ``target`` as its request target
-        and read the whole answer; keeps up to ``max_body`` body bytes."""
+        and ``payload`` as its body, and read the whole answer; keeps up to ``max_body`` body
+        bytes."""
         response, received, body = None, False, bytearray()
         head = self.h11.send(request)
         start = len(request.method) + 1  # h11 wrote b"METHOD / HTTP/1.1\r\nHost: ..."
         try:
             self.writer.write(b"".join((head[:start], target, head[start + len(_PLACEHOLDER):],
+                                        self.h11.send(h11.Data(data=payload)) if payload else b"",
                                         self.h11.send(h11.EndOfMessage()))))
             await self.writer.drain()
             while True:
@@ -164,9 +167,11 @@ class PeerClient:
         self._idle: deque[_Connection] = deque()
 
     async def fetch(self, method: str, target: bytes, host: str,
-                    headers: list[tuple[str, str]], *, max_body: int = 0) -> Answer:
-        """Send one request with ``target`` as its exact request target; returns the answer
-        with at most ``max_body`` bytes of body (more raises :class:`BodyTooLarge`).
+                    headers: list[tuple[str, str]], *, max_body: int = 0,
+                    body: bytes = b"") -> Answer:
+        """Send one request with ``target`` as its exact request target (and ``body``, with its
+        Content-Length: a CDN's purge API takes JSON); returns the answer with at most
+        ``max_body`` bytes of body (more raises :class:`BodyTooLarge`).
 
         The Host header (and SNI, over TLS) is ``host``. A kept-alive connection the peer
         closed meanwhile is replaced once, transparently, if it answered nothing. A target
@@ -175,23 +180,24 @@ class PeerClient:
         """
         if not request_target_ok(target):
             raise ValueError(f"{target!r} cannot be sent byte for byte")
+        length = [("Content-Length", str(len(body)))] if body else []
         request = h11.Request(method=method, target=_PLACEHOLDER,
-                              headers=[("Host", host), *headers])
+                              headers=[("Host", host), *headers, *length])
         key = host if self.tls is not None else ""
         conn = self._take_idle(key)
         if conn is not None:
             try:
-                return await self._exchange(conn, request, target, max_body)
+                return await self._exchange(conn, request, target, max_body, body)
             except _Closed as exc:
                 if exc.received:
                     raise
                 # a kept-alive connection the peer had closed: try a fresh one
-        return await self._exchange(await self._connect(key), request, target, max_body)
+        return await self._exchange(await self._connect(key), request, target, max_body, body)
 
     async def _exchange(self, conn: _Connection, request: h11.Request, target: bytes,
-                        max_body: int) -> Answer:
+                        max_body: int, body: bytes = b"") -> Answer:
         try:
-            answer = await conn.exchange(request, target, max_body)
+            answer = await conn.exchange(request, target, max_body, body)
         except BaseException:
             conn.close()
             raise

@@ -25,6 +25,10 @@ header); ``unverified``: it answered without the cache-status header, so whether
 is unknown; ``hit``: ``warm --only-missing`` found the node holding the URL already; nothing
 sent."""
 STORM_REASONS = ("rate", "filtered", "too_long", "no_listener")
+DOWNSTREAM_OUTCOMES = ("ok", "not_cached", "http_error", "timeout", "connect_error",
+                       "tls_error", "skipped", "coalesced", "dropped")
+"""Of each URL a downstream cache was to purge: ``not_cached`` (404/412: an edge held no copy,
+a success), ``skipped`` (its breaker open), ``coalesced`` (the URL already waiting for it)."""
 BUS_PUBLISH_OUTCOMES = ("ok", "bus_unavailable", "dropped", "refused")
 BUS_RECEIVE_OUTCOMES = ("ok", "own", "refused", "unknown_version", "malformed")
 
@@ -59,6 +63,10 @@ class Metrics:
             "logwarden_heals", "Split rounds healed: a fan-out's peers fetched another copy "
             "than the triggering line's (the origin changed in between), so the nodes not on "
             "the newest were refreshed once more.", registry=r)
+        self.downstream_purges = Counter(
+            "logwarden_downstream_purges", "URLs purged from the caches in front of the "
+            "cluster (--downstream) after every node came to hold a changed copy, by "
+            "downstream and outcome.", ["downstream", "outcome"], registry=r)
         self.triggers = Counter(
             "logwarden_triggers", "Lines that asked for a fan-out, by $upstream_cache_status.",
             ["cache_status"], registry=r)
