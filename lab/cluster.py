@@ -322,6 +322,27 @@ class _RawHTTPConnection(http.client.HTTPConnection):
         return request.encode("latin-1")
 
 
+def request(
+    address: str, port: int, path: str | bytes, host: str = "www.example.com",
+    headers: dict[str, str] | None = None, method: str = "GET", source: str | None = None,
+    timeout: float = 5.0,
+) -> Response:
+    """One request to ``address:port`` on a fresh connection, target sent byte for byte."""
+    target = path.decode("latin-1") if isinstance(path, bytes) else path
+    conn = _RawHTTPConnection(address, port, timeout=timeout,
+                              source_address=(source, 0) if source else None)
+    try:
+        conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return Response(resp.status, resp.headers, resp.read())
+    finally:
+        conn.close()
+
+
 class NginxNode(Running):
     """One NGINX master serving the rendered example config; start()/stop() or ``with``."""
 
@@ -456,24 +477,11 @@ class NginxNode(Running):
         headers: dict[str, str] | None = None, method: str = "GET", source: str | None = None,
         timeout: float = 5.0,
     ) -> Response:
-        """One request on a fresh connection, target sent byte for byte.
+        """One request on a fresh connection, target sent byte for byte (:func:`request`).
 
         ``source`` binds the client socket (e.g. :data:`OUTSIDER_ADDRESS` for a non-peer).
         """
-        target = path.decode("latin-1") if isinstance(path, bytes) else path
-        conn = _RawHTTPConnection(
-            self.address, self.port, timeout=timeout,
-            source_address=(source, 0) if source else None)
-        try:
-            conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
-            conn.putheader("Host", host)
-            for name, value in (headers or {}).items():
-                conn.putheader(name, value)
-            conn.endheaders()
-            resp = conn.getresponse()
-            return Response(resp.status, resp.headers, resp.read())
-        finally:
-            conn.close()
+        return request(self.address, self.port, path, host, headers, method, source, timeout)
 
     # access log ------------------------------------------------------------------------------
 

@@ -11,6 +11,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)   # the tests make a CA fo
 # promtool (Debian package prometheus, ~100 MB, starts a Prometheus service) is not
 # installed here; the tests of the rules and the dashboard skip without it.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)   # bus tests, make demo-bus
+# the edge tier in front of the cluster (tests/test_edge.py): a Varnish cache, HAProxy round robin
+command -v varnishd >/dev/null 2>&1 || [ -x /usr/sbin/varnishd ] || need+=(varnish)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 if [ "${1:-}" = --bench ]; then   # the references make bench runs beside logwarden
     command -v mtail >/dev/null 2>&1 || need+=(mtail)
     command -v wrk >/dev/null 2>&1 || need+=(wrk)
