@@ -49,6 +49,7 @@ def main() -> int:
     refresh_rows, clients = refresh.run(size.refreshes)
     rows += [*refresh_rows, *propagation.run(size.changes)]
     rows += convergence.run(size.convergence_seconds)
+    rows += convergence.run_fast(size.convergence_seconds)
     rows += memory.run(size.memory_lines)
     rows += syslog.run(size.syslog_seconds, SYSLOG_RATES)
     print(_machine(), f"python -m bench{' --quick' if args.quick else ''},",

@@ -7,6 +7,13 @@ The client asks for a fixed set of URLs in turn. A response is *stale* when some
 already served a newer version of that URL; *spread* is the time from the first node serving a
 version to the last node serving it (or a newer one). The same run goes once without agents and
 once with one logwarden agent per node.
+
+Fast changes: the same, with every URL changing every :data:`FAST_CHANGE` seconds (faster than
+a refresh round: the peers' refreshes fetch a newer version than the triggering node's own
+fetch, every round splits) and an ETag per version, so the agents see the split and heal it.
+*Left behind*: pairs of nodes that served different versions of a URL for over
+:data:`LEFT_BEHIND` second on end, counted once per episode; without agents, with agents, and
+with agents and origin offload (``--refresh-from-self``: the peers copy the triggering node's).
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ from lab.agent import Agent
 
 URLS = 4  # each node sees each URL every 3 x 4 requests: a few ms between samples
 MAX_AGE = 10
+FAST_CHANGE = 0.002
+"""Seconds between two versions of a URL in the fast-change run: a refresh round (line written,
+tailed, decided, sent, fetched by the peer) takes longer (benchmark 3: 2 ms p50 beyond the
+origin fetch, the tailing before it)."""
+LEFT_BEHIND = 1.0
 STALE_CUT_TARGET = 20.0
 SPREAD_TARGET_MS = 100.0
 
@@ -41,6 +53,7 @@ class Outcome(NamedTuple):
     stale_share: float
     spread_p99_ms: float
     responses: int
+    left_behind: int
 
 
 def run(seconds: float) -> list[Row]:
@@ -61,23 +74,39 @@ def run(seconds: float) -> list[Row]:
     ]
 
 
-def _round(seconds: float, agents: bool) -> Outcome:
+def run_fast(seconds: float) -> list[Row]:
+    """The fast-change run: nodes left behind without agents, with them, with offload."""
+    without, with_, offload = (
+        _round(seconds, agents, FAST_CHANGE, "&etag=1", extra)
+        for agents, extra in ((False, ()), (True, ()), (True, ("--refresh-from-self",))))
+    head = (f"4. nodes left behind (pairs > {LEFT_BEHIND:g} s), a change every "
+            f"{FAST_CHANGE * 1000:g} ms, {seconds:g} s each")
+    return [Row(f"{head}, origin offload", str(offload.left_behind),
+                f"{without.left_behind} without", "-", "0", offload.left_behind == 0),
+            Row(f"{head}, refreshes from the origin", str(with_.left_behind),
+                f"{without.left_behind} without", "-", "0", with_.left_behind == 0)]
+
+
+def _round(seconds: float, agents: bool, change: float = 1.0, query: str = "",
+           extra: tuple[str, ...] = ()) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="logwarden-bench-") as tmp, \
-            Cluster(Path(tmp)) as cluster, _agents(cluster, agents), _versions(cluster.origin):
+            Cluster(Path(tmp)) as cluster, _agents(cluster, agents, extra), \
+            _versions(cluster.origin, change):
         paths = [f"/conv/{i}" for i in range(URLS)]
         for path in paths:  # every node starts with a copy, fetched at different times
             for node in cluster.nodes:
-                node.get(f"{path}?ma={MAX_AGE}")
+                node.get(f"{path}?ma={MAX_AGE}{query}")
                 time.sleep(MAX_AGE / URLS / 3)
-        served = list(_client(cluster, paths, seconds))
-    return Outcome(_stale_share(served), _spread_p99_ms(served), len(served))
+        served = list(_client(cluster, paths, seconds, query))
+    return Outcome(_stale_share(served), _spread_p99_ms(served), len(served),
+                   _left_behind(served))
 
 
 @contextmanager
-def _agents(cluster: Cluster, start: bool) -> Iterator[None]:
+def _agents(cluster: Cluster, start: bool, extra: tuple[str, ...] = ()) -> Iterator[None]:
     urls = [node.url for node in cluster.nodes]
     agents = [Agent(node.access_log, LOG_FORMAT, node.url, urls,
-                    extra=["--log-level", "warning"]).start()
+                    extra=["--log-level", "warning", *extra]).start()
               for node in cluster.nodes] if start else []
     try:
         yield
@@ -87,12 +116,12 @@ def _agents(cluster: Cluster, start: bool) -> Iterator[None]:
 
 
 @contextmanager
-def _versions(origin: Origin) -> Iterator[None]:
-    """Every URL gets a new version each second."""
+def _versions(origin: Origin, every: float) -> Iterator[None]:
+    """Every URL gets a new version each ``every`` seconds."""
     stop = threading.Event()
 
     def bump() -> None:
-        while not stop.wait(1.0):
+        while not stop.wait(every):
             for i in range(URLS):
                 origin.bump(f"/conv/{i}")
 
@@ -105,12 +134,13 @@ def _versions(origin: Origin) -> Iterator[None]:
         thread.join()
 
 
-def _client(cluster: Cluster, paths: list[str], seconds: float) -> Iterator[Served]:
+def _client(cluster: Cluster, paths: list[str], seconds: float,
+            query: str = "") -> Iterator[Served]:
     """Round robin over the nodes, the URLs in turn, for ``seconds``."""
     deadline, i = time.monotonic() + seconds, 0
     while time.monotonic() < deadline:
         node, path = i % len(cluster.nodes), paths[i // len(cluster.nodes) % len(paths)]
-        response = cluster.nodes[node].get(f"{path}?ma={MAX_AGE}")
+        response = cluster.nodes[node].get(f"{path}?ma={MAX_AGE}{query}")
         yield Served(time.monotonic(), node, path, int(response.headers["X-Version"]))
         i += 1
 
@@ -137,3 +167,24 @@ def _spread_p99_ms(served: list[Served]) -> float:
                      if set(by_node) == nodes)
     return 1000 * spreads[int(0.99 * (len(spreads) - 1))] if spreads else float("inf")
 
+
+
+def _left_behind(served: list[Served]) -> int:
+    """Episodes of two nodes serving different versions of a URL for over :data:`LEFT_BEHIND`
+    seconds on end: from the first response that shows them apart to the first that shows
+    them together again (or the end of the run)."""
+    last: dict[tuple[str, int], int] = {}
+    apart: dict[tuple[str, int, int], float] = {}  # since when each pair differs
+    episodes = 0
+    for s in served:
+        last[s.path, s.node] = s.version
+        for (path, other), version in list(last.items()):
+            if path != s.path or other == s.node:
+                continue
+            pair = (path, *sorted((s.node, other)))
+            if version != s.version:
+                apart.setdefault(pair, s.at)
+            elif pair in apart:
+                episodes += s.at - apart.pop(pair) > LEFT_BEHIND
+    end = served[-1].at if served else 0.0
+    return episodes + sum(end - since > LEFT_BEHIND for since in apart.values())
