@@ -1,6 +1,7 @@
 """The caches in front (``--downstream``) against real HTTP servers on loopback: an edge's purge
 byte for byte, a CDN API's template (a local server records method, path, headers and body),
-batches, retries, the token bucket, the bounded queue, the breaker, bus mode's delay, drain."""
+batches, retries, the token bucket, the bounded queue, the breaker, bus mode's delay, drain;
+then bus mode with real NGINX nodes and Redis (the edge tier itself: tests/test_edge.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from lab import Cluster, Origin, wait_until
+from lab.redisserver import RedisServer, find_redis
 from logwarden.config import REPLAY, ConfigError, load_config
 from logwarden.deliver.downstream import (
     AfterPublish,
@@ -27,6 +30,7 @@ from logwarden.deliver.downstream import (
 from logwarden.model import USER_AGENT, Refresh
 from logwarden.ops.metrics import DOWNSTREAM_OUTCOMES, Metrics
 from logwarden.route.router import Recorder
+from tests.agents import StartAgent
 from tests.cdnapi import RecordingAPI
 from tests.peers import RecordingPeer, dead_url, silent_url
 
@@ -303,3 +307,43 @@ def test_an_edge_and_a_template_are_parsed_once_and_printed_without_the_secret(
     assert "s3cr3t" not in cfg.to_toml() + repr(cfg)
     [first, _] = Downstreams.from_config(cfg, Metrics()).all
     assert first.template.method == "BAN"
+
+
+def test_bus_mode_purges_after_publishing_a_change_and_not_for_an_unchanged_expiry(
+        cluster: Cluster, origin: Origin, start_agent: StartAgent, api: RecordingAPI,
+        tmp_path: Path) -> None:
+    """Real NGINX nodes whose agents talk over a real Redis: the agent that saw the change
+    purges the CDN API ``--downstream-delay`` after publishing it; B and C purge nothing."""
+    if find_redis() is None:
+        pytest.skip("redis-server not found (Debian: apt-get install redis-server)")
+    a, b, c = cluster.nodes
+    template = template_file(tmp_path, api)
+    with RedisServer(tmp_path / "redis") as redis_server:
+        bus = ("--bus", redis_server.url, "--bus-channel", "lw-downstream")
+        agent_a = start_agent(a, [b.url, c.url], *bus, "--local", a.url, "--downstream",
+                              f"template:{template}", "--downstream-delay", "0.3")
+        others = [start_agent(n, [], *bus, "--local", n.url, "--downstream",
+                              f"template:{template}") for n in (b, c)]
+        wait_until(lambda: all(x.value("logwarden_bus_connected") == 1
+                               for x in (agent_a, *others)), what="every agent on the bus")
+        target = "/bd/1?etag=1&ma=1"
+        assert a.get(target).headers["X-Version"] == "1"  # A's agent knows version 1
+        wait_until(lambda: all(x.total("logwarden_refreshes_total", outcome="ok") == 1
+                               for x in others), what="B and C refreshed over the bus")
+        origin.bump("/bd/1")
+        time.sleep(2.1)  # A's copy expired
+        reached = time.monotonic()
+        assert a.get(target).headers.get("X-Cache-Status") in ("STALE", "EXPIRED")
+        wait_until(lambda: len(api.received()) == 1, timeout=2, what="the purge")
+        assert 0.3 <= time.monotonic() - reached < 2
+        assert api.received()[0].json() == {"files": [f"http://www.example.com{target}"]}
+        assert [n.get(target).headers["X-Version"] for n in cluster] == ["2"] * 3
+
+        time.sleep(2.1)  # an expiry that fetches the same copy
+        assert a.get(target).headers.get("X-Cache-Status") in ("STALE", "EXPIRED")
+        wait_until(lambda: agent_a.total("logwarden_unchanged_total") >= 1,
+                   what="the unchanged expiry decided")
+        time.sleep(0.8)
+        assert len(api.received()) == 1
+        assert agent_a.total("logwarden_downstream_purges_total", outcome="ok") == 1
+        assert sum(x.total("logwarden_downstream_purges_total") for x in others) == 0
