@@ -69,7 +69,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _SAMPLE = Refresh("https", "www.example.com", b"/caf\xc3\xa9?a=1&b=%2F", "EXPIRED")
 
 
-class Request(NamedTuple):
+class PurgeRequest(NamedTuple):
     """One purge request, ready for :meth:`PeerClient.fetch`."""
 
     scheme: str
@@ -132,15 +132,16 @@ class Template:
     """Requests per second (token bucket), else ``--downstream-rate``."""
     burst: int | None = None
 
-    def request(self, refreshes: Sequence[Refresh]) -> Request:
+    def request(self, refreshes: Sequence[Refresh]) -> PurgeRequest:
         """The request purging ``refreshes`` (one, or up to ``batch``)."""
         first = refreshes[0]
         values = _values(first)
         match = _URL.fullmatch(self.url)
         assert match is not None, "read_template checked the URL"
         authority = _fill(match["authority"], values)
-        address, _, port = authority.rpartition(":") if authority.rpartition(":")[2].isdigit() \
-            else (authority, "", "")
+        address, colon, port = authority.rpartition(":")
+        if not colon or not port.isdigit():  # no port, or an IPv6 address's colons
+            address, port = authority, ""
         scheme = _fill(match["scheme"], values)
         target = b"".join(first.target if part == "{target}" else
                           _fill(part, values).encode("ascii")
@@ -159,8 +160,9 @@ class Template:
         if self.auth is not None:
             headers.append(self.auth)
         address = address.removeprefix("[").removesuffix("]")
-        return Request(scheme, address, int(port) if port else (443 if scheme == "https" else 80),
-                       target or b"/", host, headers, body)
+        default = 443 if scheme == "https" else 80
+        return PurgeRequest(scheme, address, int(port) if port else default, target or b"/",
+                            host, headers, body)
 
 
 def edge(url: str, method: str, headers: Sequence[str]) -> Template:
@@ -364,7 +366,11 @@ class Downstream:
     async def _send(self, batch: list[Refresh]) -> str:
         """The batch's request, retried after a connect error, a timeout, 429 or 502/503/504
         while the breaker stays closed; each attempt takes a token."""
-        request = self.template.request(batch)
+        try:
+            request = self.template.request(batch)
+        except Exception:  # a bug must cost one purge, not a lane: say it loudly
+            log.exception("downstream %s: no request for %s", self.template.name, batch[0].url)
+            return "http_error"
         outcome, wait = "http_error", 0.0
         for attempt in range(self.settings.retries + 1):
             if attempt:
@@ -377,7 +383,7 @@ class Downstream:
                 break
         return outcome
 
-    async def _attempt(self, request: Request) -> tuple[str, int | None, float]:
+    async def _attempt(self, request: PurgeRequest) -> tuple[str, int | None, float]:
         """One attempt: (outcome, status, the Retry-After of a 429 in seconds)."""
         status, wait = None, 0.0
         try:
@@ -387,6 +393,10 @@ class Downstream:
                     body=request.body)
         except (TimeoutError, PeerError) as exc:
             outcome = failure(exc)
+        except Exception:  # a bug must cost one attempt, not a lane: say it loudly
+            log.exception("downstream %s: %s failed unexpectedly", self.template.name,
+                          self.template.method)
+            outcome = "http_error"
         else:
             status = answer.status
             outcome = "ok" if 200 <= status < 300 else \
@@ -399,7 +409,7 @@ class Downstream:
         self.breaker.record(outcome in TRANSPORT_FAILURES or (status or 0) >= 500)
         return outcome, status, wait
 
-    def _client(self, request: Request) -> PeerClient:
+    def _client(self, request: PurgeRequest) -> PeerClient:
         key = (request.scheme, request.address, request.port)
         client = self._clients.pop(key, None) or PeerClient(
             request.address, request.port, self._tls() if request.scheme == "https" else None,
