@@ -607,14 +607,21 @@ class Config:
     @property
     def warnings(self) -> tuple[str, ...]:
         """What works but is likely not meant: ``check`` prints it, ``run`` logs it at start."""
+        said = []
         if (self.refresh_header_file is None
                 and self.refresh_header == _BY_NAME["refresh_header"].default):
-            return (f"refresh_header: no secret given, refreshes carry the default "
-                    f"{self.refresh_header!r}; the example nginx.conf's map lets a refresh "
-                    "bypass the cache only with your shared secret: put the line "
-                    "'X-Refresh: <secret>' in a file only logwarden reads and give "
-                    "--refresh-header-file",)
-        return ()
+            said.append(f"refresh_header: no secret given, refreshes carry the default "
+                        f"{self.refresh_header!r}; the example nginx.conf's map lets a refresh "
+                        "bypass the cache only with your shared secret: put the line "
+                        "'X-Refresh: <secret>' in a file only logwarden reads and give "
+                        "--refresh-header-file")
+        versions = {"upstream_http_etag", "upstream_http_last_modified"}
+        if self.downstream and self.parser is not None \
+                and not versions & set(self.parser.variables):
+            said.append("downstream: the log_format has neither $upstream_http_etag nor "
+                        "$upstream_http_last_modified, so no change can be told from an expiry "
+                        "and nothing is ever purged: add them as the example format does")
+        return tuple(said)
 
     @property
     def refresh_header_pair(self) -> tuple[str, str]:

@@ -347,3 +347,16 @@ def test_bus_mode_purges_after_publishing_a_change_and_not_for_an_unchanged_expi
         assert len(api.received()) == 1
         assert agent_a.total("logwarden_downstream_purges_total", outcome="ok") == 1
         assert sum(x.total("logwarden_downstream_purges_total") for x in others) == 0
+
+
+def test_a_format_without_versions_warns_that_nothing_is_purged() -> None:
+    flags = {"downstream": ("http://127.0.0.1:6081",), "refresh_header": "X-Refresh: s3cret"}
+    plain = load_config({**flags, "log_format": "$host $request $upstream_cache_status"},
+                        needs=REPLAY)
+    assert [w for w in plain.warnings if w.startswith("downstream:")] == [
+        "downstream: the log_format has neither $upstream_http_etag nor "
+        "$upstream_http_last_modified, so no change can be told from an expiry and nothing is "
+        "ever purged: add them as the example format does"]
+    versioned = load_config({**flags, "log_format": "$host $request $upstream_cache_status "
+                             "$upstream_http_etag"}, needs=REPLAY)
+    assert versioned.warnings == ()
