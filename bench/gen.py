@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 
 FORMAT = ("$msec\t$scheme\t$host\t$server_port\t$request_method\t$request_uri\t$status\t"
-          "$upstream_cache_status\t$upstream_status\t$request_time\t$http_x_refresh\t"
+          "$upstream_cache_status\t$upstream_status\t$request_time\t$logwarden_refresh\t"
           "$http_user_agent\t$upstream_http_cache_control\t$upstream_http_expires\t"
           "$upstream_http_x_accel_expires\t$upstream_http_vary\t$logwarden_set_cookie")
 """The ``logwarden`` log_format of examples/nginx.conf (tests check they stay the same)."""
@@ -90,14 +90,14 @@ def _line(rng: random.Random, t: float, uri: bytes, cache: str, method: str,
         b"%.3f" % t, b"https" if https else b"http", rng.choice(HOSTS), b"443" if https else b"80",
         method.encode(), uri, code, cache.encode(), upstream,
         b"0.000" if hit else b"0.%03d" % rng.randrange(1, 200),
-        b"1" if cache == "BYPASS" else b"-", agent, NO_ANSWER if hit else CACHEABLE,
+        b"1" if cache == "BYPASS" else b"0", agent, NO_ANSWER if hit else CACHEABLE,
     )) + b"\n"
 
 
 def triggering_lines(count: int, *, distinct: int, start: float = START) -> Iterator[bytes]:
     """``count`` MISS lines cycling over ``distinct`` URIs: every line asks for a refresh."""
     for i in range(count):
-        yield (b"%.3f\thttp\twww.example.com\t80\tGET\t/m/%d?v=1\t200\tMISS\t200\t0.010\t-\t"
+        yield (b"%.3f\thttp\twww.example.com\t80\tGET\t/m/%d?v=1\t200\tMISS\t200\t0.010\t0\t"
                b"curl/8.5.0\t%s\n" % (start + i / 100_000, i % distinct, CACHEABLE))
 
 

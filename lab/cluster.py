@@ -60,7 +60,8 @@ _PROD_LISTEN = re.compile(r"\blisten\s+80\b")
 _TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 _LAB_WORKERS = 2  # "auto" would start one per CPU, per node
 
-#: The ``logwarden`` log_format fields, in order.
+#: The ``logwarden`` log_format fields, in order (``refresh`` is ``$logwarden_refresh``: 1 for a
+#: peer's request with the secret, else 0; the header itself is never logged).
 LOG_FIELDS = (
     "msec", "scheme", "host", "port", "method", "target", "status", "cache_status",
     "upstream_status", "request_time", "refresh", "user_agent", "cache_control", "expires",

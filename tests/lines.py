@@ -23,5 +23,5 @@ def example_line(target: str = "/p?x=1", cache: str = "MISS", *, host: str = "ww
     """A line of the example's format: a GET of ``target`` answered 200, logged at ``msec``
     (now by default); ``extra`` is appended to the last field, for formats that add fields."""
     fields = (f"{time.time() if msec is None else msec:.3f}", "http", host, "80", "GET", target,
-              "200", cache, upstream, "0.001", "-", "curl/8", "max-age=60", "-", "-", "-", "0")
+              "200", cache, upstream, "0.001", "0", "curl/8", "max-age=60", "-", "-", "-", "0")
     return ("\t".join(fields) + extra + "\n").encode()
