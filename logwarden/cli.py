@@ -10,15 +10,31 @@ from typing import Any, NoReturn
 import click
 
 from logwarden import __version__
-from logwarden.config import REPLAY, RUN, SETTINGS, WARM, Config, ConfigError, Needs, load_config
+from logwarden.config import (
+    REPLAY,
+    RUN,
+    SETTINGS,
+    WARM,
+    Config,
+    ConfigError,
+    Needs,
+    Setting,
+    load_config,
+)
 from logwarden.ops.logs import setup as setup_logging
 
 F = Callable[..., Any]
 
 
-def _settings_options(func: F) -> F:
-    """Decorate a command with one option per setting, all defaulting to "not given"."""
-    for s in reversed(SETTINGS):
+def _settings_options(command: str) -> Callable[[F], F]:
+    """Decorate ``command`` with one option per setting it reads (``Setting.also``), all
+    defaulting to "not given"; ``check`` takes ``run``'s."""
+    return lambda func: _options(func, [s for s in SETTINGS
+                                        if command in ("run", "check") or command in s.also])
+
+
+def _options(func: F, settings: list[Setting]) -> F:
+    for s in reversed(settings):
         help_text = s.help + (f" [{'|'.join(s.choices)}]" if s.choices else "")
         help_text += f" (env {s.env})"
         if s.kind is bool:
@@ -51,7 +67,7 @@ def main() -> None:
 
 
 @main.command()
-@_settings_options
+@_settings_options("run")
 def run(config_file: str | None, **flags: Any) -> None:
     """Tail the access log and refresh the other peers. SIGTERM drains and exits 0."""
     config = _load(config_file, flags)
@@ -69,7 +85,7 @@ def run(config_file: str | None, **flags: Any) -> None:
 
 
 @main.command()
-@_settings_options
+@_settings_options("check")
 def check(config_file: str | None, **flags: Any) -> None:
     """Validate the configuration and print the effective settings as TOML; start nothing."""
     config = _load(config_file, flags)
@@ -97,7 +113,7 @@ def _verification(config: Config) -> str:
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @click.option("--only-missing", is_flag=True, help="Ask each node with a plain HEAD first and "
               "refresh only where it does not answer X-Cache-Status: HIT.")
-@_settings_options
+@_settings_options("warm")
 def warm(config_file: str | None, sources: tuple[str, ...], only_missing: bool,
          **flags: Any) -> None:
     """Fill every node's cache (this one's too) with the URLs of each SOURCE before clients
@@ -115,7 +131,7 @@ def warm(config_file: str | None, sources: tuple[str, ...], only_missing: bool,
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: each refresh, then {\"summary\": …}.")
-@_settings_options
+@_settings_options("replay")
 def replay(file: str, as_json: bool, config_file: str | None, **flags: Any) -> None:
     """Read FILE once and print the refresh each triggering line would send, then a summary
     (lines, malformed, triggers by status, refreshes after dedup). Sends nothing; no peer or

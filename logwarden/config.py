@@ -68,6 +68,10 @@ class Setting:
     """Raises ConfigError naming the key and value; returns a parsed form to keep, or None."""
     attr: str = ""
     """The Config field, when it differs from the setting's name."""
+    also: tuple[str, ...] = ()
+    """The commands besides ``run`` (and ``check``, which checks what ``run`` would start) that
+    read it, so take its flag: ``replay``, ``warm``. Every key is accepted in the TOML file and
+    the environment by every command: one file serves them all."""
 
     @property
     def field(self) -> str:
@@ -282,31 +286,35 @@ def _check_default_host(key: str, host: str | None) -> None:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("access_log", str, (), "Access log file to tail (repeatable).", multiple=True,
-            check=_check_access_logs),
+            check=_check_access_logs, also=("replay",)),
     Setting("syslog", str, (), "Syslog listener for NGINX's access_log syslog: udp://HOST:PORT "
-            "or unix:///PATH (repeatable).", multiple=True, check=_check_syslog_urls),
+            "or unix:///PATH (repeatable).", multiple=True, check=_check_syslog_urls,
+            also=("replay",)),
     Setting("syslog_tag", str, "nginx", "Syslog tag (RFC 5424 APP-NAME) of the access log; "
             "other tags are counted and ignored.", check=_check_syslog_tag),
     Setting("syslog_rcvbuf", int, 4 << 20, "Receive buffer (SO_RCVBUF) bytes asked for each "
             "syslog socket.", check=_positive),
     Setting("syslog_allow", str, (), "Source network (CIDR) UDP syslog is accepted from "
             "(repeatable); default: any.", multiple=True, check=_check_networks),
-    Setting("log_format", str, None, "The NGINX log_format string, exactly as in nginx.conf."),
+    Setting("log_format", str, None, "The NGINX log_format string, exactly as in nginx.conf.",
+            also=("replay",)),
     Setting("log_format_escape", str, "default", "The log_format's escape= parameter.",
-            choices=ESCAPES),
+            choices=ESCAPES, also=("replay",)),
     Setting("nginx_conf", str, None, "nginx.conf (includes followed), or '-' for `nginx -T` "
-            "output on stdin: the access logs and their log_format are read from it."),
+            "output on stdin: the access logs and their log_format are read from it.",
+            also=("replay",)),
     Setting("default_host", str, None, "Host header to send when the format has no $host.",
-            check=_check_default_host),
+            check=_check_default_host, also=("replay", "warm")),
     Setting("from_start", bool, False, "Read what the file holds instead of starting at its end."),
     Setting("self", str, None, "This node's own peer URL; it is left out of the fan-out.",
-            check=_check_self, attr="self_url"),
+            check=_check_self, attr="self_url", also=("replay", "warm")),
     Setting("peer", str, (), "Peer URL http(s)://ADDRESS[:PORT] (repeatable; same list on every "
-            "node).", multiple=True, check=_check_peers),
+            "node).", multiple=True, check=_check_peers, also=("replay", "warm")),
     Setting("peers_file", str, None, "File of peer URLs, one per line; read again when it "
-            "changes and on SIGHUP.", check=_check_peers_file),
+            "changes and on SIGHUP.", check=_check_peers_file, also=("replay", "warm")),
     Setting("peers_dns", str, (), "http(s)://NAME:PORT: one peer per A/AAAA record of NAME, "
-            "this node's own addresses left out (repeatable).", multiple=True, check=_check_peers),
+            "this node's own addresses left out (repeatable).", multiple=True, check=_check_peers,
+            also=("replay", "warm")),
     Setting("dns_refresh", float, 30.0, "Seconds between lookups of the --peers-dns names.",
             check=_positive),
     Setting("refresh_from_self", bool, False, "Origin offload: refreshes name the node that "
@@ -321,62 +329,65 @@ SETTINGS: tuple[Setting, ...] = (
             "refresh.", check=_check_peer_url),
     Setting("statuses", str, ("MISS", "EXPIRED", "UPDATING", "STALE"),
             "$upstream_cache_status values that trigger a refresh (repeatable or comma-separated).",
-            multiple=True, check=_check_statuses),
+            multiple=True, check=_check_statuses, also=("replay",)),
     Setting("dedup_window", float, 1.0, "Seconds within which repeated triggers for one URL "
-            "produce one fan-out.", check=_not_negative),
+            "produce one fan-out.", check=_not_negative, also=("replay",)),
     Setting("dedup_max_urls", int, 50_000, "URLs the dedup window remembers at most (the "
-            "oldest are forgotten first): bounds its memory.", check=_positive),
-    Setting("refresh_method", str, "HEAD", "Method of refresh requests.", choices=("HEAD", "GET")),
+            "oldest are forgotten first): bounds its memory.", check=_positive, also=("replay",)),
+    Setting("refresh_method", str, "HEAD", "Method of refresh requests.", choices=("HEAD", "GET"),
+            also=("replay", "warm")),
     Setting("refresh_header", str, "X-Refresh: 1", "Header 'Name: value' the peers map to "
-            "proxy_cache_bypass.", check=_check_header),
+            "proxy_cache_bypass.", check=_check_header, also=("warm",)),
     Setting("variant", str, (), "A variant class nodes key apart (README \"Variants\"): "
             "'Accept-Encoding: br' refreshes the copy clients of that class get; '' the one "
             "without the header (repeatable: one refresh request per class and peer).",
-            multiple=True, check=_check_variants),
+            multiple=True, check=_check_variants, also=("replay", "warm")),
     Setting("variant_variable", str, None, "The log_format variable whose value is a line's "
             "variant class (e.g. the map's logwarden_class); default: the variants' header "
-            "when the format logs it ($http_accept_encoding)."),
+            "when the format logs it ($http_accept_encoding).", also=("replay",)),
     Setting("refresh_header_file", str, None, "File holding the refresh header 'Name: value' "
             "with a shared secret; replaces --refresh-header, never printed.",
-            check=_read_header_file),
+            check=_read_header_file, also=("warm",)),
     Setting("cache_status_header", str, DEFAULT_CACHE_STATUS_HEADER, "Header of the peers' "
             "answers holding $upstream_cache_status: a refresh counts as ok only when it says "
-            "BYPASS; '' judges answers by status only.", check=_check_header_name),
+            "BYPASS; '' judges answers by status only.", check=_check_header_name, also=("warm",)),
     Setting("mode", str, "refresh", "refresh: a bypass request; purge: the purge method, "
-            "then optionally a bypass request.", choices=tuple(MODES)),
+            "then optionally a bypass request.", choices=tuple(MODES), also=("replay",)),
     Setting("purge_method", str, "PURGE", "Method of purge requests in purge mode.",
-            check=_check_token),
+            check=_check_token, also=("replay",)),
     Setting("purge_then_refresh", bool, False, "In purge mode, send the bypass refresh after "
-            "the purge, so the peer's next client gets a HIT."),
+            "the purge, so the peer's next client gets a HIT.", also=("replay",)),
     Setting("retries", int, 2, "Retries of a refresh after a connect error, a timeout or "
-            "502/503/504, with exponential backoff and jitter.", check=_not_negative),
+            "502/503/504, with exponential backoff and jitter.", check=_not_negative,
+            also=("warm",)),
     Setting("retry_backoff", float, 0.2, "Seconds before the first retry; doubled for each "
-            "next one (±50% jitter).", check=_not_negative),
+            "next one (±50% jitter).", check=_not_negative, also=("warm",)),
     Setting("breaker_failures", int, 5, "Failed attempts in a row after which a peer is "
-            "skipped (its breaker opens).", check=_positive),
+            "skipped (its breaker opens).", check=_positive, also=("warm",)),
     Setting("breaker_cooldown", float, 10.0, "Seconds a skipped peer waits before one probe "
-            "request may close its breaker.", check=_positive),
+            "request may close its breaker.", check=_positive, also=("warm",)),
     Setting("max_refresh_rate", float, 100.0, "Fan-outs per second, all URLs together (token "
-            "bucket); 0: no limit.", check=_not_negative),
+            "bucket); 0: no limit.", check=_not_negative, also=("replay",)),
     Setting("max_refresh_burst", int, 100, "Fan-outs the token bucket allows at once.",
-            check=_positive),
+            check=_positive, also=("replay",)),
     Setting("only", str, (), "Regex searched in the request target: only matching URLs fan "
-            "out (repeatable).", multiple=True, check=_check_regexes),
+            "out (repeatable).", multiple=True, check=_check_regexes, also=("replay",)),
     Setting("skip", str, (), "Regex searched in the request target: matching URLs never fan "
-            "out (repeatable).", multiple=True, check=_check_regexes),
+            "out (repeatable).", multiple=True, check=_check_regexes, also=("replay",)),
     Setting("max_target_bytes", int, 8192, "Longer request targets do not fan out.",
-            check=_positive),
+            check=_positive, also=("replay",)),
     Setting("peer_ca", str, None, "CA certificates (PEM) that https peers are verified "
-            "against, instead of the system's.", check=_check_readable),
-    Setting("insecure_peer_tls", bool, False, "Do not verify https peers' certificates."),
+            "against, instead of the system's.", check=_check_readable, also=("warm",)),
+    Setting("insecure_peer_tls", bool, False, "Do not verify https peers' certificates.",
+            also=("warm",)),
     Setting("concurrency", int, 64, "Refresh requests in flight at once, all peers together.",
-            check=_positive),
+            check=_positive, also=("warm",)),
     Setting("peer_concurrency", int, 8, "Refresh requests in flight at once to one peer.",
-            check=_positive),
+            check=_positive, also=("warm",)),
     Setting("timeout", float, 5.0, "Seconds a refresh request may take, connect to last byte.",
-            check=_positive),
+            check=_positive, also=("warm",)),
     Setting("queue_size", int, 10000, "Refreshes waiting per peer before new ones are dropped.",
-            check=_positive),
+            check=_positive, also=("warm",)),
     Setting("metrics_listen", str, "127.0.0.1:9145", "HOST:PORT for /metrics and /healthz, "
             "or 'off'.", check=_check_listen),
     Setting("origin_host_labels", int, 20, "Hosts with a label of their own in the origin-"
@@ -389,7 +400,8 @@ SETTINGS: tuple[Setting, ...] = (
             "./logwarden-positions.json."),
     Setting("positions_interval", float, 1.0, "Seconds between saves of the positions file.",
             check=_positive),
-    Setting("max_line_bytes", int, 65536, "Longer lines are skipped and counted.", check=_positive),
+    Setting("max_line_bytes", int, 65536, "Longer lines are skipped and counted.", check=_positive,
+            also=("replay",)),
     Setting("max_line_age", float, 300.0, "Lines older than this many seconds (by $msec, "
             "$time_local or $time_iso8601) are counted but do not trigger; 0 turns it off.",
             check=_not_negative),
@@ -397,12 +409,12 @@ SETTINGS: tuple[Setting, ...] = (
             "closed for good (NGINX writes to it until reopened).", check=_not_negative),
     Setting("poll_interval", float, 1.0, "Seconds between stat() checks of tailed files "
             "(inotify events wake the tailer sooner).", check=_positive),
-    Setting("log_level", str, "info", "Logging level.", choices=LOG_LEVELS),
+    Setting("log_level", str, "info", "Logging level.", choices=LOG_LEVELS, also=("warm",)),
     Setting("log_format_output", str, "text", "Form of logwarden's own log lines on stderr: "
             "text, or json (one object per line: time, level, logger, event, fields).",
-            choices=("text", "json")),
+            choices=("text", "json"), also=("warm",)),
     Setting("dry_run", bool, False, "Read, decide and count refreshes, but send none "
-            "(benchmarks, trying a config)."),
+            "(benchmarks, trying a config).", also=("warm",)),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
