@@ -172,11 +172,21 @@ def _check_channel(key: str, channel: str) -> None:
 
 
 def _check_header(key: str, header: str) -> None:
+    """Errors show the header masked (:func:`masked_header`): its value is the secret."""
     name, sep, value = header.partition(":")
     if not sep or not _TOKEN.match(name.strip()) or not value.strip():
-        raise ConfigError(key, header, "must look like 'Name: value' with a non-empty value")
+        raise ConfigError(key, masked_header(header), "must look like 'Name: value' with a "
+                          "non-empty value")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in header) or not header.isascii():
-        raise ConfigError(key, header, "must be ASCII without control characters")
+        raise ConfigError(key, masked_header(header), "must be ASCII without control "
+                          "characters")
+
+
+def masked_header(header: str) -> str:
+    """The refresh header as ``check`` and errors show it: its name, never its value (the
+    shared secret)."""
+    name, sep, _ = header.partition(":")
+    return f"{name.strip()}: ***" if sep else "***"
 
 
 def _check_statuses(key: str, raw: tuple[str, ...]) -> tuple[str, ...]:
@@ -536,6 +546,10 @@ class Config:
             value = getattr(self, s.field)
             if s.name == "refresh_header" and self.refresh_header_file:
                 continue  # the secret stays in its file
+            if s.name == "refresh_header" and value != s.default:
+                lines.append(f"# {s.name} = {_toml_value(masked_header(value))}  (the secret is "
+                             "not printed: give it again, or with refresh_header_file)")
+                continue
             if s.name == "nginx_conf":
                 continue  # what it stood for is printed instead: stdin cannot be read twice
             if value is not None:
@@ -574,22 +588,47 @@ def load_config(
     command that ``needs`` what it says. ``stdin`` gives the text of ``--nginx-conf -``."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
-    if config_file:
-        values.update(_read_toml(config_file))
-    values.update(_read_env(environ))
-    values.update({k: v for k, v in flags.items() if v is not None and v != ()})
+    layers = {"the file": _read_toml(config_file) if config_file else {},
+              "the environment": _read_env(environ),
+              "the flags": {k: v for k, v in flags.items() if v is not None and v != ()}}
+    for layer in _alternatives_resolved(layers):
+        values.update(layer)
     if values["nginx_conf"]:
         values.update(_from_nginx_conf(values, stdin))
     return _validate(values, needs)
+
+
+ALTERNATIVES = (
+    ("refresh_header", "refresh_header_file", "give one (the file keeps the secret off the "
+     "command line)"),
+    ("nginx_conf", "log_format", "drop --log-format, the one in the NGINX config is used"),
+)
+"""Settings that give one thing two ways, and the fix when one layer gives both. Otherwise the
+highest layer that gives either decides and lower layers' values of both are dropped: a
+``--refresh-header`` flag beats a ``refresh_header_file`` from the TOML file, ``--log-format``
+its ``nginx_conf``, as a flag beats the file for any setting."""
+
+
+def _alternatives_resolved(layers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The layers, lowest first, without what a higher layer's alternative replaces."""
+    ordered = list(layers.values())
+    for one, other, fix in ALTERNATIVES:
+        given = [i for i, layer in enumerate(ordered) if one in layer or other in layer]
+        if not given:
+            continue
+        top = given[-1]
+        if one in ordered[top] and other in ordered[top]:
+            raise ConfigError(other, ordered[top][other],
+                              f"and {one} are both given in {list(layers)[top]}: {fix}")
+        ordered[:top] = [{k: v for k, v in layer.items() if k not in (one, other)}
+                         for layer in ordered[:top]]
+    return ordered
 
 
 def _from_nginx_conf(v: dict[str, Any], stdin: Callable[[], str] | None) -> dict[str, Any]:
     """The access logs, format and escaping the NGINX config gives; ``--access-log`` and
     ``--syslog`` pick among them."""
     source = v["nginx_conf"]
-    if v["log_format"]:
-        raise ConfigError("log_format", v["log_format"], "and nginx_conf both give the format: "
-                          "drop --log-format, the one in the NGINX config is used")
     try:
         found = read_nginx_conf(source, stdin)
         chosen = choose_access_logs(found, source, access_log=v["access_log"],

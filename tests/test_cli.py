@@ -120,3 +120,13 @@ def test_ports_must_be_1_to_65535(url: str) -> None:
     out = logwarden("check", *ARGS, "--peer", url)
     assert out.returncode == 2
     assert f"peer: '{url}' has a bad port: ports are 1-65535" in out.stderr
+
+
+def test_check_and_errors_never_print_the_refresh_secret() -> None:
+    out = logwarden("check", *ARGS, "--refresh-header", "X-Refresh: s3cret-value")
+    assert out.returncode == 0, out.stderr
+    assert "s3cret" not in out.stdout + out.stderr
+    assert '# refresh_header = "X-Refresh: ***"' in out.stdout
+    bad = logwarden("check", *ARGS, "--refresh-header", "X-Refresh s3cret-value")
+    assert bad.returncode == 2 and "s3cret" not in bad.stderr
+    assert "refresh_header: '***' must look like 'Name: value'" in bad.stderr
