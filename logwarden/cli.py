@@ -95,6 +95,7 @@ def check(config_file: str | None, **flags: Any) -> None:
     static = ", ".join(config.targets) or "no static peer"
     dynamic = " + --peers-file/--peers-dns" if config.peers_file or config.peers_dns else ""
     click.echo(f"# refreshes go to: {static}{dynamic}", err=True)
+    click.echo(f"# positions file: {config.positions_path or 'off'}", err=True)
     click.echo(f"# {_verification(config)}", err=True)
 
 

@@ -9,6 +9,7 @@ and every error names the offending key and value.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import json
 import os
@@ -44,6 +45,7 @@ CACHE_STATUSES = ("MISS", "BYPASS", "EXPIRED", "STALE", "UPDATING", "REVALIDATED
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_INSTANCE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 
 
 class ConfigError(ValueError):
@@ -108,8 +110,10 @@ def _check_peers_file(key: str, path: str | None) -> None:
         raise ConfigError(key, path, str(exc)) from None
 
 
-def _check_access_logs(key: str, paths: tuple[str, ...]) -> None:
-    """A log that is not there yet is waited for; one that is there must be readable."""
+def _check_access_logs(key: str, paths: tuple[str, ...]) -> tuple[str, ...]:
+    """A log that is not there yet is waited for; one that is there must be readable. The
+    paths made absolute: positions are saved under them, and a restart from another working
+    directory must find them."""
     for path in paths:
         if set("*?[") & set(os.path.dirname(path)):
             raise ConfigError(key, path, "may have glob characters in the file name only")
@@ -120,6 +124,7 @@ def _check_access_logs(key: str, paths: tuple[str, ...]) -> None:
             raise ConfigError(key, path, "cannot be read (permission denied): run logwarden as "
                               "a user that may read it (Debian: a member of the adm group, as "
                               "examples/logwarden.service does)")
+    return tuple(os.path.abspath(path) for path in paths)
 
 
 def _check_syslog_urls(key: str, urls: tuple[str, ...]) -> tuple[Address, ...]:
@@ -287,6 +292,12 @@ def _not_negative(key: str, value: float) -> None:
         raise ConfigError(key, value, "must not be negative")
 
 
+def _check_instance(key: str, name: str | None) -> None:
+    if name is not None and not _INSTANCE.match(name):
+        raise ConfigError(key, name, "is not an instance name (letters, digits, '.', '_', '-'; "
+                          "64 at most)")
+
+
 def _check_default_host(key: str, host: str | None) -> None:
     if host is not None and (not host or any(c in host for c in " /\r\n\t\0")):
         raise ConfigError(key, host, "is not a host name")
@@ -405,9 +416,13 @@ SETTINGS: tuple[Setting, ...] = (
             check=_not_negative),
     Setting("shutdown_timeout", float, 10.0, "Seconds to finish queued refreshes on SIGTERM.",
             check=_not_negative),
-    Setting("positions", str, None, "Positions (checkpoints) file, or 'off'. Default: "
-            "$STATE_DIRECTORY/positions.json, /var/lib/logwarden/positions.json as root, else "
-            "./logwarden-positions.json."),
+    Setting("positions", str, None, "Positions (checkpoints) file, or 'off'. Default: one per "
+            "agent, positions-NAME.json (NAME: --instance, else derived from what it follows) "
+            "in $STATE_DIRECTORY, /var/lib/logwarden as root, else ./logwarden-positions-NAME."
+            "json."),
+    Setting("instance", str, None, "This agent's name among those on the host: names its "
+            "default positions file; default: derived from its access logs and listeners.",
+            check=_check_instance),
     Setting("positions_interval", float, 1.0, "Seconds between saves of the positions file.",
             check=_positive),
     Setting("max_line_bytes", int, 65536, "Longer lines are skipped and counted.", check=_positive,
@@ -483,6 +498,7 @@ class Config:
     origin_host_labels: int
     shutdown_timeout: float
     positions: str | None
+    instance: str | None
     positions_interval: float
     max_line_bytes: int
     max_line_age: float
@@ -530,9 +546,25 @@ class Config:
 
     @property
     def positions_path(self) -> Path | None:
+        """``positions``, absolute; by default a file of this agent's own (:attr:`agent_name`),
+        so that agents on one host never write each other's."""
         if self.positions == "off":
             return None
-        return Path(self.positions) if self.positions else default_positions_path()
+        if self.positions:
+            return Path(self.positions).absolute()
+        return default_positions_path(f"positions-{self.agent_name}.json").absolute()
+
+    @property
+    def agent_name(self) -> str:
+        """``instance``, else what the agent follows: its first access log or listener as a
+        file name (``var-log-nginx-access.log``, the last 40 characters) and a hash of all of
+        them (paths that spell alike stay apart)."""
+        if self.instance:
+            return self.instance
+        sources = (*self.access_log, *self.syslog)
+        readable = re.sub(r"[^0-9A-Za-z._]+", "-", sources[0] if sources else "").strip("-")
+        digest = hashlib.blake2b("\n".join(sources).encode(), digest_size=4).hexdigest()
+        return f"{readable[-40:].lstrip('-.')}-{digest}".lstrip("-")
 
     def log_format_parser(self) -> LogFormat:
         """The compiled format (the commands that read lines require one)."""
@@ -710,7 +742,7 @@ def _validate(v: dict[str, Any], needs: Needs) -> Config:
             parsed[s.name] = s.check(s.name, v[s.name])
         if s.choices and v[s.name] not in s.choices:
             raise ConfigError(s.name, v[s.name], f"must be one of {', '.join(s.choices)}")
-    v["statuses"] = parsed["statuses"]
+    v["statuses"], v["access_log"] = parsed["statuses"], parsed["access_log"]
     if needs.sources and not v["access_log"] and not v["syslog"]:
         raise ConfigError("access_log", "",
                           "is required: the access log file to tail (or a syslog listener)")

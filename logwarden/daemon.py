@@ -29,7 +29,8 @@ from logwarden.route.discovery import PeerList
 from logwarden.route.router import AlsoHere, Recorder, Router, Target
 from logwarden.sources import LineQueue, Source, SourceError
 from logwarden.sources.file import FileSource
-from logwarden.sources.positions import Positions
+from logwarden.sources.positions import Positions, PositionsLocked
+from logwarden.sources.positions import lock as lock_positions
 from logwarden.sources.syslog import SyslogSource
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class Daemon:
         self.server = MetricsServer(m, self.health)
         self.metrics_address: tuple[str, int] | None = None
         self._started = time.time()
+        self._positions_lock: int | None = None
 
     def _sources(self) -> list[Source]:
         cfg = self.config
@@ -118,7 +120,11 @@ class Daemon:
 
     async def run(self) -> int:
         cfg = self.config
-        await self._start()
+        try:
+            await self._start()
+        except BaseException:
+            self._unlock_positions()
+            raise
         tasks = [asyncio.create_task(s.run(), name=f"source {s.name}") for s in self.sources]
         if self.peer_list.dynamic and not cfg.dry_run:
             tasks.append(asyncio.create_task(self.peer_list.follow(
@@ -141,6 +147,7 @@ class Daemon:
     async def _start(self) -> None:
         """Everything that can fail at start-up fails here, before any line is read."""
         cfg = self.config
+        self._lock_positions()
         self.peer_list.reload_file()
         await self.peer_list.resolve()
         self.dispatcher.set_peers(() if cfg.dry_run else self.peer_list.current())
@@ -184,10 +191,34 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.positions.save()
+        self._unlock_positions()
         for dispatcher in (self.dispatcher, self.local):
             if dispatcher is not None:
                 await dispatcher.close(cfg.shutdown_timeout)
         await self.server.close()
+
+    def _lock_positions(self) -> None:
+        """One agent per positions file: a second one would overwrite the first's entries, and
+        after a restart one of them would skip what was written meanwhile."""
+        path = self.positions.path
+        if path is None:
+            return
+        try:
+            self._positions_lock = lock_positions(path)
+        except PositionsLocked as exc:
+            raise StartupError(
+                f"positions: {str(path)!r} is in use by another logwarden (pid "
+                f"{exc.args[0] or '?'}): give each agent its own --positions FILE, or an "
+                "--instance NAME") from None
+        except OSError as exc:
+            raise StartupError(f"positions: {str(path)!r} cannot be locked ({exc.strerror}): "
+                               "give a --positions FILE in a writable directory, or 'off'"
+                               ) from exc
+
+    def _unlock_positions(self) -> None:
+        if self._positions_lock is not None:
+            os.close(self._positions_lock)
+            self._positions_lock = None
 
     async def _wait(self, tasks: list[asyncio.Task[None]]) -> int:
         """Wait for a stop request; a stage that dies on its own is a bug: fail loudly."""
