@@ -71,7 +71,8 @@ def main() -> None:
 def run(config_file: str | None, **flags: Any) -> None:
     """Tail the access log and refresh the other peers. SIGTERM drains and exits 0."""
     config = _load(config_file, flags)
-    setup_logging(config.log_level, config.log_format_output)
+    setup_logging(config.log_level, config.log_format_output, config.log_libraries,
+                  config.secrets)
     from logwarden.daemon import StartupError
     from logwarden.daemon import run as run_daemon
 
@@ -121,7 +122,8 @@ def warm(config_file: str | None, sources: tuple[str, ...], only_missing: bool,
     ask: a file of URLs or paths, '-' for stdin, or a sitemap (index) file or URL. Exit 1
     when any URL failed on any node."""
     config = _load(config_file, flags, WARM)
-    setup_logging(config.log_level, config.log_format_output)
+    setup_logging(config.log_level, config.log_format_output, config.log_libraries,
+                  config.secrets)
     from logwarden.commands.warm import warm as run_warm
 
     sys.exit(run_warm(config, sources, only_missing=only_missing, out=sys.stdout,

@@ -434,7 +434,13 @@ SETTINGS: tuple[Setting, ...] = (
             "closed for good (NGINX writes to it until reopened).", check=_not_negative),
     Setting("poll_interval", float, 1.0, "Seconds between stat() checks of tailed files "
             "(inotify events wake the tailer sooner).", check=_positive),
-    Setting("log_level", str, "info", "Logging level.", choices=LOG_LEVELS, also=("warm",)),
+    Setting("log_level", str, "info", "Logging level of logwarden's own lines.",
+            choices=LOG_LEVELS, also=("warm",)),
+    Setting("log_libraries", bool, False, "Log the libraries' lines (watchdog, asyncio, "
+            "redis...) at --log-level too; default: their warnings and errors only.",
+            also=("warm",)),
+    Setting("summary_interval", float, 60.0, "Seconds between the info lines that say what "
+            "the agent did since the last one; 0: none.", check=_not_negative),
     Setting("log_format_output", str, "text", "Form of logwarden's own log lines on stderr: "
             "text, or json (one object per line: time, level, logger, event, fields).",
             choices=("text", "json"), also=("warm",)),
@@ -505,6 +511,8 @@ class Config:
     rotate_wait: float
     poll_interval: float
     log_level: str
+    log_libraries: bool
+    summary_interval: float
     log_format_output: str
     dry_run: bool
     nginx_access_logs: tuple[AccessLog, ...] = field(default=(), repr=False, compare=False)
@@ -527,6 +535,13 @@ class Config:
     def refresh_header_pair(self) -> tuple[str, str]:
         name, _, value = self.refresh_header.partition(":")
         return name.strip(), value.strip()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What no log line may show: the refresh header's value, unless it is the default
+        one (no secret)."""
+        default = _BY_NAME["refresh_header"].default
+        return () if self.refresh_header == default else (self.refresh_header_pair[1],)
 
     @property
     def targets(self) -> tuple[str, ...]:

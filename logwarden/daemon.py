@@ -136,13 +136,26 @@ class Daemon:
         helpers = [asyncio.create_task(self.positions.run(cfg.positions_interval),
                                        name="positions"),
                    asyncio.create_task(self._announce_ready(), name="ready")]
+        if cfg.summary_interval:
+            helpers.append(asyncio.create_task(self._summaries(cfg.summary_interval),
+                                               name="summaries"))
         log.info("logwarden running: %d source(s), refreshing %s%s", len(self.sources),
                  ", ".join(self.dispatcher.urls) or "no peer yet",
                  " (dry run: nothing is sent)" if cfg.dry_run else "")
         code = await self._wait([*tasks, stage])
         await self._stop(tasks, stage, helpers)
-        log.info("logwarden stopped: %s", self.metrics.summary())
+        log.info("logwarden stopped: %s", Metrics.summary(self.metrics.counts()))
         return code
+
+    async def _summaries(self, interval: float) -> None:
+        """Say every ``interval`` seconds what the agent did since the last time: at info
+        level, the only sign of life between start and stop otherwise."""
+        before = self.metrics.counts()
+        while True:
+            await asyncio.sleep(interval)
+            now = self.metrics.counts()
+            log.info("last %gs: %s", interval, Metrics.summary(now - before))
+            before = now
 
     async def _start(self) -> None:
         """Everything that can fail at start-up fails here, before any line is read."""

@@ -27,6 +27,8 @@ sent."""
 STORM_REASONS = ("rate", "filtered", "too_long", "no_listener")
 BUS_PUBLISH_OUTCOMES = ("ok", "bus_unavailable", "dropped", "refused")
 BUS_RECEIVE_OUTCOMES = ("ok", "own", "refused", "unknown_version", "malformed")
+SUMMARY = ("lines", "malformed", "triggers", "fan-outs")
+"""What the summary lines show first, then the refreshes by outcome."""
 
 
 class Metrics:
@@ -162,14 +164,29 @@ class Metrics:
                     s.labels["outcome"]] += int(s.value)
         return counts
 
-    def summary(self) -> str:
-        """One line for the log at exit: what this run did, when there is no scrape left."""
-        totals = sum(self.outcomes().values(), collections.Counter[str]())
-        value = self.registry.get_sample_value
-        head = [f"{name}={int(value(f'logwarden_{metric}_total') or 0)}" for name, metric in (
-            ("lines", "lines"), ("malformed", "lines_malformed"),
-            ("fan-outs", "refresh_fanouts"))]
-        return " ".join([*head, "refreshes:", *(f"{o}={n}" for o, n in sorted(totals.items()))])
+    def counts(self) -> collections.Counter[str]:
+        """What the run did so far: the :data:`SUMMARY` counters by name, and the refreshes
+        by outcome as ``refreshes OUTCOME``."""
+        counts = collections.Counter(dict(zip(SUMMARY, map(_total, (
+            self.lines, self.lines_malformed, self.triggers, self.fanouts)), strict=True)))
+        for peer in self.outcomes().values():
+            counts.update({f"refreshes {outcome}": n for outcome, n in peer.items()})
+        return counts
+
+    @staticmethod
+    def summary(counts: collections.Counter[str]) -> str:
+        """``counts`` (:meth:`counts`, or the difference of two) as one log line."""
+        head = [f"{name}={counts[name]}" for name in SUMMARY]
+        outcomes = sorted((k.partition(" ")[2], n) for k, n in counts.items()
+                          if k.startswith("refreshes ") and n)
+        shown = [f"{o}={n}" for o, n in outcomes] or ["none"]
+        return " ".join([*head, "refreshes:", *shown])
+
+
+def _total(counter: Counter) -> int:
+    """A counter's sum over its labels."""
+    return int(sum(s.value for family in counter.collect() for s in family.samples
+                   if s.name.endswith("_total")))
 
 
 class MetricsServer:
