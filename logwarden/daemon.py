@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from logwarden.config import Config
 from logwarden.decide.origin import OriginWatch
@@ -82,12 +83,16 @@ class Daemon:
         origin = OriginWatch(m, parser, default_host=cfg.default_host,
                              host_labels=cfg.origin_host_labels)
         self.stage = ProcessStage(Processor(parser, triggers_for(cfg), origin=origin),
-                                  self.lines, self.router, m, self.positions,
-                                  self.dispatcher.depth)
+                                  self.lines, self.router, m, self.positions)
         self.server = MetricsServer(m, self.health)
         self.metrics_address: tuple[str, int] | None = None
         self._started = time.time()
         self._positions_lock: int | None = None
+        # Read at scrape time: a value set when a batch passes would stick while idle.
+        m.queue_depth.labels("lines").set_function(self.lines.qsize)
+        m.queue_depth.labels("refreshes").set_function(self._refresh_depth)
+        for source in self.sources:
+            m.last_line.labels(source.name).set_function(_last_line_of(source))
 
     def _sources(self) -> list[Source]:
         cfg = self.config
@@ -117,6 +122,9 @@ class Daemon:
         return Bus(url, cfg.bus_channel, m, method=cfg.refresh_method,
                    receive=lambda refresh: receive.route(refresh) is None, fallback=to_peers,
                    accept_holder=cfg.refresh_from_self)
+
+    def _refresh_depth(self) -> int:
+        return sum(d.depth() for d in (self.dispatcher, self.local) if d is not None)
 
     async def run(self) -> int:
         cfg = self.config
@@ -286,6 +294,10 @@ class Daemon:
                  self.config.shutdown_timeout)
         self.stopping.set()
         notify("STOPPING=1")
+
+
+def _last_line_of(source: Source) -> Callable[[], float]:
+    return lambda: source.last_line_at
 
 
 async def _main(config: Config) -> int:

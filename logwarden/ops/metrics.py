@@ -1,7 +1,9 @@
 """Prometheus metrics owned by one daemon, and the small HTTP server for /metrics and /healthz.
 
 Every metric lives in a private ``CollectorRegistry`` (no global state, so tests can run many
-daemons in one process). Labels are bounded: peers are the configured URLs, never request URLs.
+daemons in one process), with the process and platform collectors of prometheus_client on it.
+Labels are bounded: peers are the configured URLs, sources the configured paths and listeners,
+never request URLs. Gauges of a state (queue depths, last line) are read at scrape time.
 """
 
 from __future__ import annotations
@@ -10,12 +12,28 @@ import asyncio
 import collections
 import json
 import logging
+import platform
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from logwarden import __version__
+
 log = logging.getLogger(__name__)
+
+# A counter's creation time doubles every series for no use on a scrape (and is global to
+# prometheus_client: logwarden is its only user in the process).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REFRESH_OUTCOMES = ("ok", "not_cached", "not_refreshed", "unverified", "http_error", "timeout",
                     "connect_error", "tls_error", "skipped", "coalesced", "dropped", "refused",
@@ -36,6 +54,10 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Info("logwarden_build", "The running logwarden and Python.", registry=r).info(
+            {"version": __version__, "python": platform.python_version()})
         self.lines = Counter("logwarden_lines", "Log lines read.", registry=r)
         self.lines_malformed = Counter(
             "logwarden_lines_malformed", "Lines that did not match the log format.", registry=r)
@@ -87,6 +109,9 @@ class Metrics:
             ["peer"], registry=r)
         self.queue_depth = Gauge(
             "logwarden_queue_depth", "Items waiting in a pipeline queue.", ["queue"], registry=r)
+        self.last_line = Gauge(
+            "logwarden_last_line_timestamp_seconds", "When a source last gave a line (Unix "
+            "time; 0: none yet), by configured path or listener.", ["source"], registry=r)
         self.stale_served = Counter(
             "logwarden_stale_served", "Lines where the node served a STALE copy because the "
             "origin failed, by host (top N, else 'other') and use_stale reason.",

@@ -60,6 +60,8 @@ class Source(Protocol):
 
     name: str
     """For logs and /healthz, e.g. the file path or the listen URL."""
+    last_line_at: float
+    """When it last put a line on the queue (``time.time()``); 0.0 until then."""
 
     @property
     def state(self) -> str:

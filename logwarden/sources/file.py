@@ -25,6 +25,7 @@ import fnmatch
 import glob
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +151,7 @@ class FileSource:
         self._failing: dict[str, str] = {}
         self._stopping = False
         self._first_scan = True
+        self.last_line_at = 0.0
 
     @property
     def state(self) -> str:
@@ -404,6 +406,8 @@ class FileSource:
     async def _emit(self, f: _OpenFile, block: bytes, final: bool = False) -> None:
         batch = Batch(block, f.checkpoint(final))
         self.metrics.lines.inc(batch.count)
+        if batch.count:
+            self.last_line_at = time.time()
         await self.out.put(batch)
 
 

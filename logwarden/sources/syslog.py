@@ -28,6 +28,7 @@ import re
 import socket
 import stat
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -148,6 +149,7 @@ class SyslogSource:
         self._file_inode = 0
         """The inode of our unix socket file, so that we remove only our own."""
         self._stopping = asyncio.Event()
+        self.last_line_at = 0.0
         # Bounded: a spoofed flood would otherwise fill the cache with source addresses.
         self._allowed = functools.lru_cache(maxsize=4096)(self._in_allow_list)
         self._datagrams = metrics.syslog_datagrams.labels(url)
@@ -304,6 +306,7 @@ class SyslogSource:
             self._queue_drops.inc(len(lines))
             return
         self.metrics.lines.inc(len(lines))
+        self.last_line_at = time.time()
 
     # -- kernel drops --------------------------------------------------------------------------
 
