@@ -411,6 +411,8 @@ SETTINGS: tuple[Setting, ...] = (
             check=_positive, also=("warm",)),
     Setting("metrics_listen", str, "127.0.0.1:9145", "HOST:PORT for /metrics and /healthz, "
             "or 'off'.", check=_check_listen),
+    Setting("max_quiet", float, 600.0, "Seconds without a line read after which /status "
+            "says degraded; 0: never.", check=_not_negative),
     Setting("origin_host_labels", int, 20, "Hosts with a label of their own in the origin-"
             "failure metrics (the most failing ones); the others are counted as 'other'.",
             check=_not_negative),
@@ -502,6 +504,7 @@ class Config:
     queue_size: int
     metrics_listen: str
     origin_host_labels: int
+    max_quiet: float
     shutdown_timeout: float
     positions: str | None
     instance: str | None

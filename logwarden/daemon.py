@@ -6,6 +6,10 @@
 Shutdown flows downstream: sources stop and read what is already written, the processing stage
 drains the lines queue, the dispatcher finishes queued refreshes until the deadline and counts
 what it had to cut off. A second SIGINT/SIGTERM exits at once.
+
+``/healthz`` is liveness (``ok`` while running); ``/status`` is what the agent sees, built at
+request time from its parts, ``degraded`` when no peer can be refreshed or no line came for
+``--max-quiet`` seconds.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
+from logwarden import __version__
 from logwarden.config import Config
 from logwarden.decide.origin import OriginWatch
 from logwarden.decide.process import Processor, ProcessStage, triggers_for
@@ -84,7 +90,7 @@ class Daemon:
                              host_labels=cfg.origin_host_labels)
         self.stage = ProcessStage(Processor(parser, triggers_for(cfg), origin=origin),
                                   self.lines, self.router, m, self.positions)
-        self.server = MetricsServer(m, self.health)
+        self.server = MetricsServer(m, self.health, self.status)
         self.metrics_address: tuple[str, int] | None = None
         self._started = time.time()
         self._positions_lock: int | None = None
@@ -275,6 +281,42 @@ class Daemon:
             state["bus"] = "connected" if self.bus.connected else "disconnected"
         return state
 
+    def status(self) -> dict[str, Any]:
+        """``/status``: each peer (breaker, last ok, last outcome, queue), each source (what it
+        reads or where it listens, offset, lag, its last line), the bus, and ``degraded``
+        with the reasons when no peer can be refreshed or no line came for too long."""
+        cfg, now = self.config, time.time()
+        live = self.health()
+        reasons = self._degraded(now)
+        doc: dict[str, Any] = {
+            "status": "degraded" if live["status"] == "ok" and reasons else live["status"],
+            "degraded": reasons, "version": __version__, "instance": cfg.agent_name,
+            "uptime_seconds": live["uptime_seconds"],
+            "peers": [{**p, "last_ok_age_seconds": _age(p["last_ok"], now)}
+                      for p in (peer.status() for peer in self.dispatcher.peers)],
+            "sources": [{"name": s.name, "state": s.state, "last_line": s.last_line_at or None,
+                         "last_line_age_seconds": _age(s.last_line_at, now), **s.status()}
+                        for s in self.sources],
+            "bus": None,
+            "queues": {"lines": self.lines.qsize(), "refreshes": self._refresh_depth()},
+        }
+        if self.bus is not None:
+            doc["bus"] = {"url": cfg.bus, "channel": cfg.bus_channel,
+                          "connected": self.bus.connected}
+        return doc
+
+    def _degraded(self, now: float) -> list[str]:
+        cfg, reasons = self.config, []
+        bus_up = self.bus is not None and self.bus.connected
+        if not cfg.dry_run and not bus_up and not self.dispatcher.refreshable:
+            where = "the bus is disconnected and " if self.bus is not None else ""
+            reasons.append(f"{where}no peer can be refreshed" + (
+                ": every peer's breaker is open" if self.dispatcher.peers else ": no peer"))
+        last = max((s.last_line_at for s in self.sources), default=0.0) or self._started
+        if cfg.max_quiet and now - last > cfg.max_quiet:
+            reasons.append(f"no line read for {now - last:.0f} s (max_quiet {cfg.max_quiet:g} s)")
+        return reasons
+
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -298,6 +340,11 @@ class Daemon:
 
 def _last_line_of(source: Source) -> Callable[[], float]:
     return lambda: source.last_line_at
+
+
+def _age(at: float | None, now: float) -> float | None:
+    """Seconds since ``at`` (None for never: 0 or None)."""
+    return round(now - at, 3) if at else None
 
 
 async def _main(config: Config) -> int:

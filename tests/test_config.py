@@ -245,7 +245,7 @@ def test_flags_beat_the_file_for_settings_of_every_kind(tmp_path: Path) -> None:
         "dedup_window": (1.0, 2.0), "refresh_method": ("GET", "HEAD"),
         "mode": ("purge", "refresh"), "retries": (1, 3), "timeout": (1.0, 3.0),
         "metrics_listen": ("127.0.0.1:1", "127.0.0.1:2"), "positions": ("a.json", "b.json"),
-        "instance": ("a", "b"), "log_level": ("debug", "error"),
+        "instance": ("a", "b"), "log_level": ("debug", "error"), "max_quiet": (1.0, 2.0),
         "summary_interval": (1.0, 2.0), "log_libraries": (True, False),
     }
     toml = "".join(f"{k} = {json.dumps(file)}\n" for k, (file, _) in values.items())

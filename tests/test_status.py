@@ -1,8 +1,11 @@
-"""What an operator sees of a running agent: gauges read at scrape time."""
+"""What an operator sees of a running agent: ``/status`` (JSON) and ``/`` (its page) per peer
+and per source, ``degraded`` when no peer can be refreshed or no line came for too long, while
+``/healthz`` stays a liveness probe; gauges read at scrape time."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import urllib.error
 import urllib.request
@@ -13,7 +16,7 @@ from logwarden.config import load_config
 from logwarden.daemon import Daemon
 from tests.agents import start_daemon
 from tests.lines import FMT, line
-from tests.peers import RecordingPeer
+from tests.peers import RecordingPeer, dead_url
 
 
 def config(tmp_path: Path, peers: list[str], **extra: Any) -> Any:
@@ -35,6 +38,13 @@ def get(daemon: Daemon, path: str) -> tuple[int, str, bytes]:
         return exc.code, exc.headers["Content-Type"], exc.read()
 
 
+async def status(daemon: Daemon) -> dict[str, Any]:
+    code, ctype, body = await asyncio.to_thread(get, daemon, "/status")
+    assert (code, ctype) == (200, "application/json")
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
 async def wait_for(condition: Any, what: str, timeout: float = 5.0) -> None:
     try:
         async with asyncio.timeout(timeout):
@@ -42,6 +52,89 @@ async def wait_for(condition: Any, what: str, timeout: float = 5.0) -> None:
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise TimeoutError(f"timed out after {timeout} s waiting for {what}") from None
+
+
+async def test_status_shows_a_dead_and_a_live_peer_and_each_source(tmp_path: Path) -> None:
+    live, dead = await RecordingPeer().start(), dead_url()
+    cfg = config(tmp_path, [live.url, dead])
+    daemon, task = await start_daemon(cfg)
+    before = await status(daemon)
+    assert [s["last_line"] for s in before["sources"]] == [None]
+    with open(cfg.access_log[0], "ab") as fh:
+        fh.write(line("/one") + line("/two", "HIT"))
+    peers = {p.url: p for p in daemon.dispatcher.peers}
+    await wait_for(lambda: peers[live.url].last_ok and peers[dead].breaker.is_open, "answers")
+    doc = await status(daemon)
+    code, _, health = await asyncio.to_thread(get, daemon, "/healthz")
+    page = await asyncio.to_thread(get, daemon, "/")
+    daemon.stopping.set()
+    assert await task == 0
+    await live.close()
+
+    assert doc["status"] == "ok" and doc["degraded"] == []
+    by_url = {p["url"]: p for p in doc["peers"]}
+    assert by_url[live.url]["breaker"] == "closed"
+    assert by_url[live.url]["last_outcome"] == "ok"
+    assert 0 <= by_url[live.url]["last_ok_age_seconds"] < 5
+    assert by_url[dead]["breaker"] == "open"
+    assert by_url[dead]["last_outcome"] == "connect_error"
+    assert by_url[dead]["last_ok"] is None
+    assert all(p["queue"] == 0 and p["in_flight"] == 0 for p in doc["peers"])
+    [source] = doc["sources"]
+    size = Path(cfg.access_log[0]).stat().st_size
+    assert (source["name"], source["kind"], source["state"]) == (cfg.access_log[0], "file",
+                                                                 "tailing")
+    assert source["files"] == [{"path": cfg.access_log[0], "offset": size, "lag_bytes": 0,
+                                "rotated": False}]
+    assert 0 <= source["last_line_age_seconds"] < 5
+    assert doc["instance"] == cfg.agent_name and doc["bus"] is None
+    assert doc["queues"] == {"lines": 0, "refreshes": 0}
+    assert code == 200 and json.loads(health)["status"] == "ok"  # liveness only
+    assert page[:2] == (200, "text/html; charset=utf-8")
+    html = page[2].decode()
+    for needle in ('href="/status"', 'href="/metrics"', live.url, dead, "connect_error",
+                   "closed", "open", cfg.access_log[0]):
+        assert needle in html
+
+
+async def test_all_peers_dead_is_degraded_but_alive(tmp_path: Path) -> None:
+    dead = [dead_url(), dead_url()]
+    daemon, task = await start_daemon(config(tmp_path, dead))
+    assert (await status(daemon))["status"] == "ok"  # nothing failed yet
+    with open(daemon.config.access_log[0], "ab") as fh:
+        fh.write(line("/x"))
+    await wait_for(lambda: not daemon.dispatcher.refreshable, "every breaker open")
+    doc = await status(daemon)
+    code, _, health = await asyncio.to_thread(get, daemon, "/healthz")
+    _, _, page = await asyncio.to_thread(get, daemon, "/")
+    daemon.stopping.set()
+    assert await task == 0
+    assert doc["status"] == "degraded"
+    assert doc["degraded"] == ["no peer can be refreshed: every peer's breaker is open"]
+    assert [p["breaker"] for p in doc["peers"]] == ["open", "open"]
+    assert code == 200 and json.loads(health)["status"] == "ok"
+    assert b"degraded" in page and b"every peer&#x27;s breaker is open" in page
+
+
+async def test_no_line_for_max_quiet_is_degraded(tmp_path: Path) -> None:
+    peer = await RecordingPeer().start()
+    daemon, task = await start_daemon(config(tmp_path, [peer.url], max_quiet=0.3))
+    try:
+        assert (await status(daemon))["status"] == "ok"
+        await asyncio.sleep(0.4)
+        quiet = await status(daemon)
+        with open(daemon.config.access_log[0], "ab") as fh:
+            fh.write(line("/wakes-it-up", "HIT"))
+        await wait_for(lambda: daemon.sources[0].last_line_at, "the line read")
+        woken = await status(daemon)
+    finally:
+        daemon.stopping.set()
+        assert await task == 0
+        await peer.close()
+    assert quiet["status"] == "degraded"
+    [reason] = quiet["degraded"]
+    assert reason.startswith("no line read for ") and reason.endswith("(max_quiet 0.3 s)")
+    assert woken["status"] == "ok"
 
 
 async def test_gauges_are_read_at_scrape_time(tmp_path: Path) -> None:

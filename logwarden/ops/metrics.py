@@ -1,4 +1,5 @@
-"""Prometheus metrics owned by one daemon, and the small HTTP server for /metrics and /healthz.
+"""Prometheus metrics owned by one daemon, and the small HTTP server for ``/metrics``,
+``/healthz`` (liveness), ``/status`` (what the agent sees, JSON) and ``/`` (the same as a page).
 
 Every metric lives in a private ``CollectorRegistry`` (no global state, so tests can run many
 daemons in one process), with the process and platform collectors of prometheus_client on it.
@@ -14,6 +15,7 @@ import json
 import logging
 import platform
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from logwarden import __version__
+from logwarden.ops.status import render_page
 
 log = logging.getLogger(__name__)
 
@@ -215,11 +218,15 @@ def _total(counter: Counter) -> int:
 
 
 class MetricsServer:
-    """Serves ``/metrics`` and ``/healthz`` over HTTP/1.1, one short request per connection."""
+    """Serves ``/metrics``, ``/healthz``, ``/status`` and ``/`` over HTTP/1.1, one short
+    request per connection. ``health``: liveness (503 unless ``ok``); ``status``: what the
+    agent sees (200 whatever it says)."""
 
-    def __init__(self, metrics: Metrics, health: Callable[[], dict[str, object]]) -> None:
+    def __init__(self, metrics: Metrics, health: Callable[[], dict[str, object]],
+                 status: Callable[[], dict[str, Any]]) -> None:
         self.metrics = metrics
         self.health = health
+        self.status = status
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -260,4 +267,8 @@ class MetricsServer:
             state = self.health()
             code = b"200 OK" if state.get("status") == "ok" else b"503 Service Unavailable"
             return code, b"application/json", json.dumps(state).encode() + b"\n"
-        return b"404 Not Found", b"text/plain", b"try /metrics or /healthz\n"
+        if path == b"/status":
+            return b"200 OK", b"application/json", json.dumps(self.status()).encode() + b"\n"
+        if path == b"/":
+            return b"200 OK", b"text/html; charset=utf-8", render_page(self.status())
+        return b"404 Not Found", b"text/plain", b"try /, /status, /metrics or /healthz\n"

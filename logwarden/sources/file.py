@@ -159,6 +159,15 @@ class FileSource:
             return "starting"
         return "tailing" if self.current else "waiting"
 
+    def status(self) -> dict[str, object]:
+        """Each open file: its read offset (complete lines), the bytes after it, and whether
+        it is a rotated file being drained."""
+        return {"kind": "file", "files": [
+            {"path": f.path, "offset": f.done_offset,
+             "lag_bytes": max(0, os.fstat(f.fd).st_size - f.done_offset),
+             "rotated": f in self.draining}
+            for f in [*self.current.values(), *self.draining]]}
+
     def bind(self) -> None:
         """Nothing to take before the start: a missing or unreadable file is waited for, and
         reported, by ``run()`` (the configuration has checked what can be checked)."""

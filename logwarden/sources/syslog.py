@@ -168,6 +168,14 @@ class SyslogSource:
             return "closed" if self._stopping.is_set() else "starting"
         return "listening"
 
+    def status(self) -> dict[str, object]:
+        """Where it listens: the bound address (the real port when the URL says 0)."""
+        address = self.local_address
+        if isinstance(address, tuple):
+            host, port = address[:2]
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return {"kind": "syslog", "listener": address}
+
     def stop(self) -> None:
         self._stopping.set()
 
