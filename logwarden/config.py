@@ -222,10 +222,13 @@ def _check_variants(key: str, texts: tuple[str, ...]) -> tuple[Variant, ...]:
     return tuple(variants)
 
 
-def _read_header_file(key: str, path: str | None) -> str | None:
-    """The header line in ``path``; errors name the file, never its content (a secret)."""
-    if path is None:
-        return None
+def _check_header_file(key: str, path: str | None) -> str | None:
+    return None if path is None else read_header_file(key, path)
+
+
+def read_header_file(key: str, path: str) -> str:
+    """The header line in ``path``; errors name the file, never its content (a secret). The
+    daemon reads it again on SIGHUP."""
     try:
         header = Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -368,7 +371,7 @@ SETTINGS: tuple[Setting, ...] = (
             "when the format logs it ($http_accept_encoding).", also=("replay",)),
     Setting("refresh_header_file", str, None, "File holding the refresh header 'Name: value' "
             "with a shared secret; replaces --refresh-header, never printed.",
-            check=_read_header_file, also=("warm",)),
+            check=_check_header_file, also=("warm",)),
     Setting("cache_status_header", str, DEFAULT_CACHE_STATUS_HEADER, "Header of the peers' "
             "answers holding $upstream_cache_status: a refresh counts as ok only when it says "
             "BYPASS; '' judges answers by status only.", check=_check_header_name, also=("warm",)),

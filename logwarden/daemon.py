@@ -5,7 +5,8 @@
 
 Shutdown flows downstream: sources stop and read what is already written, the processing stage
 drains the lines queue, the dispatcher finishes queued refreshes until the deadline and counts
-what it had to cut off. A second SIGINT/SIGTERM exits at once.
+what it had to cut off. A second SIGINT/SIGTERM exits at once. SIGHUP reads the peers file,
+the peers' DNS names and the refresh header file again.
 
 ``/healthz`` is liveness (``ok`` while running); ``/status`` is what the agent sees, built at
 request time from its parts, ``degraded`` when no peer can be refreshed or no line came for
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -24,11 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 from logwarden import __version__
-from logwarden.config import Config
+from logwarden.config import Config, ConfigError, read_header_file
 from logwarden.decide.origin import OriginWatch
 from logwarden.decide.process import Processor, ProcessStage, triggers_for
 from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
 from logwarden.model import Refresh
+from logwarden.ops.logs import hide
 from logwarden.ops.metrics import Metrics, MetricsServer
 from logwarden.ops.sdnotify import notify
 from logwarden.route.bus import Bus
@@ -324,9 +327,31 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
 
     def _on_hangup(self) -> None:
-        if not self.peer_list.dynamic:
-            log.info("SIGHUP: no --peers-file or --peers-dns to reload")
+        if self.config.refresh_header_file:
+            self._reload_refresh_header(self.config.refresh_header_file)
+        elif not self.peer_list.dynamic:
+            log.info("SIGHUP: no --peers-file, --peers-dns or --refresh-header-file to reload")
         self.reload.set()
+
+    def _reload_refresh_header(self, path: str) -> None:
+        """Read the refresh header file again (a rotated secret, README "Rotating the
+        secret"); on an error keep the header in use."""
+        try:
+            header = read_header_file("refresh_header_file", path)
+        except ConfigError as exc:
+            log.error("SIGHUP: %s; refreshes keep the header read before", exc)
+            return
+        if header == self.config.refresh_header:
+            log.info("SIGHUP: the refresh header in %s is unchanged", path)
+            return
+        self.config = cfg = dataclasses.replace(self.config, refresh_header=header)
+        for secret in cfg.secrets:
+            hide(secret)
+        for dispatcher in (self.dispatcher, self.local):
+            if dispatcher is not None:
+                dispatcher.set_mode(cfg.refresh_mode)
+        log.info("SIGHUP: refreshes not yet sent now carry the %s header read again from %s",
+                 cfg.refresh_header_pair[0], path)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.stopping.is_set():

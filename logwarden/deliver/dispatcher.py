@@ -30,7 +30,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -512,6 +512,13 @@ class Dispatcher:
     def refreshable(self) -> bool:
         """Whether any peer's breaker is closed: a refresh can reach it."""
         return any(not peer.breaker.is_open for peer in self.peers)
+
+    def set_mode(self, mode: Mode) -> None:
+        """Send what ``mode`` says from now on (SIGHUP read the refresh header file again):
+        queued refreshes go with it, those in flight finish with the old one."""
+        self.settings = replace(self.settings, mode=mode)
+        for peer in self._all():
+            peer.settings = self.settings
 
     async def close(self, timeout: float) -> int:
         """Drain every peer within ``timeout`` seconds; returns how many refreshes were cut off."""
