@@ -283,3 +283,15 @@ def _render(compiled: LogFormat, values: dict[str, bytes], render: object, escap
             value = values.get(text, fixed.get(text, b""))
             line += render(value) if text in values else value  # type: ignore[operator]
     return line
+
+
+@pytest.mark.parametrize(("logged", "seen"), [
+    (b"a\\x22b\\x5Cc", b'a"b\\c'),          # NGINX's own: every backslash starts \xHH
+    (b"a\\nb\\x22", b'a\\nb"'),             # not NGINX's: only \xHH is undone
+    (b"a\\x2", b"a\\x2"),                   # a \x cut short stays as it is
+    (b"\\xC3\\xA9", "é".encode()),
+])
+def test_default_escapes_are_undone_exactly(logged: bytes, seen: bytes) -> None:
+    fmt = LogFormat.compile('$upstream_cache_status "$request" "$http_user_agent"')
+    record = fmt.parse(b'MISS "GET / HTTP/1.1" "' + logged + b'"')
+    assert record is not None and record.user_agent == seen
