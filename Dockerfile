@@ -16,7 +16,7 @@ RUN groupadd --system --gid 10001 logwarden \
  && install -d -m 0770 -o logwarden -g 0 /var/lib/logwarden
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels logwarden && rm -rf /wheels
-# Positions go to $STATE_DIRECTORY/positions.json; /metrics and /healthz must be reachable
+# Positions go to $STATE_DIRECTORY/positions-NAME.json; /metrics and /healthz must be reachable
 # from outside the container (Prometheus, the kubelet's probes).
 ENV STATE_DIRECTORY=/var/lib/logwarden \
     LOGWARDEN_METRICS_LISTEN=0.0.0.0:9145 \

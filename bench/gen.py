@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 FORMAT = ("$msec\t$scheme\t$host\t$server_port\t$request_method\t$request_uri\t$status\t"
-          "$upstream_cache_status\t$upstream_status\t$request_time\t$http_x_refresh\t"
+          "$upstream_cache_status\t$upstream_status\t$request_time\t$logwarden_refresh\t"
           "$http_user_agent\t$upstream_http_cache_control\t$upstream_http_expires\t"
           "$upstream_http_x_accel_expires\t$upstream_http_vary\t$logwarden_set_cookie\t"
           "$upstream_http_etag\t$upstream_http_last_modified")
@@ -167,7 +167,7 @@ def _line(rng: random.Random, t: float, uri: bytes, cache: str, method: str,
     https = rng.random() < HTTPS_SHARE
     return _join(t, https, rng.choice(HOSTS), method.encode(), uri, code, cache.encode(),
                  upstream, b"0.000" if hit else _origin_time(rng),
-                 b"1" if cache == "BYPASS" else b"-", agent, NO_HEADERS if hit else CACHEABLE)
+                 b"1" if cache == "BYPASS" else b"0", agent, NO_HEADERS if hit else CACHEABLE)
 
 
 def _join(t: float, https: bool, host: bytes, method: bytes, uri: bytes, code: bytes,
@@ -250,7 +250,7 @@ def _browsing(site: Site, rng: random.Random, t: float, url: tuple[bytes, bytes,
     host, uri, headers = url
     request_time = b"0.000" if upstream == b"-" else _origin_time(rng)
     return _join(t, rng.random() < HTTPS_SHARE, host, method, uri, code, cache, upstream,
-                 request_time, b"-", site.agent(rng), headers)
+                 request_time, b"0", site.agent(rng), headers)
 
 
 def _hit(site: Site, rng: random.Random, t: float) -> bytes:
@@ -297,13 +297,13 @@ def _no_cache(site: Site, rng: random.Random, t: float) -> bytes:
     not serve (the default server), a health probe."""
     roll, (host, uri, _) = rng.random(), site.stored.pick(rng)
     if roll < 0.5:
-        return _join(t, False, host, b"GET", uri, b"301", b"-", b"-", b"0.000", b"-",
+        return _join(t, False, host, b"GET", uri, b"301", b"-", b"-", b"0.000", b"0",
                      site.agent(rng), NO_HEADERS)
     if roll < 0.7:
         return _join(t, False, b"203.0.113.7", b"GET", b"/", b"421", b"-", b"-", b"0.000",
-                     b"-", b"Mozilla/5.0 zgrab/0.x", NO_HEADERS)
+                     b"0", b"Mozilla/5.0 zgrab/0.x", NO_HEADERS)
     return _join(t, False, rng.choice(SITE_HOSTS), b"GET", b"/healthz", b"200", b"-", b"-",
-                 b"0.000", b"-", b"kube-probe/1.31", NO_HEADERS)
+                 b"0.000", b"0", b"kube-probe/1.31", NO_HEADERS)
 
 
 _BUILDS: dict[str, Build] = {
@@ -319,7 +319,7 @@ MIXES: dict[str, Callable[..., Iterator[bytes]]] = {"busy": lines, "realistic": 
 def triggering_lines(count: int, *, distinct: int, start: float = START) -> Iterator[bytes]:
     """``count`` MISS lines cycling over ``distinct`` URIs: every line asks for a refresh."""
     for i in range(count):
-        yield (b"%.3f\thttp\twww.example.com\t80\tGET\t/m/%d?v=1\t200\tMISS\t200\t0.010\t-\t"
+        yield (b"%.3f\thttp\twww.example.com\t80\tGET\t/m/%d?v=1\t200\tMISS\t200\t0.010\t0\t"
                b"curl/8.5.0\t%s\n" % (start + i / 100_000, i % distinct, CACHEABLE))
 
 

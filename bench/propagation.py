@@ -89,6 +89,6 @@ def _hit_load(log: Path, stop: threading.Event) -> None:
         while not stop.wait(0.01):
             now = time.time()
             fh.write(b"".join(
-                b"%.3f\thttp\twww.example.com\t80\tGET\t/bg/%d\t200\tHIT\t-\t0.000\t-\t"
+                b"%.3f\thttp\twww.example.com\t80\tGET\t/bg/%d\t200\tHIT\t-\t0.000\t0\t"
                 b"curl/8.5.0\t%s\n" % (now, (n + i) % 5000, CACHEABLE) for i in range(per_write)))
             n += per_write

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lab.accounting import Key, parse_samples, total
@@ -35,8 +35,12 @@ class Agent:
 
     def __init__(self, access_log: Path | None, log_format: str, self_url: str,
                  peers: Sequence[str], *, extra: Sequence[str] = (),
-                 stderr: Path | None = None) -> None:
+                 stderr: Path | None = None, env: Mapping[str, str] | None = None,
+                 default_positions: bool = False) -> None:
+        """``env``: added to the environment; ``default_positions``: no ``--positions`` (the
+        agent's own default file), else one beside ``stderr`` (``off`` without it)."""
         self.metrics_port = free_port("127.0.0.1")
+        positions = str(stderr.with_suffix(".positions.json")) if stderr else "off"
         self.args = [
             sys.executable, "-m", "logwarden", "run",
             *(["--access-log", str(access_log)] if access_log else []),
@@ -44,10 +48,11 @@ class Agent:
             "--self", self_url,
             *[a for p in dict.fromkeys([*peers, self_url]) for a in ("--peer", p)],
             "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
-            "--positions", str(stderr.with_suffix(".positions.json")) if stderr else "off",
+            *([] if default_positions else ["--positions", positions]),
             *extra,
         ]
         self.stderr_path = stderr
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,7 +60,7 @@ class Agent:
         return f"http://127.0.0.1:{self.metrics_port}"
 
     def start(self, timeout: float = 10.0) -> Agent:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         if self.stderr_path is None:
             self.proc = subprocess.Popen(self.args, stderr=subprocess.DEVNULL, env=env,
                                          start_new_session=True)

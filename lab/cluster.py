@@ -32,7 +32,7 @@ from typing import IO, NamedTuple
 from urllib.parse import urlsplit
 
 from lab.origin import Origin
-from lab.process import Running, stop_process
+from lab.process import Running, children, stop_process
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "nginx.conf"
 
@@ -50,9 +50,10 @@ _PROD_ERROR_LOG = "error_log /var/log/nginx/error.log;"
 _PROD_ACCESS_LOG = "access_log /var/log/nginx/access.log logwarden;"
 _PROD_CACHE_PATH = "proxy_cache_path /var/cache/nginx/logwarden "
 _PROD_ORIGIN = "server 10.0.1.10:8080;"
-_PROD_SECRET = '"1:CHANGE-ME-SECRET"'
+_PROD_SECRET = re.compile(r'^([ \t]*)"1:CHANGE-ME-SECRET"([ \t]+1;[^\n]*\n)', re.MULTILINE)
 #: The refresh header's secret in lab nodes: logwarden's default header is ``X-Refresh: 1``.
 LAB_SECRET = "1"
+_SECRET = re.compile(r"[0-9A-Za-z._~-]+")
 _PROD_PEERS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
 #: The origin-offload map's entries: ``"1:ADDRESS:PORT" ADDRESS:PORT;``, one per node.
 _SOURCE_ENTRY = re.compile(r'^[ \t]*"1:(?P<src>[0-9.]+:\d+)"[ \t]+(?P=src);[^\n]*\n', re.MULTILINE)
@@ -60,7 +61,8 @@ _PROD_LISTEN = re.compile(r"\blisten\s+80\b")
 _TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 _LAB_WORKERS = 2  # "auto" would start one per CPU, per node
 
-#: The ``logwarden`` log_format fields, in order.
+#: The ``logwarden`` log_format fields, in order (``refresh`` is ``$logwarden_refresh``: 1 for a
+#: peer's request with the secret, else 0; the header itself is never logged).
 LOG_FIELDS = (
     "msec", "scheme", "host", "port", "method", "target", "status", "cache_status",
     "upstream_status", "request_time", "refresh", "user_agent", "cache_control", "expires",
@@ -162,7 +164,7 @@ def _code(text: str) -> str:
 def render_config(
     template: str, *, listen: str, port: int, prefix: Path, origin: str,
     peers: Sequence[str], user: str, syslog: str | None = None, sources: Sequence[str] = (),
-    variants: bool = False,
+    variants: bool = False, secrets: Sequence[str] = (LAB_SECRET,),
 ) -> str:
     """Turn ``examples/nginx.conf`` into a config that runs under ``prefix`` on loopback.
 
@@ -170,7 +172,8 @@ def render_config(
     addresses allowed to force a refresh, ``sources`` the nodes' ``ADDRESS:PORT`` that an
     offloaded refresh may fetch from. ``syslog`` (``127.0.0.1:PORT`` or ``unix:/PATH``)
     also sends the access log there, tagged ``nginx``. ``variants`` uncomments the example's
-    variant-class recipe (its lines marked ``# VARIANTS``). Run the result with
+    variant-class recipe (its lines marked ``# VARIANTS``). ``secrets``: the refresh secrets
+    the node accepts (several while one is rotated to another). Run the result with
     ``-g 'daemon off;'``.
     """
     prefix = Path(prefix).resolve()
@@ -195,7 +198,12 @@ def render_config(
     text = _replace(text, _PROD_ACCESS_LOG, access_log)
     text = _replace(text, _PROD_CACHE_PATH, f"proxy_cache_path {prefix}/cache ")
     text = _replace(text, _PROD_ORIGIN, f"server {origin};")
-    text = _replace(text, _PROD_SECRET, f'"1:{LAB_SECRET}"')
+    if not secrets or not all(_SECRET.fullmatch(s) for s in secrets):
+        raise ValueError(f"secrets must be one or more plain tokens, got {secrets!r}")
+    text, found = _PROD_SECRET.subn(
+        lambda m: "".join(f'{m.group(1)}"1:{s}"{m.group(2)}' for s in secrets), text)
+    if found != 1:
+        raise ValueError('template: the map entry "1:CHANGE-ME-SECRET" 1; not found once')
 
     # geo allow-list: drop the production peers, put the lab's where the first one was.
     entry = re.compile(r"^[ \t]*(?P<addr>[0-9.]+)[ \t]+1;[^\n]*\n", re.MULTILINE)
@@ -351,13 +359,16 @@ class NginxNode(Running):
         peers: Sequence[str], workdir: Path, *, port: int | None = None,
         nginx: str | None = None, syslog: str | None = None, sources: Sequence[str] = (),
         variants: bool = False, edit: Edit | None = None, config: Render | None = None,
+        secrets: Sequence[str] = (LAB_SECRET,),
     ) -> None:
         """``sources``: the ``ADDRESS:PORT`` of the nodes this one may fetch an offloaded
         refresh from (the origin-offload map); ``variants``: the variant-class recipe on;
         ``edit`` changes the rendered config (e.g. one of :data:`DEAF`); ``config`` replaces
-        it with one of the caller's own."""
+        it with one of the caller's own; ``secrets``: the refresh secrets it accepts (change
+        them, then :meth:`reload`)."""
         self.variants = variants
         self.config = config
+        self.secrets = tuple(secrets)
         self.name = name
         self.address = address
         self.port = port if port is not None else free_port(address)
@@ -394,7 +405,8 @@ class NginxNode(Running):
         text = render_config(
             self.template_path.read_text(), listen=self.address, port=self.port,
             prefix=self.prefix, origin=self.origin, peers=self.peers, user=current_user(),
-            syslog=self.syslog, sources=self.sources, variants=self.variants)
+            syslog=self.syslog, sources=self.sources, variants=self.variants,
+            secrets=self.secrets)
         return self.edit(text) if self.edit else text
 
     def start(self, timeout: float = 10.0) -> NginxNode:
@@ -458,6 +470,22 @@ class NginxNode(Running):
             if self._stderr is not None:
                 self._stderr.close()
                 self._stderr = None
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """``nginx -s reload`` of the config rendered again (after ``secrets`` changed, say):
+        SIGHUP to the master once ``nginx -t`` accepts it; returns when every worker runs the
+        new config (those of the old one have exited, their idle connections closed)."""
+        if self.pid is None:
+            raise RuntimeError(f"{self} is not running")
+        master, old = self.pid, children(self.pid)
+        self.conf_path.write_text(self.render())
+        check = subprocess.run([*self._args(), "-t", "-q"], capture_output=True, timeout=30)
+        if check.returncode != 0:
+            raise NginxError(f"nginx -t failed for {self.conf_path}:\n"
+                             + check.stderr.decode(errors="replace"))
+        os.kill(master, signal.SIGHUP)
+        wait_until(lambda: bool(children(master)) and not children(master) & old, timeout,
+                   what=f"{self}'s workers to run the reloaded config")
 
     def reopen(self, timeout: float = 5.0) -> None:
         """``nginx -s reopen``: SIGUSR1 to the master; returns once the access log exists.
@@ -531,10 +559,12 @@ class Cluster(Running):
         origin: Origin | None = None, template_path: Path = EXAMPLE_CONFIG,
         client_address: str = CLIENT_ADDRESS, variants: bool = False,
         edits: Mapping[int, Edit] | None = None, config: Render | None = None,
+        secrets: Sequence[str] = (LAB_SECRET,),
     ) -> None:
         self.workdir = Path(workdir)
         self.config = config
         self.variants = variants
+        self.secrets = tuple(secrets)
         self.addresses = tuple(addresses or (f"127.0.0.{11 + i}" for i in range(nodes)))
         self.template_path = Path(template_path)
         self.peers = tuple(dict.fromkeys((client_address, *self.addresses)))
@@ -553,7 +583,8 @@ class Cluster(Running):
                 node = NginxNode(
                     chr(ord("a") + i), address, self.template_path, self.origin.url,
                     self.peers, self.workdir, port=ports[i], sources=sources,
-                    variants=self.variants, edit=self.edits.get(i), config=self.config)
+                    variants=self.variants, edit=self.edits.get(i), config=self.config,
+                    secrets=self.secrets)
                 self.nodes.append(node)
                 node.start()
         except BaseException:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -65,6 +66,19 @@ def kill_group(pgid: int) -> None:
     """SIGKILL every process of the group ``pgid``; one already gone is no error."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def children(pid: int) -> set[int]:
+    """The pids whose parent is ``pid`` now (from /proc: NGINX's workers of a master)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields and int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
 
 
 def group_alive(pgid: int) -> bool:

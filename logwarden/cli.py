@@ -21,6 +21,7 @@ from logwarden.config import (
     Config,
     ConfigError,
     Needs,
+    Setting,
     load_config,
 )
 from logwarden.ops.logs import setup as setup_logging
@@ -29,9 +30,19 @@ from logwarden.parse.logformat import CACHING_VARIABLES
 F = Callable[..., Any]
 
 
-def _settings_options(func: F) -> F:
-    """Decorate a command with one option per setting, all defaulting to "not given"."""
-    for s in reversed(SETTINGS):
+def _settings_options(command: str) -> Callable[[F], F]:
+    """Decorate ``command`` with one option per setting it reads (``Setting.also``), all
+    defaulting to "not given"; ``check``, ``doctor`` and ``nginx-snippet`` take ``run``'s
+    (they check or print what ``run`` would do)."""
+    return lambda func: _options(func, [s for s in SETTINGS if command in _AS_RUN
+                                        or command in s.also])
+
+
+_AS_RUN = ("run", "check", "doctor", "nginx-snippet")
+
+
+def _options(func: F, settings: list[Setting]) -> F:
+    for s in reversed(settings):
         help_text = s.help + (f" [{'|'.join(s.choices)}]" if s.choices else "")
         help_text += f" (env {s.env})"
         if s.kind is bool:
@@ -65,11 +76,12 @@ def main() -> None:
 
 
 @main.command()
-@_settings_options
+@_settings_options("run")
 def run(config_file: str | None, **flags: Any) -> None:
     """Tail the access log and refresh the other peers. SIGTERM drains and exits 0."""
     config = _load(config_file, flags)
-    setup_logging(config.log_level, config.log_format_output)
+    setup_logging(config.log_level, config.log_format_output, config.log_libraries,
+                  config.secrets)
     from logwarden.daemon import StartupError
     from logwarden.daemon import run as run_daemon
 
@@ -83,7 +95,7 @@ def run(config_file: str | None, **flags: Any) -> None:
 
 
 @main.command()
-@_settings_options
+@_settings_options("check")
 def check(config_file: str | None, **flags: Any) -> None:
     """Validate the configuration and print the effective settings as TOML, then a verdict
     on each caching location of the --nginx-conf that writes a followed log, and what the
@@ -96,6 +108,7 @@ def check(config_file: str | None, **flags: Any) -> None:
     static = ", ".join(config.targets) or "no static peer"
     dynamic = " + --peers-file/--peers-dns" if config.peers_file or config.peers_dns else ""
     click.echo(f"# refreshes go to: {static}{dynamic}", err=True)
+    click.echo(f"# positions file: {config.positions_path or 'off'}", err=True)
     click.echo(f"# {_verification(config)}", err=True)
     click.echo(f"# {_uncacheable(config)}", err=True)
     for warning in config.warnings:
@@ -145,14 +158,15 @@ def _verification(config: Config) -> str:
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @click.option("--only-missing", is_flag=True, help="Ask each node with a plain HEAD first and "
               "refresh only where it does not answer X-Cache-Status: HIT.")
-@_settings_options
+@_settings_options("warm")
 def warm(config_file: str | None, sources: tuple[str, ...], only_missing: bool,
          **flags: Any) -> None:
     """Fill every node's cache (this one's too) with the URLs of each SOURCE before clients
     ask: a file of URLs or paths, '-' for stdin, or a sitemap (index) file or URL. Exit 1
     when any URL failed on any node."""
     config = _load(config_file, flags, WARM)
-    setup_logging(config.log_level, config.log_format_output)
+    setup_logging(config.log_level, config.log_format_output, config.log_libraries,
+                  config.secrets)
     from logwarden.commands.warm import warm as run_warm
 
     sys.exit(run_warm(config, sources, only_missing=only_missing, out=sys.stdout,
@@ -163,7 +177,7 @@ def warm(config_file: str | None, sources: tuple[str, ...], only_missing: bool,
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: each refresh, then {\"summary\": …}.")
-@_settings_options
+@_settings_options("replay")
 def replay(file: str, as_json: bool, config_file: str | None, **flags: Any) -> None:
     """Read FILE once and print the refresh each triggering line would send, then a summary
     (lines, malformed, triggers by status, refreshes after dedup). Sends nothing; no peer or
@@ -178,7 +192,7 @@ def replay(file: str, as_json: bool, config_file: str | None, **flags: Any) -> N
 
 
 @main.command()
-@_settings_options
+@_settings_options("doctor")
 def doctor(config_file: str | None, **flags: Any) -> None:
     """Check every node (--self and the peers) live, before going live: on the canary
     (--doctor-url), a refresh must bypass the cache and be stored, a request without the
@@ -202,7 +216,7 @@ def doctor(config_file: str | None, **flags: Any) -> None:
               "the purge route [default: from --nginx-conf, else logwarden].")
 @click.option("--cache-key", metavar="KEY", help="Its proxy_cache_key, for the variant and "
               "purge keys [default: from --nginx-conf, else $scheme$host$request_uri].")
-@_settings_options
+@_settings_options("nginx-snippet")
 def nginx_snippet(config_file: str | None, cache_zone: str | None, cache_key: str | None,
                   **flags: Any) -> None:
     """Print the NGINX lines every node needs for this cluster (peers' geo allow-list, the

@@ -9,6 +9,7 @@ and every error names the offending key and value.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import json
 import os
@@ -49,6 +50,7 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _OWN_OUTPUT = re.compile(r"/(?:dev/(?:stdout|stderr|fd/[12])|proc/(?:self|thread-self)/fd/[12])")
 _MAX_LINKS = 8
+_INSTANCE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 
 
 class ConfigError(ValueError):
@@ -73,6 +75,10 @@ class Setting:
     """Raises ConfigError naming the key and value; returns a parsed form to keep, or None."""
     attr: str = ""
     """The Config field, when it differs from the setting's name."""
+    also: tuple[str, ...] = ()
+    """The commands besides ``run`` (and ``check``, which checks what ``run`` would start) that
+    read it, so take its flag: ``replay``, ``warm``. Every key is accepted in the TOML file and
+    the environment by every command: one file serves them all."""
 
     @property
     def field(self) -> str:
@@ -110,9 +116,10 @@ def _check_peers_file(key: str, path: str | None) -> tuple[str, ...]:
         raise ConfigError(key, path, str(exc)) from None
 
 
-def _check_access_logs(key: str, paths: tuple[str, ...]) -> None:
+def _check_access_logs(key: str, paths: tuple[str, ...]) -> tuple[str, ...]:
     """A log that is not there yet is waited for; one that is there must be a readable file
-    or FIFO, and not logwarden's own output."""
+    or FIFO, and not logwarden's own output. The paths made absolute: positions are saved
+    under them, and a restart from another working directory must find them."""
     for path in paths:
         own = _own_output(path)
         if own is not None:
@@ -134,6 +141,7 @@ def _check_access_logs(key: str, paths: tuple[str, ...]) -> None:
         if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
             raise ConfigError(key, path, "is not a file or a FIFO (a device or a socket): give "
                               "the file NGINX's access_log writes")
+    return tuple(os.path.abspath(path) for path in paths)
 
 
 def _own_output(path: str) -> str | None:
@@ -214,11 +222,21 @@ def _check_channel(key: str, channel: str) -> None:
 
 
 def _check_header(key: str, header: str) -> None:
+    """Errors show the header masked (:func:`masked_header`): its value is the secret."""
     name, sep, value = header.partition(":")
     if not sep or not _TOKEN.match(name.strip()) or not value.strip():
-        raise ConfigError(key, header, "must look like 'Name: value' with a non-empty value")
+        raise ConfigError(key, masked_header(header), "must look like 'Name: value' with a "
+                          "non-empty value")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in header) or not header.isascii():
-        raise ConfigError(key, header, "must be ASCII without control characters")
+        raise ConfigError(key, masked_header(header), "must be ASCII without control "
+                          "characters")
+
+
+def masked_header(header: str) -> str:
+    """The refresh header as ``check`` and errors show it: its name, never its value (the
+    shared secret)."""
+    name, sep, _ = header.partition(":")
+    return f"{name.strip()}: ***" if sep else "***"
 
 
 def _check_statuses(key: str, raw: tuple[str, ...]) -> tuple[str, ...]:
@@ -249,10 +267,13 @@ def _check_variants(key: str, texts: tuple[str, ...]) -> tuple[Variant, ...]:
     return tuple(variants)
 
 
-def _read_header_file(key: str, path: str | None) -> str | None:
-    """The header line in ``path``; errors name the file, never its content (a secret)."""
-    if path is None:
-        return None
+def _check_header_file(key: str, path: str | None) -> str | None:
+    return None if path is None else read_header_file(key, path)
+
+
+def read_header_file(key: str, path: str) -> str:
+    """The header line in ``path``; errors name the file, never its content (a secret). The
+    daemon reads it again on SIGHUP."""
     try:
         header = Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -319,6 +340,12 @@ def _not_negative(key: str, value: float) -> None:
         raise ConfigError(key, value, "must not be negative")
 
 
+def _check_instance(key: str, name: str | None) -> None:
+    if name is not None and not _INSTANCE.match(name):
+        raise ConfigError(key, name, "is not an instance name (letters, digits, '.', '_', '-'; "
+                          "64 at most)")
+
+
 def _check_default_host(key: str, host: str | None) -> None:
     if host is not None and (not host or any(c in host for c in " /\r\n\t\0")):
         raise ConfigError(key, host, "is not a host name")
@@ -364,35 +391,39 @@ def _check_doctor_url(key: str, url: str) -> None:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("access_log", str, (), "Access log file to tail (repeatable).", multiple=True,
-            check=_check_access_logs),
+            check=_check_access_logs, also=("replay",)),
     Setting("syslog", str, (), "Syslog listener for NGINX's access_log syslog: udp://HOST:PORT "
-            "or unix:///PATH (repeatable).", multiple=True, check=_check_syslog_urls),
+            "or unix:///PATH (repeatable).", multiple=True, check=_check_syslog_urls,
+            also=("replay",)),
     Setting("syslog_tag", str, "nginx", "Syslog tag (RFC 5424 APP-NAME) of the access log; "
             "other tags are counted and ignored.", check=_check_syslog_tag),
     Setting("syslog_rcvbuf", int, 4 << 20, "Receive buffer (SO_RCVBUF) bytes asked for each "
             "syslog socket.", check=_positive),
     Setting("syslog_allow", str, (), "Source network (CIDR) UDP syslog is accepted from "
             "(repeatable); default: any.", multiple=True, check=_check_networks),
-    Setting("log_format", str, None, "The NGINX log_format string, exactly as in nginx.conf."),
+    Setting("log_format", str, None, "The NGINX log_format string, exactly as in nginx.conf.",
+            also=("replay",)),
     Setting("log_format_escape", str, "default", "The log_format's escape= parameter.",
-            choices=ESCAPES),
+            choices=ESCAPES, also=("replay",)),
     Setting("nginx_conf", str, None, "nginx.conf (includes followed), or '-' for `nginx -T` "
-            "output on stdin: the access logs and their log_format are read from it."),
+            "output on stdin: the access logs and their log_format are read from it.",
+            also=("replay",)),
     Setting("nginx_prefix", str, None, "NGINX's prefix (nginx -p), for relative access_log "
-            "paths in --nginx-conf (default: the --prefix `nginx -V` shows)."),
+            "paths in --nginx-conf (default: the --prefix `nginx -V` shows).", also=("replay",)),
     Setting("log_format_name", str, None, "With --nginx-conf: the log_format to read a file "
-            "that several blocks write in different formats."),
+            "that several blocks write in different formats.", also=("replay",)),
     Setting("default_host", str, None, "Host header to send when the format has no $host.",
-            check=_check_default_host),
+            check=_check_default_host, also=("replay", "warm")),
     Setting("from_start", bool, False, "Read what the file holds instead of starting at its end."),
     Setting("self", str, None, "This node's own peer URL; it is left out of the fan-out.",
-            check=_check_self, attr="self_url"),
+            check=_check_self, attr="self_url", also=("replay", "warm")),
     Setting("peer", str, (), "Peer URL http(s)://ADDRESS[:PORT] (repeatable; same list on every "
-            "node).", multiple=True, check=_check_peers),
+            "node).", multiple=True, check=_check_peers, also=("replay", "warm")),
     Setting("peers_file", str, None, "File of peer URLs, one per line; read again when it "
-            "changes and on SIGHUP.", check=_check_peers_file),
+            "changes and on SIGHUP.", check=_check_peers_file, also=("replay", "warm")),
     Setting("peers_dns", str, (), "http(s)://NAME:PORT: one peer per A/AAAA record of NAME, "
-            "this node's own addresses left out (repeatable).", multiple=True, check=_check_peers),
+            "this node's own addresses left out (repeatable).", multiple=True, check=_check_peers,
+            also=("replay", "warm")),
     Setting("dns_refresh", float, 30.0, "Seconds between lookups of the --peers-dns names.",
             check=_positive),
     Setting("refresh_from_self", bool, False, "Origin offload: refreshes name the node that "
@@ -407,62 +438,65 @@ SETTINGS: tuple[Setting, ...] = (
             "refresh.", check=_check_peer_url),
     Setting("statuses", str, ("MISS", "EXPIRED", "UPDATING", "STALE"),
             "$upstream_cache_status values that trigger a refresh (repeatable or comma-separated).",
-            multiple=True, check=_check_statuses),
+            multiple=True, check=_check_statuses, also=("replay",)),
     Setting("dedup_window", float, 1.0, "Seconds within which repeated triggers for one URL "
-            "produce one fan-out.", check=_not_negative),
+            "produce one fan-out.", check=_not_negative, also=("replay",)),
     Setting("dedup_max_urls", int, 50_000, "URLs the dedup window remembers at most (the "
-            "oldest are forgotten first): bounds its memory.", check=_positive),
-    Setting("refresh_method", str, "HEAD", "Method of refresh requests.", choices=("HEAD", "GET")),
+            "oldest are forgotten first): bounds its memory.", check=_positive, also=("replay",)),
+    Setting("refresh_method", str, "HEAD", "Method of refresh requests.", choices=("HEAD", "GET"),
+            also=("replay", "warm")),
     Setting("refresh_header", str, "X-Refresh: 1", "Header 'Name: value' the peers map to "
-            "proxy_cache_bypass.", check=_check_header),
+            "proxy_cache_bypass.", check=_check_header, also=("warm",)),
     Setting("variant", str, (), "A variant class nodes key apart (README \"Variants\"): "
             "'Accept-Encoding: br' refreshes the copy clients of that class get; '' the one "
             "without the header (repeatable: one refresh request per class and peer).",
-            multiple=True, check=_check_variants),
+            multiple=True, check=_check_variants, also=("replay", "warm")),
     Setting("variant_variable", str, None, "The log_format variable whose value is a line's "
             "variant class (e.g. the map's logwarden_class); default: the variants' header "
-            "when the format logs it ($http_accept_encoding)."),
+            "when the format logs it ($http_accept_encoding).", also=("replay",)),
     Setting("refresh_header_file", str, None, "File holding the refresh header 'Name: value' "
             "with a shared secret; replaces --refresh-header, never printed.",
-            check=_read_header_file),
+            check=_check_header_file, also=("warm",)),
     Setting("cache_status_header", str, DEFAULT_CACHE_STATUS_HEADER, "Header of the peers' "
             "answers holding $upstream_cache_status: a refresh counts as ok only when it says "
-            "BYPASS; '' judges answers by status only.", check=_check_header_name),
+            "BYPASS; '' judges answers by status only.", check=_check_header_name, also=("warm",)),
     Setting("mode", str, "refresh", "refresh: a bypass request; purge: the purge method, "
-            "then optionally a bypass request.", choices=tuple(MODES)),
+            "then optionally a bypass request.", choices=tuple(MODES), also=("replay",)),
     Setting("purge_method", str, "PURGE", "Method of purge requests in purge mode.",
-            check=_check_token),
+            check=_check_token, also=("replay",)),
     Setting("purge_then_refresh", bool, False, "In purge mode, send the bypass refresh after "
-            "the purge, so the peer's next client gets a HIT."),
+            "the purge, so the peer's next client gets a HIT.", also=("replay",)),
     Setting("retries", int, 2, "Retries of a refresh after a connect error, a timeout or "
-            "502/503/504, with exponential backoff and jitter.", check=_not_negative),
+            "502/503/504, with exponential backoff and jitter.", check=_not_negative,
+            also=("warm",)),
     Setting("retry_backoff", float, 0.2, "Seconds before the first retry; doubled for each "
-            "next one (±50% jitter).", check=_not_negative),
+            "next one (±50% jitter).", check=_not_negative, also=("warm",)),
     Setting("breaker_failures", int, 5, "Failed attempts in a row after which a peer is "
-            "skipped (its breaker opens).", check=_positive),
+            "skipped (its breaker opens).", check=_positive, also=("warm",)),
     Setting("breaker_cooldown", float, 10.0, "Seconds a skipped peer waits before one probe "
-            "request may close its breaker.", check=_positive),
+            "request may close its breaker.", check=_positive, also=("warm",)),
     Setting("max_refresh_rate", float, 100.0, "Fan-outs per second, all URLs together (token "
-            "bucket); 0: no limit.", check=_not_negative),
+            "bucket); 0: no limit.", check=_not_negative, also=("replay",)),
     Setting("max_refresh_burst", int, 100, "Fan-outs the token bucket allows at once.",
-            check=_positive),
+            check=_positive, also=("replay",)),
     Setting("only", str, (), "Regex searched in the request target: only matching URLs fan "
-            "out (repeatable).", multiple=True, check=_check_regexes),
+            "out (repeatable).", multiple=True, check=_check_regexes, also=("replay",)),
     Setting("skip", str, (), "Regex searched in the request target: matching URLs never fan "
-            "out (repeatable).", multiple=True, check=_check_regexes),
+            "out (repeatable).", multiple=True, check=_check_regexes, also=("replay",)),
     Setting("max_target_bytes", int, 8192, "Longer request targets do not fan out.",
-            check=_positive),
+            check=_positive, also=("replay",)),
     Setting("peer_ca", str, None, "CA certificates (PEM) that https peers are verified "
-            "against, instead of the system's.", check=_check_readable),
-    Setting("insecure_peer_tls", bool, False, "Do not verify https peers' certificates."),
+            "against, instead of the system's.", check=_check_readable, also=("warm",)),
+    Setting("insecure_peer_tls", bool, False, "Do not verify https peers' certificates.",
+            also=("warm",)),
     Setting("concurrency", int, 64, "Refresh requests in flight at once, all peers together.",
-            check=_positive),
+            check=_positive, also=("warm",)),
     Setting("peer_concurrency", int, 8, "Refresh requests in flight at once to one peer.",
-            check=_positive),
+            check=_positive, also=("warm",)),
     Setting("timeout", float, 5.0, "Seconds a refresh request may take, connect to last byte.",
-            check=_positive),
+            check=_positive, also=("warm",)),
     Setting("queue_size", int, 10000, "Refreshes waiting per peer before new ones are dropped.",
-            check=_positive),
+            check=_positive, also=("warm",)),
     Setting("downstream", str, (), "A cache in front of the cluster, purged for a URL once "
             "every node holds a changed copy (README \"A CDN in front\"): http(s)://EDGE[:PORT] "
             "(Varnish, NGINX: --downstream-method), or template:FILE for a CDN's purge API "
@@ -470,8 +504,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("downstream_method", str, "PURGE", "Method of the purges sent to an edge "
             "downstream (PURGE, BAN...), with the original Host and target.", check=_check_token),
     Setting("downstream_header", str, (), "Header 'Name: value' sent with every purge to an "
-            "edge downstream (repeatable; printed by check: a secret goes in a template's "
-            "auth_header_file).", multiple=True, check=_check_headers),
+            "edge downstream, e.g. a purge token (repeatable; its value is never printed nor "
+            "logged).", multiple=True, check=_check_headers),
     Setting("downstream_rate", float, 10.0, "Purge requests per second to each downstream "
             "(token bucket; a template's \"rate\" wins); 0: no limit.", check=_not_negative),
     Setting("downstream_burst", int, 50, "Purge requests each downstream's token bucket "
@@ -481,17 +515,24 @@ SETTINGS: tuple[Setting, ...] = (
             check=_not_negative),
     Setting("metrics_listen", str, "127.0.0.1:9145", "HOST:PORT for /metrics and /healthz, "
             "or 'off'.", check=_check_listen),
+    Setting("max_quiet", float, 600.0, "Seconds without a line read after which /status "
+            "says degraded; 0: never.", check=_not_negative),
     Setting("origin_host_labels", int, 20, "Hosts with a label of their own in the origin-"
             "failure metrics (the most failing ones); the others are counted as 'other'.",
             check=_not_negative),
     Setting("shutdown_timeout", float, 10.0, "Seconds to finish queued refreshes on SIGTERM.",
             check=_not_negative),
-    Setting("positions", str, None, "Positions (checkpoints) file, or 'off'. Default: "
-            "$STATE_DIRECTORY/positions.json, /var/lib/logwarden/positions.json as root, else "
-            "./logwarden-positions.json."),
+    Setting("positions", str, None, "Positions (checkpoints) file, or 'off'. Default: one per "
+            "agent, positions-NAME.json (NAME: --instance, else derived from what it follows) "
+            "in $STATE_DIRECTORY, /var/lib/logwarden as root, else ./logwarden-positions-NAME."
+            "json."),
+    Setting("instance", str, None, "This agent's name among those on the host: names its "
+            "default positions file; default: derived from its access logs and listeners.",
+            check=_check_instance),
     Setting("positions_interval", float, 1.0, "Seconds between saves of the positions file.",
             check=_positive),
-    Setting("max_line_bytes", int, 65536, "Longer lines are skipped and counted.", check=_positive),
+    Setting("max_line_bytes", int, 65536, "Longer lines are skipped and counted.", check=_positive,
+            also=("replay",)),
     Setting("max_line_age", float, 300.0, "Lines older than this many seconds (by $msec, "
             "$time_local or $time_iso8601) are counted but do not trigger; 0 turns it off.",
             check=_not_negative),
@@ -499,12 +540,18 @@ SETTINGS: tuple[Setting, ...] = (
             "closed for good (NGINX writes to it until reopened).", check=_not_negative),
     Setting("poll_interval", float, 1.0, "Seconds between stat() checks of tailed files "
             "(inotify events wake the tailer sooner).", check=_positive),
-    Setting("log_level", str, "info", "Logging level.", choices=LOG_LEVELS),
+    Setting("log_level", str, "info", "Logging level of logwarden's own lines.",
+            choices=LOG_LEVELS, also=("warm",)),
+    Setting("log_libraries", bool, False, "Log the libraries' lines (watchdog, asyncio, "
+            "redis...) at --log-level too; default: their warnings and errors only.",
+            also=("warm",)),
+    Setting("summary_interval", float, 60.0, "Seconds between the info lines that say what "
+            "the agent did since the last one; 0: none.", check=_not_negative),
     Setting("log_format_output", str, "text", "Form of logwarden's own log lines on stderr: "
             "text, or json (one object per line: time, level, logger, event, fields).",
-            choices=("text", "json")),
+            choices=("text", "json"), also=("warm",)),
     Setting("dry_run", bool, False, "Read, decide and count refreshes, but send none "
-            "(benchmarks, trying a config)."),
+            "(benchmarks, trying a config).", also=("warm",)),
     Setting("doctor_url", str, "/", "The canary URL `logwarden doctor` refreshes on every "
             "node: a path (on --default-host) or http(s)://HOST/PATH; only its cache entry "
             "changes.", check=_check_doctor_url),
@@ -572,14 +619,18 @@ class Config:
     downstream_delay: float
     metrics_listen: str
     origin_host_labels: int
+    max_quiet: float
     shutdown_timeout: float
     positions: str | None
+    instance: str | None
     positions_interval: float
     max_line_bytes: int
     max_line_age: float
     rotate_wait: float
     poll_interval: float
     log_level: str
+    log_libraries: bool
+    summary_interval: float
     log_format_output: str
     dry_run: bool
     doctor_url: str
@@ -629,6 +680,15 @@ class Config:
         return name.strip(), value.strip()
 
     @property
+    def secrets(self) -> tuple[str, ...]:
+        """What no log line may show: the refresh header's value, unless it is the default
+        one (no secret); the edge downstreams' header values and the templates' auth headers'."""
+        default = _BY_NAME["refresh_header"].default
+        own = () if self.refresh_header == default else (self.refresh_header_pair[1],)
+        return (*own, *(h.partition(":")[2].strip() for h in self.downstream_header),
+                *(t.auth[1] for t in self.downstreams if isinstance(t, Template) and t.auth))
+
+    @property
     def targets(self) -> tuple[str, ...]:
         """The static peers a refresh goes to: every ``--peer`` but this node itself
         (``--self``, and its listener of the other scheme on the same address)."""
@@ -646,9 +706,25 @@ class Config:
 
     @property
     def positions_path(self) -> Path | None:
+        """``positions``, absolute; by default a file of this agent's own (:attr:`agent_name`),
+        so that agents on one host never write each other's."""
         if self.positions == "off":
             return None
-        return Path(self.positions) if self.positions else default_positions_path()
+        if self.positions:
+            return Path(self.positions).absolute()
+        return default_positions_path(f"positions-{self.agent_name}.json").absolute()
+
+    @property
+    def agent_name(self) -> str:
+        """``instance``, else what the agent follows: its first access log or listener as a
+        file name (``var-log-nginx-access.log``, the last 40 characters) and a hash of all of
+        them (paths that spell alike stay apart)."""
+        if self.instance:
+            return self.instance
+        sources = (*self.access_log, *self.syslog)
+        readable = re.sub(r"[^0-9A-Za-z._]+", "-", sources[0] if sources else "").strip("-")
+        digest = hashlib.blake2b("\n".join(sources).encode(), digest_size=4).hexdigest()
+        return f"{readable[-40:].lstrip('-.')}-{digest}".lstrip("-")
 
     def log_format_parser(self) -> LogFormat:
         """The compiled format (the commands that read lines require one)."""
@@ -662,6 +738,14 @@ class Config:
             value = getattr(self, s.field)
             if s.name == "refresh_header" and self.refresh_header_file:
                 continue  # the secret stays in its file
+            if s.name == "refresh_header" and value != s.default:
+                lines.append(f"# {s.name} = {_toml_value(masked_header(value))}  (the secret is "
+                             "not printed: give it again, or with refresh_header_file)")
+                continue
+            if s.name == "downstream_header" and value:  # an edge's purge token, often
+                lines.append(f"# {s.name} = {_toml_value(tuple(map(masked_header, value)))}  "
+                             "(the values are not printed: give them again)")
+                continue
             if s.name == "nginx_conf":
                 continue  # what it stood for is printed instead: stdin cannot be read twice
             if value is not None:
@@ -705,22 +789,47 @@ def load_config(
     command that ``needs`` what it says. ``stdin`` gives the text of ``--nginx-conf -``."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
-    if config_file:
-        values.update(_read_toml(config_file))
-    values.update(_read_env(environ))
-    values.update({k: v for k, v in flags.items() if v is not None and v != ()})
+    layers = {"the file": _read_toml(config_file) if config_file else {},
+              "the environment": _read_env(environ),
+              "the flags": {k: v for k, v in flags.items() if v is not None and v != ()}}
+    for layer in _alternatives_resolved(layers):
+        values.update(layer)
     if values["nginx_conf"] and needs.nginx_logs:
         values.update(_from_nginx_conf(values, stdin))
     return _validate(values, needs)
+
+
+ALTERNATIVES = (
+    ("refresh_header", "refresh_header_file", "give one (the file keeps the secret off the "
+     "command line)"),
+    ("nginx_conf", "log_format", "drop --log-format, the one in the NGINX config is used"),
+)
+"""Settings that give one thing two ways, and the fix when one layer gives both. Otherwise the
+highest layer that gives either decides and lower layers' values of both are dropped: a
+``--refresh-header`` flag beats a ``refresh_header_file`` from the TOML file, ``--log-format``
+its ``nginx_conf``, as a flag beats the file for any setting."""
+
+
+def _alternatives_resolved(layers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The layers, lowest first, without what a higher layer's alternative replaces."""
+    ordered = list(layers.values())
+    for one, other, fix in ALTERNATIVES:
+        given = [i for i, layer in enumerate(ordered) if one in layer or other in layer]
+        if not given:
+            continue
+        top = given[-1]
+        if one in ordered[top] and other in ordered[top]:
+            raise ConfigError(other, ordered[top][other],
+                              f"and {one} are both given in {list(layers)[top]}: {fix}")
+        ordered[:top] = [{k: v for k, v in layer.items() if k not in (one, other)}
+                         for layer in ordered[:top]]
+    return ordered
 
 
 def _from_nginx_conf(v: dict[str, Any], stdin: Callable[[], str] | None) -> dict[str, Any]:
     """The access logs, format and escaping the NGINX config gives; ``--access-log`` and
     ``--syslog`` pick among them."""
     source = v["nginx_conf"]
-    if v["log_format"]:
-        raise ConfigError("log_format", v["log_format"], "and nginx_conf both give the format: "
-                          "drop --log-format, the one in the NGINX config is used")
     try:
         found = read_nginx_conf(source, stdin, v["nginx_prefix"])
         chosen = choose_access_logs(found, source, access_log=v["access_log"],
@@ -807,7 +916,7 @@ def _validate(v: dict[str, Any], needs: Needs) -> Config:
             parsed[s.name] = s.check(s.name, v[s.name])
         if s.choices and v[s.name] not in s.choices:
             raise ConfigError(s.name, v[s.name], f"must be one of {', '.join(s.choices)}")
-    v["statuses"] = parsed["statuses"]
+    v["statuses"], v["access_log"] = parsed["statuses"], parsed["access_log"]
     _check_self_is_a_peer(v["self"], (*v["peer"], *parsed["peers_file"]), v["peers_dns"])
     if needs.sources and not v["access_log"] and not v["syslog"]:
         raise ConfigError("access_log", "",

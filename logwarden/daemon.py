@@ -5,24 +5,34 @@
 
 Shutdown flows downstream: sources stop and read what is already written, the processing stage
 drains the lines queue, the dispatcher finishes queued refreshes until the deadline and counts
-what it had to cut off. A second SIGINT/SIGTERM exits at once.
+what it had to cut off. A second SIGINT/SIGTERM exits at once. SIGHUP reads the peers file,
+the peers' DNS names and the refresh header file again.
+
+``/healthz`` is liveness (``ok`` while running); ``/status`` is what the agent sees, built at
+request time from its parts, ``degraded`` when no peer can be refreshed or no line came for
+``--max-quiet`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import time
+from collections.abc import Callable
+from typing import Any
 
-from logwarden.config import Config
+from logwarden import __version__
+from logwarden.config import Config, ConfigError, read_header_file
 from logwarden.decide.origin import OriginWatch
 from logwarden.decide.process import Processor, ProcessStage, triggers_for
 from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
 from logwarden.deliver.downstream import AfterPublish, Downstreams
 from logwarden.model import Refresh
+from logwarden.ops.logs import hide
 from logwarden.ops.metrics import Metrics, MetricsServer
 from logwarden.ops.sdnotify import notify
 from logwarden.route.bus import Bus
@@ -31,7 +41,8 @@ from logwarden.route.router import AlsoHere, Recorder, Router, Target
 from logwarden.sources import LineQueue, Source, SourceError
 from logwarden.sources.fifo import FifoSource, is_fifo
 from logwarden.sources.file import FileSource
-from logwarden.sources.positions import Positions
+from logwarden.sources.positions import Positions, PositionsLocked
+from logwarden.sources.positions import lock as lock_positions
 from logwarden.sources.syslog import SyslogSource
 
 log = logging.getLogger(__name__)
@@ -90,11 +101,16 @@ class Daemon:
         origin = OriginWatch(m, parser, default_host=cfg.default_host,
                              host_labels=cfg.origin_host_labels)
         self.stage = ProcessStage(Processor(parser, triggers_for(cfg), origin=origin),
-                                  self.lines, self.router, m, self.positions,
-                                  self.dispatcher.depth)
-        self.server = MetricsServer(m, self.health)
+                                  self.lines, self.router, m, self.positions)
+        self.server = MetricsServer(m, self.health, self.status)
         self.metrics_address: tuple[str, int] | None = None
         self._started = time.time()
+        self._positions_lock: int | None = None
+        # Read at scrape time: a value set when a batch passes would stick while idle.
+        m.queue_depth.labels("lines").set_function(self.lines.qsize)
+        m.queue_depth.labels("refreshes").set_function(self._refresh_depth)
+        for source in self.sources:
+            m.last_line.labels(source.name).set_function(_last_line_of(source))
 
     def _sources(self) -> list[Source]:
         cfg = self.config
@@ -127,9 +143,16 @@ class Daemon:
                    receive=lambda refresh: receive.route(refresh) is None, fallback=to_peers,
                    accept_holder=cfg.refresh_from_self)
 
+    def _refresh_depth(self) -> int:
+        return sum(d.depth() for d in (self.dispatcher, self.local) if d is not None)
+
     async def run(self) -> int:
         cfg = self.config
-        await self._start()
+        try:
+            await self._start()
+        except BaseException:
+            self._unlock_positions()
+            raise
         tasks = [asyncio.create_task(s.run(), name=f"source {s.name}") for s in self.sources]
         if self.peer_list.dynamic and not cfg.dry_run:
             tasks.append(asyncio.create_task(self.peer_list.follow(
@@ -141,6 +164,9 @@ class Daemon:
         helpers = [asyncio.create_task(self.positions.run(cfg.positions_interval),
                                        name="positions"),
                    asyncio.create_task(self._announce_ready(), name="ready")]
+        if cfg.summary_interval:
+            helpers.append(asyncio.create_task(self._summaries(cfg.summary_interval),
+                                               name="summaries"))
         log.info("logwarden running: %d source(s), refreshing %s%s", len(self.sources),
                  ", ".join(self.dispatcher.urls) or "no peer yet",
                  " (dry run: nothing is sent)" if cfg.dry_run else "")
@@ -148,12 +174,23 @@ class Daemon:
             log.warning("%s", warning)
         code = await self._wait([*tasks, stage])
         await self._stop(tasks, stage, helpers)
-        log.info("logwarden stopped: %s", self.metrics.summary())
+        log.info("logwarden stopped: %s", Metrics.summary(self.metrics.counts()))
         return code
+
+    async def _summaries(self, interval: float) -> None:
+        """Say every ``interval`` seconds what the agent did since the last time: at info
+        level, the only sign of life between start and stop otherwise."""
+        before = self.metrics.counts()
+        while True:
+            await asyncio.sleep(interval)
+            now = self.metrics.counts()
+            log.info("last %gs: %s", interval, Metrics.summary(now - before))
+            before = now
 
     async def _start(self) -> None:
         """Everything that can fail at start-up fails here, before any line is read."""
         cfg = self.config
+        self._lock_positions()
         self.peer_list.reload_file()
         await self.peer_list.resolve()
         self.dispatcher.set_peers(() if cfg.dry_run else self.peer_list.current())
@@ -199,6 +236,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.positions.save()
+        self._unlock_positions()
         deadline = time.monotonic() + cfg.shutdown_timeout
         for dispatcher in (self.dispatcher, self.local):
             if dispatcher is not None:
@@ -206,6 +244,29 @@ class Daemon:
         if self.downstreams is not None:  # last: the dispatchers' drain may converge changes
             await self.downstreams.close(max(0.0, deadline - time.monotonic()))
         await self.server.close()
+
+    def _lock_positions(self) -> None:
+        """One agent per positions file: a second one would overwrite the first's entries, and
+        after a restart one of them would skip what was written meanwhile."""
+        path = self.positions.path
+        if path is None:
+            return
+        try:
+            self._positions_lock = lock_positions(path)
+        except PositionsLocked as exc:
+            raise StartupError(
+                f"positions: {str(path)!r} is in use by another logwarden (pid "
+                f"{exc.args[0] or '?'}): give each agent its own --positions FILE, or an "
+                "--instance NAME") from None
+        except OSError as exc:
+            raise StartupError(f"positions: {str(path)!r} cannot be locked ({exc.strerror}): "
+                               "give a --positions FILE in a writable directory, or 'off'"
+                               ) from exc
+
+    def _unlock_positions(self) -> None:
+        if self._positions_lock is not None:
+            os.close(self._positions_lock)
+            self._positions_lock = None
 
     async def _wait(self, tasks: list[asyncio.Task[None]]) -> int:
         """Wait for a stop request; a stage that dies on its own is a bug: fail loudly."""
@@ -241,6 +302,42 @@ class Daemon:
             state["bus"] = "connected" if self.bus.connected else "disconnected"
         return state
 
+    def status(self) -> dict[str, Any]:
+        """``/status``: each peer (breaker, last ok, last outcome, queue), each source (what it
+        reads or where it listens, offset, lag, its last line), the bus, and ``degraded``
+        with the reasons when no peer can be refreshed or no line came for too long."""
+        cfg, now = self.config, time.time()
+        live = self.health()
+        reasons = self._degraded(now)
+        doc: dict[str, Any] = {
+            "status": "degraded" if live["status"] == "ok" and reasons else live["status"],
+            "degraded": reasons, "version": __version__, "instance": cfg.agent_name,
+            "uptime_seconds": live["uptime_seconds"],
+            "peers": [{**p, "last_ok_age_seconds": _age(p["last_ok"], now)}
+                      for p in (peer.status() for peer in self.dispatcher.peers)],
+            "sources": [{"name": s.name, "state": s.state, "last_line": s.last_line_at or None,
+                         "last_line_age_seconds": _age(s.last_line_at, now), **s.status()}
+                        for s in self.sources],
+            "bus": None,
+            "queues": {"lines": self.lines.qsize(), "refreshes": self._refresh_depth()},
+        }
+        if self.bus is not None:
+            doc["bus"] = {"url": cfg.bus, "channel": cfg.bus_channel,
+                          "connected": self.bus.connected}
+        return doc
+
+    def _degraded(self, now: float) -> list[str]:
+        cfg, reasons = self.config, []
+        bus_up = self.bus is not None and self.bus.connected
+        if not cfg.dry_run and not bus_up and not self.dispatcher.refreshable:
+            where = "the bus is disconnected and " if self.bus is not None else ""
+            reasons.append(f"{where}no peer can be refreshed" + (
+                ": every peer's breaker is open" if self.dispatcher.peers else ": no peer"))
+        last = max((s.last_line_at for s in self.sources), default=0.0) or self._started
+        if cfg.max_quiet and now - last > cfg.max_quiet:
+            reasons.append(f"no line read for {now - last:.0f} s (max_quiet {cfg.max_quiet:g} s)")
+        return reasons
+
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -248,9 +345,31 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
 
     def _on_hangup(self) -> None:
-        if not self.peer_list.dynamic:
-            log.info("SIGHUP: no --peers-file or --peers-dns to reload")
+        if self.config.refresh_header_file:
+            self._reload_refresh_header(self.config.refresh_header_file)
+        elif not self.peer_list.dynamic:
+            log.info("SIGHUP: no --peers-file, --peers-dns or --refresh-header-file to reload")
         self.reload.set()
+
+    def _reload_refresh_header(self, path: str) -> None:
+        """Read the refresh header file again (a rotated secret, README "Rotating the
+        secret"); on an error keep the header in use."""
+        try:
+            header = read_header_file("refresh_header_file", path)
+        except ConfigError as exc:
+            log.error("SIGHUP: %s; refreshes keep the header read before", exc)
+            return
+        if header == self.config.refresh_header:
+            log.info("SIGHUP: the refresh header in %s is unchanged", path)
+            return
+        self.config = cfg = dataclasses.replace(self.config, refresh_header=header)
+        for secret in cfg.secrets:
+            hide(secret)
+        for dispatcher in (self.dispatcher, self.local):
+            if dispatcher is not None:
+                dispatcher.set_mode(cfg.refresh_mode)
+        log.info("SIGHUP: refreshes not yet sent now carry the %s header read again from %s",
+                 cfg.refresh_header_pair[0], path)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.stopping.is_set():
@@ -260,6 +379,15 @@ class Daemon:
                  self.config.shutdown_timeout)
         self.stopping.set()
         notify("STOPPING=1")
+
+
+def _last_line_of(source: Source) -> Callable[[], float]:
+    return lambda: source.last_line_at
+
+
+def _age(at: float | None, now: float) -> float | None:
+    """Seconds since ``at`` (None for never: 0 or None)."""
+    return round(now - at, 3) if at else None
 
 
 async def _main(config: Config) -> int:

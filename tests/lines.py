@@ -26,5 +26,5 @@ def example_line(target: str = "/p?x=1", cache: str = "MISS", *, host: str = "ww
     X-Accel-Expires, Vary, Set-Cookie flag) and ``version`` (ETag, Last-Modified); ``extra``
     is appended to the last field, for formats that add fields."""
     fields = (f"{time.time() if msec is None else msec:.3f}", "http", host, "80", "GET", target,
-              "200", cache, upstream, "0.001", "-", "curl/8", caching, version)
+              "200", cache, upstream, "0.001", "0", "curl/8", caching, version)
     return ("\t".join(fields) + extra + "\n").encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -152,3 +153,42 @@ def test_a_refresh_header_without_a_secret_is_a_warning_in_check_and_run(tmp_pat
                   stderr=said).start()
     assert agent.stop() == 0
     assert said.read_text().count("WARNING logwarden.daemon: refresh_header: no secret") == 1
+@pytest.mark.parametrize("command", ["warm", "replay"])
+def test_each_command_lists_only_the_options_it_reads(command: str) -> None:
+    help_text = logwarden(command, "--help").stdout
+    flags = set(re.findall(r"^\s+(--[a-z-]+)", help_text, re.M)) - {"--help", "--config"}
+    read = {s.flag for s in SETTINGS if command in s.also}
+    assert flags - {"--only-missing", "--json"} == read
+    for flag in ("--metrics-listen", "--positions", "--bus", "--syslog-tag", "--rotate-wait"):
+        assert flag not in help_text  # run's alone
+    assert len(read) < len(SETTINGS) / 2
+    assert "No such option '--metrics-listen'" in logwarden(
+        command, "x", "--metrics-listen", "127.0.0.1:1").stderr
+
+
+def test_the_file_keeps_every_commands_keys(tmp_path: Path) -> None:
+    """One TOML file serves run, warm and replay: keys a command has no flag for are fine."""
+    conf = tmp_path / "lw.toml"
+    conf.write_text('metrics_listen = "127.0.0.1:1"\nrotate_wait = 2\npeer = ["http://127.0.0.12:80"]\n')
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://www.example.com/a\n")
+    out = logwarden("warm", str(urls), "--config", str(conf), "--dry-run")
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.12:0", "http://127.0.0.12:65536",
+                                 "http://127.0.0.12:x"])
+def test_ports_must_be_1_to_65535(url: str) -> None:
+    out = logwarden("check", *ARGS, "--peer", url)
+    assert out.returncode == 2
+    assert f"peer: '{url}' has a bad port: ports are 1-65535" in out.stderr
+
+
+def test_check_and_errors_never_print_the_refresh_secret() -> None:
+    out = logwarden("check", *ARGS, "--refresh-header", "X-Refresh: s3cret-value")
+    assert out.returncode == 0, out.stderr
+    assert "s3cret" not in out.stdout + out.stderr
+    assert '# refresh_header = "X-Refresh: ***"' in out.stdout
+    bad = logwarden("check", *ARGS, "--refresh-header", "X-Refresh s3cret-value")
+    assert bad.returncode == 2 and "s3cret" not in bad.stderr
+    assert "refresh_header: '***' must look like 'Name: value'" in bad.stderr

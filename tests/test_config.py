@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,49 @@ def test_a_refresh_header_without_a_secret_is_a_warning(tmp_path: Path) -> None:
     secret.write_text("X-Refresh: s3cr3t\n")
     assert load({"refresh_header_file": str(secret)}).warnings == ()
     assert load({"refresh_header": "X-Refresh: s3cr3t"}).warnings == ()
+def test_a_flag_beats_the_files_alternative(tmp_path: Path) -> None:
+    """refresh_header_file in the TOML file gave way to nothing before: a --refresh-header flag
+    (or variable) beats it, as a flag beats the file for every setting."""
+    secret = tmp_path / "refresh-header"
+    secret.write_text("X-Refresh: from-the-file\n")
+    toml = f'refresh_header_file = "{secret}"\n'
+    assert load(toml=toml, tmp_path=tmp_path).refresh_header == "X-Refresh: from-the-file"
+    flag = load({"refresh_header": "X-Refresh: from-the-flag"}, toml=toml, tmp_path=tmp_path)
+    assert (flag.refresh_header, flag.refresh_header_file) == ("X-Refresh: from-the-flag", None)
+    env = load(env={"LOGWARDEN_REFRESH_HEADER": "X-Refresh: env"}, toml=toml, tmp_path=tmp_path)
+    assert env.refresh_header == "X-Refresh: env"
+    # The file given as a flag beats a header in the TOML file, too.
+    back = load({"refresh_header_file": str(secret)}, toml='refresh_header = "X-Refresh: t"\n',
+                tmp_path=tmp_path)
+    assert back.refresh_header == "X-Refresh: from-the-file"
+    with pytest.raises(ConfigError, match=r"refresh_header_file: .* and refresh_header are both "
+                                          r"given in the flags: give one") as both:
+        load({"refresh_header_file": str(secret), "refresh_header": "X-Refresh: s3cret"})
+    assert "s3cret" not in str(both.value)
+
+
+def test_a_log_format_flag_beats_the_files_nginx_conf(tmp_path: Path) -> None:
+    toml = f'nginx_conf = "{tmp_path / "missing.conf"}"\n'  # not even read
+    c = load({"log_format": FMT + " $msec"}, toml=toml, tmp_path=tmp_path)
+    assert c.log_format == FMT + " $msec" and c.nginx_conf is None
+
+
+def test_flags_beat_the_file_for_settings_of_every_kind(tmp_path: Path) -> None:
+    """Settings of each type given in the TOML file and as flags: the flags' values are used."""
+    header = tmp_path / "header"
+    header.write_text("X-Refresh: h\n")
+    values: dict[str, tuple[Any, Any]] = {  # (file, flag), both valid
+        "syslog_tag": ("a", "b"), "log_format_escape": ("json", "none"),
+        "default_host": ("a.example", "b.example"), "from_start": (False, True),
+        "dns_refresh": (1.0, 2.0), "statuses": (["MISS"], ("EXPIRED",)),
+        "dedup_window": (1.0, 2.0), "refresh_method": ("GET", "HEAD"),
+        "mode": ("purge", "refresh"), "retries": (1, 3), "timeout": (1.0, 3.0),
+        "metrics_listen": ("127.0.0.1:1", "127.0.0.1:2"), "positions": ("a.json", "b.json"),
+        "instance": ("a", "b"), "log_level": ("debug", "error"), "max_quiet": (1.0, 2.0),
+        "summary_interval": (1.0, 2.0), "log_libraries": (True, False),
+    }
+    toml = "".join(f"{k} = {json.dumps(file)}\n" for k, (file, _) in values.items())
+    c = load({k: flag for k, (_, flag) in values.items()}, toml=toml, tmp_path=tmp_path)
+    for name, (_, flag) in values.items():
+        got = getattr(c, name)
+        assert got == (tuple(flag) if isinstance(flag, tuple) else flag), name

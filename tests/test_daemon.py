@@ -115,3 +115,39 @@ def _wait_healthy(metrics: str, proc: subprocess.Popen[str]) -> None:
             pass
         time.sleep(0.05)
     raise TimeoutError("logwarden did not become healthy")
+
+
+async def test_sighup_reads_the_refresh_header_file_again(tmp_path: Path) -> None:
+    """A good new file: refreshes carry its header from then on. A broken one: an error, and
+    the header in use stays."""
+    log, header = tmp_path / "access.log", tmp_path / "refresh-header"
+    log.write_bytes(b"")
+    header.write_text("X-Refresh: first-secret\n")
+    peer = await RecordingPeer().start()
+    config = load_config({
+        "access_log": (str(log),), "log_format": FMT, "peer": (peer.url,),
+        "refresh_header_file": str(header), "metrics_listen": "off", "poll_interval": 0.05,
+        "positions": "off"}, None, {})
+    daemon, task = await start_daemon(config)
+
+    async def refresh(target: str) -> bytes:
+        with open(log, "ab") as fh:
+            fh.write(line(target))
+        async with asyncio.timeout(5):
+            while not any(h.startswith(f"HEAD {target} ".encode()) for h in peer.heads):
+                await asyncio.sleep(0.01)
+        return peer.headers(len(peer.heads) - 1)[b"x-refresh"]
+
+    try:
+        assert await refresh("/1") == b"first-secret"
+        header.write_text("X-Refresh second-secret-without-colon\n")
+        daemon._on_hangup()  # what SIGHUP calls
+        assert await refresh("/2") == b"first-secret"
+        header.write_text("X-Refresh: second-secret\n")
+        daemon._on_hangup()
+        assert await refresh("/3") == b"second-secret"
+        assert daemon.config.refresh_header == "X-Refresh: second-secret"
+    finally:
+        daemon.stopping.set()
+        assert await task == 0
+        await peer.close()

@@ -98,15 +98,33 @@ def test_rules_and_dashboard_name_only_exported_metrics(scrape: bytes) -> None:
 
 
 def test_dashboard_covers_the_issue_list() -> None:
-    """Triggers by status, refreshes by peer and outcome, propagation latency, lag, drops."""
+    """Triggers by status, refreshes by peer and outcome, propagation latency, lag, drops; the
+    age of the last line, the process's memory, CPU and fds, and the versions running."""
     queries = "\n".join(dashboard_queries())
     for needle in ("by (cache_status) (rate(logwarden_triggers_total",
                    "by (peer, outcome) (rate(logwarden_refreshes_total",
                    "logwarden_propagation_seconds_bucket", "logwarden_file_lag_bytes",
-                   'outcome="dropped"', "logwarden_syslog_kernel_drops_total"):
+                   'outcome="dropped"', "logwarden_syslog_kernel_drops_total",
+                   "time() - max by (instance, source) (logwarden_last_line_timestamp_seconds",
+                   "process_resident_memory_bytes", "rate(process_cpu_seconds_total",
+                   "process_open_fds", "by (version, python) (logwarden_build_info"):
         assert needle in queries
+    assert any("logwarden_last_line_timestamp_seconds" in text for text in rule_texts())
     ids = [p["id"] for p in json.loads(DASHBOARD.read_text())["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_scrape_has_build_info_and_process_metrics_and_no_created_series(scrape: bytes) -> None:
+    text = scrape.decode()
+    assert re.search(r'^logwarden_build_info\{python="[\d.]+",version="[^"]+"\} 1\.0$', text, re.M)
+    for name in ("process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds_total",
+                 "process_start_time_seconds", "python_info"):
+        assert re.search(rf"^{name}[ {{]", text, re.M), name
+    assert "_created" not in text
+    last = re.search(r'^logwarden_last_line_timestamp_seconds\{source="([^"]+)"\} (\S+)$', text,
+                     re.M)
+    assert last is not None and last.group(1).endswith("access.log")
+    assert float(last.group(2)) > 1.6e9
 
 
 @needs_promtool
@@ -142,19 +160,24 @@ def test_promtool_accepts_a_live_scrape(scrape: bytes) -> None:
     assert out.returncode == 0 and out.stdout + out.stderr == b"", out.stdout + out.stderr
 
 
-def _annotations(alert: str, labels: dict[str, str]) -> dict[str, str]:
-    """The alert's annotations with ``{{ $labels.x }}`` filled in (the cases below use no
-    other template)."""
+def _annotations(alert: str, labels: dict[str, str], value: str | None) -> dict[str, str]:
+    """The alert's annotations with ``{{ $labels.x }}`` filled in, and ``{{ $value | … }}``
+    with ``value`` as it renders (the cases below use no other template)."""
     rule = next(r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
                 if r.get("alert") == alert)
-    return {k: re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], v)
-            for k, v in rule["annotations"].items()}
+    filled = {k: re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], v)
+              for k, v in rule["annotations"].items()}
+    if value is None:
+        return filled
+    return {k: re.sub(r"\{\{ \$value \| \w+ \}\}", value, v) for k, v in filled.items()}
 
 
 def _case(alert: str, at: str, firing: list[dict[str, str]]) -> dict[str, object]:
+    """``firing``: each alert's labels, and as ``$value`` its value as the summary shows it."""
+    alerts = [({k: v for k, v in f.items() if k != "$value"}, f.get("$value")) for f in firing]
     return {"eval_time": at, "alertname": alert, "exp_alerts": [
-        {"exp_labels": labels, "exp_annotations": _annotations(alert, labels)}
-        for labels in firing]}
+        {"exp_labels": labels, "exp_annotations": _annotations(alert, labels, value)}
+        for labels, value in alerts]}
 
 
 @needs_promtool
@@ -177,6 +200,16 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
                        'reason="http_500"}', "values": "0+5x11"},
             {"series": 'logwarden_origin_errors_total{instance="b", host="www.example.com"}',
              "values": "0+5x11"},
+            # c reads lines until 2m, then none; d has read none since its start at 0; e reads
+            # all along.
+            {"series": 'logwarden_last_line_timestamp_seconds{instance="c", source="/l"}',
+             "values": "0 60 120x18"},
+            {"series": 'logwarden_last_line_timestamp_seconds{instance="d", source="/l"}',
+             "values": "0x20"},
+            {"series": 'logwarden_last_line_timestamp_seconds{instance="e", source="/l"}',
+             "values": "0+60x20"},
+            *({"series": f'process_start_time_seconds{{instance="{i}"}}', "values": "0x20"}
+              for i in "cde"),
         ],
         "alert_rule_test": [
             _case("LogwardenPeerDown", "3m", []),
@@ -187,6 +220,13 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
             _case("LogwardenOriginFailingBehindStaleCache", "8m",
                   [{"host": "www.example.com", "severity": "warning"}]),
             _case("LogwardenRefreshErrors", "8m", []),
+            # d: quiet over 10 minutes from 10m, for 5 minutes at 15m; c: from 12m, at 17m.
+            _case("LogwardenNoLines", "14m", []),
+            _case("LogwardenNoLines", "16m", [{"instance": "d", "severity": "warning",
+                                               "$value": "16m 0s"}]),
+            _case("LogwardenNoLines", "18m", [
+                {"instance": "c", "severity": "warning", "$value": "16m 0s"},
+                {"instance": "d", "severity": "warning", "$value": "18m 0s"}]),
         ],
     }]}
     path = tmp_path / "alerts-test.yml"

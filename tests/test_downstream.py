@@ -299,12 +299,15 @@ def test_an_edge_and_a_template_are_parsed_once_and_printed_without_the_secret(
         tmp_path: Path, api: RecordingAPI) -> None:
     path = template_file(tmp_path, api)
     cfg = load_config({"downstream": ("http://127.0.0.1:6081", f"template:{path}"),
-                       "downstream_method": "BAN",
+                       "downstream_method": "BAN", "downstream_header": ("X-Purge-Token: t0k",),
                        "log_format": "$host $request $upstream_cache_status"}, needs=REPLAY)
     assert cfg.downstreams[0] == "http://127.0.0.1:6081"
     assert isinstance(cfg.downstreams[1], Template) and cfg.downstreams[1].name == "cloudflare"
     assert f'downstream = ["http://127.0.0.1:6081", "template:{path}"]' in cfg.to_toml()
     assert "s3cr3t" not in cfg.to_toml() + repr(cfg)
+    assert '# downstream_header = ["X-Purge-Token: ***"]' in cfg.to_toml()
+    assert "t0k" not in cfg.to_toml()
+    assert set(cfg.secrets) == {"t0k", SECRET}  # the log masks them too
     [first, _] = Downstreams.from_config(cfg, Metrics()).all
     assert first.template.method == "BAN"
 

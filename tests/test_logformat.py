@@ -18,7 +18,7 @@ COMBINED_CACHE_CONF = """'$remote_addr - $remote_user [$time_local] '
                           '"$upstream_cache_status" "$host"'"""
 TAB_CONF = r"""'$msec\t$scheme\t$host\t$server_port\t$request_method\t'
                      '$request_uri\t$status\t$upstream_cache_status\t'
-                     '$upstream_status\t$request_time\t$http_x_refresh\t'
+                     '$upstream_status\t$request_time\t$logwarden_refresh\t'
                      '$http_user_agent'"""
 JSON_FMT = ('{"status":"$status","ucs":"$upstream_cache_status","request":"$request",'
             '"ua":"$http_user_agent","host":"$host","us":"$upstream_status"}')
@@ -253,7 +253,7 @@ def test_round_trip(escape: str, render: object, fmt: str) -> None:
     rng = random.Random(11)
     alphabet = b'ab /?=&%"\\\t\x1b\x7f\xc3\xa9\xff\\x22-'
     compiled = LogFormat.compile(fmt, escape)
-    free = {"http_user_agent", "http_referer", "remote_user", "http_x_refresh", "host"}
+    free = {"http_user_agent", "http_referer", "remote_user", "logwarden_refresh", "host"}
     for _ in range(300):
         values = {v: bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
                   for v in free}
@@ -283,3 +283,15 @@ def _render(compiled: LogFormat, values: dict[str, bytes], render: object, escap
             value = values.get(text, fixed.get(text, b""))
             line += render(value) if text in values else value  # type: ignore[operator]
     return line
+
+
+@pytest.mark.parametrize(("logged", "seen"), [
+    (b"a\\x22b\\x5Cc", b'a"b\\c'),          # NGINX's own: every backslash starts \xHH
+    (b"a\\nb\\x22", b'a\\nb"'),             # not NGINX's: only \xHH is undone
+    (b"a\\x2", b"a\\x2"),                   # a \x cut short stays as it is
+    (b"\\xC3\\xA9", "é".encode()),
+])
+def test_default_escapes_are_undone_exactly(logged: bytes, seen: bytes) -> None:
+    fmt = LogFormat.compile('$upstream_cache_status "$request" "$http_user_agent"')
+    record = fmt.parse(b'MISS "GET / HTTP/1.1" "' + logged + b'"')
+    assert record is not None and record.user_agent == seen

@@ -98,7 +98,7 @@ def test_garbage_is_parsed_and_malformed() -> None:
 
 def test_status_in_another_field_does_not_hide_the_real_one() -> None:
     fmt = LogFormat.compile(gen.FORMAT)
-    # $http_x_refresh says HIT, the cache status is MISS; and the reverse.
+    # Another field ($logwarden_refresh's) says HIT, the cache status is MISS; and the reverse.
     lines = [b"1.0\thttp\th\t80\tGET\t/a\t200\tMISS\t200\t0.001\tHIT\tcurl\t-\t-\t-\t-\t0\t-\t-\n",
              b"1.0\thttp\th\t80\tGET\t/b\t200\tHIT\t-\t0.001\tMISS\tcurl\t-\t-\t-\t-\t0\t-\t-\n"]
     fast = fast_decisions(fmt, lines)

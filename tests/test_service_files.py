@@ -71,7 +71,9 @@ def test_systemd_unit_is_what_logwarden_expects(tmp_path: Path) -> None:
     environ = {**{k: v.replace("%d", str(tmp_path)) for k, v in env.items()},
                "STATE_DIRECTORY": "/var/lib/logwarden"}
     config = load_config({}, str(conf), environ)
-    assert config.positions_path == Path("/var/lib/logwarden/positions.json")
+    assert config.positions_path == Path("/var/lib/logwarden") / (
+        f"positions-{config.agent_name}.json")
+    assert config.agent_name.startswith("var-log-nginx-access.log-")
     assert config.refresh_header == "X-Refresh: s3cret"
     # systemd waits TimeoutStopSec before SIGKILL: more than logwarden's own drain deadline.
     assert float(service["TimeoutStopSec"]) > config.shutdown_timeout
@@ -229,7 +231,8 @@ def test_dockerfile_builds_a_slim_non_root_image_of_logwarden() -> None:
                 assert f"!{source.rstrip('/')}" in (ROOT / ".dockerignore").read_text()
     env = dict(pair.split("=", 1) for op, args in final if op == "ENV" for pair in args.split())
     config = load_config({"log_format": LOG_FORMAT}, needs=REPLAY, environ=env)
-    assert config.positions_path == Path(env["STATE_DIRECTORY"]) / "positions.json"
+    assert config.positions_path == Path(env["STATE_DIRECTORY"]) / (
+        f"positions-{config.agent_name}.json")
     port = config.metrics_listen.rsplit(":", 1)[1]
     assert config.metrics_listen.startswith("0.0.0.0:") and dict(final)["EXPOSE"] == port
     assert f"127.0.0.1:{port}/healthz" in dict(final)["HEALTHCHECK"]

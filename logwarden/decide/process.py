@@ -189,24 +189,18 @@ class ProcessStage:
     lines are handled. Ends when the queue does (the daemon puts the ``None``)."""
 
     def __init__(self, processor: Processor, lines: LineQueue, router: Router,
-                 metrics: Metrics, positions: Positions,
-                 refresh_depth: Callable[[], int]) -> None:
+                 metrics: Metrics, positions: Positions) -> None:
         self.processor = processor
         self.lines = lines
         self.router = router
         self.metrics = metrics
         self.positions = positions
-        self.refresh_depth = refresh_depth
 
     async def run(self) -> None:
         m = self.metrics
-        lines_depth, refreshes_depth = m.queue_depth.labels("lines"), \
-            m.queue_depth.labels("refreshes")
         while (batch := await self.lines.get()) is not None:
-            lines_depth.set(self.lines.qsize())
             refreshes, tally = self.processor.batch(batch)
             self.router.route_all(refreshes)
             tally.add_to(m)
             if batch.checkpoint is not None:
                 self.positions.commit(batch.checkpoint)
-            refreshes_depth.set(self.refresh_depth())

@@ -25,6 +25,13 @@ class Breaker:
     def is_open(self) -> bool:
         return self.opened_at is not None
 
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` (skipping), or ``probing`` (open, its probe out)."""
+        if self.opened_at is None:
+            return "closed"
+        return "probing" if self.probing else "open"
+
     def cooling(self) -> bool:
         """True while refreshes must be skipped: open, and its cool-down not over."""
         return self.opened_at is not None and self.clock() < self.opened_at + self.cooldown

@@ -29,7 +29,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -192,6 +192,9 @@ class Peer:
                                  settings.peer_concurrency)
         self.workers: list[asyncio.Task[None]] = []
         self.failing = False
+        self.last_outcome: str | None = None
+        self.last_ok: float | None = None
+        """When a refresh last counted ``ok`` (``time.time()``)."""
         self._pending: set[tuple[str, str, bytes]] = set()
         self._busy = 0
         self._healthy = asyncio.Event()  # extra lanes work only while the peer answers
@@ -230,6 +233,15 @@ class Peer:
 
     def count(self, outcome: str, n: int = 1) -> None:
         self._outcomes[outcome].inc(n)
+        self.last_outcome = outcome
+        if outcome == "ok":
+            self.last_ok = time.time()
+
+    def status(self) -> dict[str, Any]:
+        """What ``/status`` shows of this peer."""
+        return {"url": self.url, "breaker": self.breaker.state, "last_ok": self.last_ok,
+                "last_outcome": self.last_outcome, "queue": self.queue.qsize(),
+                "in_flight": self._busy}
 
     async def _work(self, lane: int) -> None:
         slot = self._own_slot if lane == 0 else self.slots
@@ -553,6 +565,18 @@ class Dispatcher:
 
     def depth(self) -> int:
         return sum(peer.queue.qsize() for peer in self._all())
+
+    @property
+    def refreshable(self) -> bool:
+        """Whether any peer's breaker is closed: a refresh can reach it."""
+        return any(not peer.breaker.is_open for peer in self.peers)
+
+    def set_mode(self, mode: Mode) -> None:
+        """Send what ``mode`` says from now on (SIGHUP read the refresh header file again):
+        queued refreshes go with it, those in flight finish with the old one."""
+        self.settings = replace(self.settings, mode=mode)
+        for peer in self._all():
+            peer.settings = self.settings
 
     async def close(self, timeout: float) -> int:
         """Drain every peer within ``timeout`` seconds; returns how many refreshes were cut off."""

@@ -1,7 +1,10 @@
-"""Prometheus metrics owned by one daemon, and the small HTTP server for /metrics and /healthz.
+"""Prometheus metrics owned by one daemon, and the small HTTP server for ``/metrics``,
+``/healthz`` (liveness), ``/status`` (what the agent sees, JSON) and ``/`` (the same as a page).
 
 Every metric lives in a private ``CollectorRegistry`` (no global state, so tests can run many
-daemons in one process). Labels are bounded: peers are the configured URLs, never request URLs.
+daemons in one process), with the process and platform collectors of prometheus_client on it.
+Labels are bounded: peers are the configured URLs, sources the configured paths and listeners,
+never request URLs. Gauges of a state (queue depths, last line) are read at scrape time.
 """
 
 from __future__ import annotations
@@ -10,12 +13,30 @@ import asyncio
 import collections
 import json
 import logging
+import platform
 from collections.abc import Callable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from logwarden import __version__
+from logwarden.ops.status import render_page
+
 log = logging.getLogger(__name__)
+
+# A counter's creation time doubles every series for no use on a scrape (and is global to
+# prometheus_client: logwarden is its only user in the process).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REFRESH_OUTCOMES = ("ok", "not_cached", "not_refreshed", "unverified", "http_error", "timeout",
                     "connect_error", "tls_error", "skipped", "coalesced", "dropped", "refused",
@@ -31,6 +52,8 @@ DOWNSTREAM_OUTCOMES = ("ok", "not_cached", "http_error", "timeout", "connect_err
 a success), ``skipped`` (its breaker open), ``coalesced`` (the URL already waiting for it)."""
 BUS_PUBLISH_OUTCOMES = ("ok", "bus_unavailable", "dropped", "refused")
 BUS_RECEIVE_OUTCOMES = ("ok", "own", "refused", "unknown_version", "malformed")
+SUMMARY = ("lines", "malformed", "triggers", "fan-outs")
+"""What the summary lines show first, then the refreshes by outcome."""
 
 
 class Metrics:
@@ -38,6 +61,10 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Info("logwarden_build", "The running logwarden and Python.", registry=r).info(
+            {"version": __version__, "python": platform.python_version()})
         self.lines = Counter("logwarden_lines", "Log lines read.", registry=r)
         self.lines_malformed = Counter(
             "logwarden_lines_malformed", "Lines that did not match the log format.", registry=r)
@@ -109,6 +136,9 @@ class Metrics:
             ["peer"], registry=r)
         self.queue_depth = Gauge(
             "logwarden_queue_depth", "Items waiting in a pipeline queue.", ["queue"], registry=r)
+        self.last_line = Gauge(
+            "logwarden_last_line_timestamp_seconds", "When a source last gave a line (Unix "
+            "time; 0: none yet), by configured path or listener.", ["source"], registry=r)
         self.stale_served = Counter(
             "logwarden_stale_served", "Lines where the node served a STALE copy because the "
             "origin failed, by host (top N, else 'other') and use_stale reason.",
@@ -186,22 +216,41 @@ class Metrics:
                     s.labels["outcome"]] += int(s.value)
         return counts
 
-    def summary(self) -> str:
-        """One line for the log at exit: what this run did, when there is no scrape left."""
-        totals = sum(self.outcomes().values(), collections.Counter[str]())
-        value = self.registry.get_sample_value
-        head = [f"{name}={int(value(f'logwarden_{metric}_total') or 0)}" for name, metric in (
-            ("lines", "lines"), ("malformed", "lines_malformed"),
-            ("fan-outs", "refresh_fanouts"))]
-        return " ".join([*head, "refreshes:", *(f"{o}={n}" for o, n in sorted(totals.items()))])
+    def counts(self) -> collections.Counter[str]:
+        """What the run did so far: the :data:`SUMMARY` counters by name, and the refreshes
+        by outcome as ``refreshes OUTCOME``."""
+        counts = collections.Counter(dict(zip(SUMMARY, map(_total, (
+            self.lines, self.lines_malformed, self.triggers, self.fanouts)), strict=True)))
+        for peer in self.outcomes().values():
+            counts.update({f"refreshes {outcome}": n for outcome, n in peer.items()})
+        return counts
+
+    @staticmethod
+    def summary(counts: collections.Counter[str]) -> str:
+        """``counts`` (:meth:`counts`, or the difference of two) as one log line."""
+        head = [f"{name}={counts[name]}" for name in SUMMARY]
+        outcomes = sorted((k.partition(" ")[2], n) for k, n in counts.items()
+                          if k.startswith("refreshes ") and n)
+        shown = [f"{o}={n}" for o, n in outcomes] or ["none"]
+        return " ".join([*head, "refreshes:", *shown])
+
+
+def _total(counter: Counter) -> int:
+    """A counter's sum over its labels."""
+    return int(sum(s.value for family in counter.collect() for s in family.samples
+                   if s.name.endswith("_total")))
 
 
 class MetricsServer:
-    """Serves ``/metrics`` and ``/healthz`` over HTTP/1.1, one short request per connection."""
+    """Serves ``/metrics``, ``/healthz``, ``/status`` and ``/`` over HTTP/1.1, one short
+    request per connection. ``health``: liveness (503 unless ``ok``); ``status``: what the
+    agent sees (200 whatever it says)."""
 
-    def __init__(self, metrics: Metrics, health: Callable[[], dict[str, object]]) -> None:
+    def __init__(self, metrics: Metrics, health: Callable[[], dict[str, object]],
+                 status: Callable[[], dict[str, Any]]) -> None:
         self.metrics = metrics
         self.health = health
+        self.status = status
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -242,4 +291,8 @@ class MetricsServer:
             state = self.health()
             code = b"200 OK" if state.get("status") == "ok" else b"503 Service Unavailable"
             return code, b"application/json", json.dumps(state).encode() + b"\n"
-        return b"404 Not Found", b"text/plain", b"try /metrics or /healthz\n"
+        if path == b"/status":
+            return b"200 OK", b"application/json", json.dumps(self.status()).encode() + b"\n"
+        if path == b"/":
+            return b"200 OK", b"text/html; charset=utf-8", render_page(self.status())
+        return b"404 Not Found", b"text/plain", b"try /, /status, /metrics or /healthz\n"

@@ -38,7 +38,7 @@ COMBINED = ("'$remote_addr - $remote_user [$time_local] \"$request\" $status $bo
 """NGINX's predefined ``combined`` format (it lacks the cache status)."""
 RECOMMENDED_LOG_FORMAT = (
     r"'$msec\t$scheme\t$host\t$server_port\t$request_method\t$request_uri\t$status\t"
-    r"$upstream_cache_status\t$upstream_status\t$request_time\t$http_x_refresh\t"
+    r"$upstream_cache_status\t$upstream_status\t$request_time\t$logwarden_refresh\t"
     r"$http_user_agent\t$upstream_http_cache_control\t$upstream_http_expires\t"
     r"$upstream_http_x_accel_expires\t$upstream_http_vary\t$logwarden_set_cookie\t"
     r"$upstream_http_etag\t$upstream_http_last_modified'")

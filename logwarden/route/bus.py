@@ -65,9 +65,11 @@ def parse_bus_url(url: str) -> None:
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
         raise ValueError("is not a redis://HOST[:PORT][/DB] URL")
     try:
-        parts.port  # noqa: B018 - raises on a bad port
+        port = parts.port
     except ValueError:
-        raise ValueError("has a bad port") from None
+        port = 0
+    if port == 0:
+        raise ValueError("has a bad port: ports are 1-65535")
     if parts.path not in ("", "/") and not parts.path[1:].isdigit():
         raise ValueError("has a database that is not a number")
     if parts.query or parts.fragment or parts.username or parts.password:

@@ -44,9 +44,11 @@ def check_peer_url(url: str) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("is not an http(s)://HOST[:PORT] URL")
     try:
-        parts.port  # noqa: B018 - raises on a bad port
+        port = parts.port
     except ValueError:
-        raise ValueError("has a bad port") from None
+        port = 0
+    if port == 0:  # port 0 would connect to the scheme's port (host_port): refuse it
+        raise ValueError("has a bad port: ports are 1-65535")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
         raise ValueError("must not carry a path, query or credentials")
 

@@ -59,11 +59,18 @@ class Source(Protocol):
     puts ``None``."""
 
     name: str
-    """For logs and /healthz, e.g. the file path or the listen URL."""
+    """For logs, /healthz and /status, e.g. the file path or the listen URL."""
+    last_line_at: float
+    """When it last put a line on the queue (``time.time()``); 0.0 until then."""
 
     @property
     def state(self) -> str:
         """``starting`` until lines can be received, then e.g. ``tailing``/``waiting``."""
+        ...
+
+    def status(self) -> dict[str, object]:
+        """What ``/status`` shows of it besides its name, state and last line: ``kind``, and
+        e.g. the files it reads with their offsets and lag, or where it listens."""
         ...
 
     def bind(self) -> None:

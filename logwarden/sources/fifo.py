@@ -25,6 +25,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 from logwarden.ops.metrics import Metrics
@@ -69,10 +70,15 @@ class FifoSource:
         """Set by the loop when the pipe can be read (data, or EOF), and by ``stop()``."""
         self._stopping = False
         self._failing = False
+        self.last_line_at = 0.0
 
     @property
     def state(self) -> str:
         return "starting" if self._fd is None else "streaming"
+
+    def status(self) -> dict[str, object]:
+        """A stream has no offset nor lag: only whether a writer's pipe is open."""
+        return {"kind": "fifo", "open": self._fd is not None}
 
     def bind(self) -> None:
         """Open the pipe now: from here on NGINX's writes reach logwarden."""
@@ -162,6 +168,8 @@ class FifoSource:
         if block:
             batch = Batch(block)
             self.metrics.lines.inc(batch.count)
+            if batch.count:
+                self.last_line_at = time.time()
             await self.out.put(batch)
 
     def _close(self) -> None:

@@ -26,6 +26,7 @@ import glob
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,12 +151,22 @@ class FileSource:
         self._failing: dict[str, str] = {}
         self._stopping = False
         self._first_scan = True
+        self.last_line_at = 0.0
 
     @property
     def state(self) -> str:
         if self._first_scan:
             return "starting"
         return "tailing" if self.current else "waiting"
+
+    def status(self) -> dict[str, object]:
+        """Each open file: its read offset (complete lines), the bytes after it, and whether
+        it is a rotated file being drained."""
+        return {"kind": "file", "files": [
+            {"path": f.path, "offset": f.done_offset,
+             "lag_bytes": max(0, os.fstat(f.fd).st_size - f.done_offset),
+             "rotated": f in self.draining}
+            for f in [*self.current.values(), *self.draining]]}
 
     def bind(self) -> None:
         """Nothing to take before the start: a missing or unreadable file is waited for, and
@@ -384,6 +395,8 @@ class FileSource:
     async def _emit(self, f: _OpenFile, block: bytes, final: bool = False) -> None:
         batch = Batch(block, f.checkpoint(final))
         self.metrics.lines.inc(batch.count)
+        if batch.count:
+            self.last_line_at = time.time()
         await self.out.put(batch)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -151,11 +152,37 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def default_path() -> Path:
-    """``$STATE_DIRECTORY`` (systemd), else /var/lib/logwarden as root, else the working dir."""
+def default_path(name: str) -> Path:
+    """The file ``name`` in ``$STATE_DIRECTORY`` (systemd), else in /var/lib/logwarden as root,
+    else ``logwarden-NAME`` in the working directory."""
     state_dir = os.environ.get("STATE_DIRECTORY")
     if state_dir:
-        return Path(state_dir.split(":")[0]) / "positions.json"
+        return Path(state_dir.split(":")[0]) / name
     if os.geteuid() == 0:
-        return Path("/var/lib/logwarden/positions.json")
-    return Path("logwarden-positions.json")
+        return Path("/var/lib/logwarden") / name
+    return Path(f"logwarden-{name}")
+
+
+def lock(path: Path) -> int:
+    """Hold ``PATH.lock`` (the positions file itself is replaced on every save) for as long as
+    the returned descriptor is open, with this process's pid in it. Raises
+    :class:`PositionsLocked` naming the holder's pid when another process holds it, OSError
+    when it cannot be created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise PositionsLocked(holder) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class PositionsLocked(Exception):
+    """Another process holds the positions file; the argument is its pid, as it wrote it."""

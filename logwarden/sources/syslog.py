@@ -28,6 +28,7 @@ import re
 import socket
 import stat
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -148,6 +149,7 @@ class SyslogSource:
         self._file_inode = 0
         """The inode of our unix socket file, so that we remove only our own."""
         self._stopping = asyncio.Event()
+        self.last_line_at = 0.0
         # Bounded: a spoofed flood would otherwise fill the cache with source addresses.
         self._allowed = functools.lru_cache(maxsize=4096)(self._in_allow_list)
         self._datagrams = metrics.syslog_datagrams.labels(url)
@@ -165,6 +167,14 @@ class SyslogSource:
         if self.sock is None:
             return "closed" if self._stopping.is_set() else "starting"
         return "listening"
+
+    def status(self) -> dict[str, object]:
+        """Where it listens: the bound address (the real port when the URL says 0)."""
+        address = self.local_address
+        if isinstance(address, tuple):
+            host, port = address[:2]
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return {"kind": "syslog", "listener": address}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -304,6 +314,7 @@ class SyslogSource:
             self._queue_drops.inc(len(lines))
             return
         self.metrics.lines.inc(len(lines))
+        self.last_line_at = time.time()
 
     # -- kernel drops --------------------------------------------------------------------------
 
