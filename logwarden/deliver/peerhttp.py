@@ -44,7 +44,7 @@ import re
 import socket
 import ssl
 from collections import deque
-from typing import NamedTuple
+from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
 from logwarden.model import request_target_ok
@@ -147,8 +147,7 @@ class _Answering(asyncio.Protocol):
         self._keep = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of it
 
     def send(self, request: bytes, no_body: bool, max_body: int) -> asyncio.Future[Answer]:
         assert self.transport is not None and self._waiter is None
