@@ -6,8 +6,9 @@ scripted peers for the closes NGINX can race with."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,7 @@ class ScriptedPeer:
         self.connections = 0
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> ScriptedPeer:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -205,6 +207,7 @@ class ScriptedPeer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.writers.add(writer)
         try:
             while self.script:
                 self.requests.append(await reader.readuntil(b"\r\n\r\n"))
@@ -221,20 +224,32 @@ class ScriptedPeer:
     async def close(self) -> None:
         assert self.server is not None
         self.server.close()
+        for writer in self.writers:
+            writer.close()
         await self.server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def scripted(script: list[tuple[bytes, bool]],
+                   max_idle: int = 1) -> AsyncIterator[tuple[ScriptedPeer, PeerClient]]:
+    """A scripted peer and a client of it, both closed however the test ends."""
+    peer = await ScriptedPeer(script).start()
+    client = PeerClient("127.0.0.1", peer.port, None, max_idle)
+    try:
+        yield peer, client
+    finally:
+        await client.aclose()
+        await peer.close()
 
 
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
 
 
 async def test_an_idle_connection_the_peer_closed_is_not_used() -> None:
-    peer = await ScriptedPeer([(NO_CONTENT, True), (NO_CONTENT, False)]).start()
-    client = PeerClient("127.0.0.1", peer.port, None, 1)
-    assert (await client.fetch("HEAD", b"/1", HOST, [])).status == 204
-    await asyncio.wait_for(client._idle[0].closed, 5)  # the peer's FIN, while it is idle
-    assert (await client.fetch("HEAD", b"/2", HOST, [])).status == 204
-    await client.aclose()
-    await peer.close()
+    async with scripted([(NO_CONTENT, True), (NO_CONTENT, False)]) as (peer, client):
+        assert (await client.fetch("HEAD", b"/1", HOST, [])).status == 204
+        await asyncio.wait_for(client._idle[0].closed, 5)  # the peer's FIN, while it is idle
+        assert (await client.fetch("HEAD", b"/2", HOST, [])).status == 204
     assert (len(peer.requests), peer.connections) == (2, 2)
 
 
@@ -243,32 +258,49 @@ async def test_a_request_on_a_connection_closed_unanswered_goes_once_more_on_a_f
     """The race at NGINX's keepalive_timeout: it closes as the request arrives, answering
     nothing; the request goes again on a new connection. A close after part of an answer is
     an error, not a retry: the peer may have handled it."""
-    peer = await ScriptedPeer([(NO_CONTENT, False), (b"", True), (NO_CONTENT, False),
-                               (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart", True),
-                               (NO_CONTENT, False)]).start()
-    client = PeerClient("127.0.0.1", peer.port, None, 1)
-    assert (await client.fetch("GET", b"/1", HOST, [])).status == 204
-    assert (await client.fetch("GET", b"/2", HOST, [])).status == 204  # retried once
-    with pytest.raises(ProtocolError, match="closed before the answer"):
-        await client.fetch("GET", b"/3", HOST, [])
-    assert (await client.fetch("GET", b"/4", HOST, [])).status == 204
-    await client.aclose()
-    await peer.close()
+    script = [(NO_CONTENT, False), (b"", True), (NO_CONTENT, False),
+              (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart", True), (NO_CONTENT, False)]
+    async with scripted(script) as (peer, client):
+        assert (await client.fetch("GET", b"/1", HOST, [])).status == 204
+        assert (await client.fetch("GET", b"/2", HOST, [])).status == 204  # retried once
+        with pytest.raises(ProtocolError, match="closed before the answer"):
+            await client.fetch("GET", b"/3", HOST, [])
+        assert (await client.fetch("GET", b"/4", HOST, [])).status == 204
     assert [r.split(b" ")[1] for r in peer.requests] == [b"/1", b"/2", b"/2", b"/3", b"/4"]
     assert peer.connections == 3
 
 
 async def test_a_cancelled_request_closes_its_connection() -> None:
-    peer = await ScriptedPeer([(b"HTTP/1.1 200 OK\r\n", False), (NO_CONTENT, False)]).start()
-    client = PeerClient("127.0.0.1", peer.port, None, 1)
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.2):
-            await client.fetch("GET", b"/slow", HOST, [])
-    assert not client._idle
-    assert (await client.fetch("GET", b"/next", HOST, [])).status == 204
-    await client.aclose()
-    await peer.close()
+    async with scripted([(b"HTTP/1.1 200 OK\r\n", False), (NO_CONTENT, False)]) as (peer, client):
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await client.fetch("GET", b"/slow", HOST, [])
+        assert not client._idle
+        assert (await client.fetch("GET", b"/next", HOST, [])).status == 204
     assert peer.connections == 2
+
+
+async def test_fetch_timeouts_fail_each_request_at_its_own_deadline() -> None:
+    """One timer serves every request: a later request with a shorter timeout still ends
+    first, and an answered one is not touched."""
+    script = [(b"HTTP/1.1 200 OK\r\n", False)] * 2 + [(NO_CONTENT, False)]
+    async with scripted(script, max_idle=2) as (peer, client):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ended: dict[str, float] = {}
+
+        async def slow(name: str, timeout: float) -> None:
+            with pytest.raises(TimeoutError):
+                await client.fetch("GET", b"/" + name.encode(), HOST, [], timeout=timeout)
+            ended[name] = loop.time() - started
+
+        long = asyncio.create_task(slow("long", 0.6))
+        await asyncio.sleep(0.05)
+        await slow("short", 0.2)
+        await long
+        assert 0.24 <= ended["short"] < 0.5 and 0.59 <= ended["long"] < 0.9, ended
+        assert (await client.fetch("GET", b"/ok", HOST, [], timeout=0.2)).status == 204
+    assert peer.connections == 3  # each timed-out request closed its connection
 
 
 # --- a real NGINX ------------------------------------------------------------------------------
@@ -396,3 +428,30 @@ async def test_raw_targets_arrive_byte_for_byte(node: NginxNode) -> None:
     # NGINX's log escapes bytes >= 0x80 as \xHH
     assert [ln[3] for ln in logged(node, 3)] == [
         "/204?a=/./b/../c//d&q=%2f", "/204/caf\\xC3\\xA9?x=%7e~", "/204//?x=1#"]
+
+
+# --- the same on uvloop (the daemon's loop when the extra is installed) -------------------------
+
+ON_NGINX = (test_keepalive_requests_close_loses_and_repeats_nothing,
+            test_bodies_as_nginx_frames_them_on_one_connection,
+            test_a_body_over_max_body_fails_and_the_next_request_gets_a_new_connection,
+            test_connection_close_answers_are_each_on_a_new_connection,
+            test_raw_targets_arrive_byte_for_byte)
+SCRIPTED = (test_an_idle_connection_the_peer_closed_is_not_used,
+            test_a_request_on_a_connection_closed_unanswered_goes_once_more_on_a_fresh_one,
+            test_a_cancelled_request_closes_its_connection,
+            test_fetch_timeouts_fail_each_request_at_its_own_deadline)
+
+
+@pytest.mark.nginx
+@pytest.mark.parametrize("test", ON_NGINX, ids=lambda t: t.__name__[5:])
+def test_on_uvloop_with_nginx(test: Callable[[NginxNode], Awaitable[None]],
+                              node: NginxNode) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(test(node))
+
+
+@pytest.mark.parametrize("test", SCRIPTED, ids=lambda t: t.__name__[5:])
+def test_on_uvloop_scripted(test: Callable[[], Awaitable[None]]) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(test())
