@@ -78,16 +78,13 @@ def splits(data: bytes) -> Iterator[list[bytes]]:
     yield [data[i:i + 1] for i in range(len(data))]
 
 
-def feed(pieces: list[bytes], method: str = "GET", max_body: int = 100,
-         eof: bool = False) -> tuple[asyncio.Future[Answer], _Answering]:
+def feed(pieces: list[bytes], method: str = "GET",
+         max_body: int = 100) -> tuple[asyncio.Future[Answer], _Answering]:
     conn = _Answering("")
     conn.connection_made(FakeTransport())
     waiter = conn.send(b"%s / HTTP/1.1\r\n\r\n" % method.encode(), method == "HEAD", max_body)
     for piece in pieces:
         conn.data_received(piece)
-    if eof:
-        conn.eof_received()
-        conn.connection_lost(None)
     return waiter, conn
 
 
@@ -116,8 +113,7 @@ async def test_a_body_without_length_ends_with_the_connection() -> None:
     for pieces in splits(data):
         waiter, conn = feed(pieces)
         assert not waiter.done()
-        conn.eof_received()
-        conn.connection_lost(None)
+        conn.connection_lost(None)  # the peer's FIN
         assert waiter.result().body == b"all of it" and not conn.reusable
 
 

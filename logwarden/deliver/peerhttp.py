@@ -188,12 +188,6 @@ class _Answering(asyncio.Protocol):
         except PeerError as exc:  # ProtocolError, BodyTooLarge
             self._fail(exc)
 
-    def eof_received(self) -> bool | None:
-        if self._reader == self._until_close and self._waiter is not None:
-            self._reader()  # what came before the close
-            self._done()
-        return None  # let the transport close itself
-
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
