@@ -1,21 +1,17 @@
-"""Prototype, not used by logwarden: refresh requests over a bare ``asyncio.Protocol``.
+"""Benchmark 2's floor: refresh requests over a bare ``asyncio.Protocol`` and nothing else.
 
-What is left of a refresh's cost in logwarden's h11 client is h11's pure-Python state machine
-(about a third of the samples, bench/README.md) and a stream reader/writer pair per connection.
-A refresh is simple: a HEAD (or GET) with a known target, and an answer whose head ends with a
-blank line and whose body length is given. This sends the request line byte for byte and
-parses only the status line and ``Content-Length``; anything else (chunked bodies, 1xx,
-upgrades) closes the connection, so a production version would fall back to h11 there.
-
-    python -m bench.transport_proto URL COUNT CONCURRENCY   # prints requests/s
+The prototype that logwarden's client (logwarden/deliver/peerhttp.py) grew out of, kept as
+the reference for what the event loop alone costs per request: it writes a prepared request
+and parses only the status line and ``Content-Length`` (anything else fails), reconnecting
+after ``Connection: close``. No dispatcher (queues, breaker, retries, timeouts, metrics), no
+checks, no chunked bodies: what logwarden costs beyond it is the price of those.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
-import time
-from urllib.parse import urlsplit
+from collections.abc import Iterator
+from typing import cast
 
 _HEAD_END = b"\r\n\r\n"
 
@@ -32,8 +28,7 @@ class _Exchange(asyncio.Protocol):
         """The peer said ``Connection: close`` (NGINX does after keepalive_requests)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of it
 
     def request(self, data: bytes, no_body: bool) -> asyncio.Future[int]:
         assert self.transport is not None
@@ -79,38 +74,16 @@ def _content_length(head: list[bytes]) -> int | None:
     return 0
 
 
-async def send_all(url: str, targets: list[bytes], concurrency: int, host: str,
-                   method: bytes = b"HEAD") -> None:
-    """Send every target over ``concurrency`` kept-alive connections."""
-    parts = urlsplit(url)
+async def worker(host: str, port: int, requests: Iterator[bytes], no_body: bool) -> None:
+    """Send each of ``requests`` (whole requests, as bytes) over one kept-alive connection."""
     loop = asyncio.get_running_loop()
-    tail = b" HTTP/1.1\r\nHost: %s\r\nX-Refresh: 1\r\nUser-Agent: logwarden-proto\r\n\r\n" % (
-        host.encode())
-    todo = iter(targets)
-
-    host_, port = parts.hostname or "127.0.0.1", parts.port or 80
-
-    async def worker() -> None:
-        transport, conn = await loop.create_connection(_Exchange, host_, port)
-        try:
-            for target in todo:
-                if conn.closing:
-                    transport.close()
-                    transport, conn = await loop.create_connection(_Exchange, host_, port)
-                await conn.request(method + b" " + target + tail, no_body=method == b"HEAD")
-        finally:
-            transport.close()
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
-def main() -> None:
-    url, count, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    targets = [b"/proto/r/%d?v=1" % i for i in range(count)]
-    started = time.perf_counter()
-    asyncio.run(send_all(url, targets, concurrency, "www.example.com"))
-    print(f"{count / (time.perf_counter() - started):.1f}")
-
-
-if __name__ == "__main__":
-    main()
+    transport, conn = await loop.create_connection(_Exchange, host, port)
+    try:
+        for request in requests:
+            if conn.closing:
+                transport.close()
+                transport, conn = await loop.create_connection(_Exchange, host, port)
+            if await conn.request(request, no_body) != 204:
+                raise SystemExit("the prototype got an answer other than 204")
+    finally:
+        transport.close()

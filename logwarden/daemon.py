@@ -395,4 +395,8 @@ async def _main(config: Config) -> int:
 
 
 def run(config: Config) -> int:
-    return asyncio.run(_main(config))
+    try:  # the uvloop extra: a faster event loop under the refresh sender (README "Performance")
+        import uvloop
+    except ImportError:
+        return asyncio.run(_main(config))
+    return uvloop.run(_main(config))

@@ -273,6 +273,12 @@ async def test_https_peer_gets_the_original_host_as_sni_and_is_verified(
     assert len(node.tls_log()) == 4
 
 
+def test_https_peers_on_uvloop(tls_node: TlsNode, certs: Certs) -> None:
+    """The same on uvloop's own TLS (the daemon's loop when the uvloop extra is installed)."""
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(test_https_peer_gets_the_original_host_as_sni_and_is_verified(tls_node, certs))
+
+
 # --- the shared secret --------------------------------------------------------------------------
 
 SECRET = "7f3c9a-very-long-shared-secret"

@@ -109,8 +109,8 @@ async def test_injection_is_refused_and_counted() -> None:
 
 
 async def test_the_client_sends_raw_utf8_exactly_and_keeps_its_connection() -> None:
-    """h11 writes the request with a placeholder target and the client puts the real bytes
-    in: h11's state stays right, so the connection is kept alive across methods."""
+    """The target goes into the request line as it is (bytes >= 0x80 too), and the connection
+    is kept alive across methods (a HEAD's answer has no body to wait for)."""
     peer = await RecordingPeer().start()
     client = PeerClient(*host_port(peer.url), None, 1)
     target = b"/caf\xc3\xa9?x=1"

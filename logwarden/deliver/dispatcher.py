@@ -328,11 +328,10 @@ class Peer:
         status, method = None, request.method
         async with slot:
             started = time.perf_counter()
-            try:
-                async with asyncio.timeout(self.settings.timeout):
-                    answer = await self.client.fetch(
-                        method, refresh.target, refresh.host, headers)
-                    status = answer.status
+            try:  # the client's timeout: one timer for all requests, not one each
+                answer = await self.client.fetch(method, refresh.target, refresh.host,
+                                                 headers, timeout=self.settings.timeout)
+                status = answer.status
             except (TimeoutError, PeerError) as exc:
                 outcome = failure(exc)
                 if outcome == "tls_error":
