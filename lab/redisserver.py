@@ -109,15 +109,19 @@ class RedisServer:
             raise RuntimeError(f"redis-server exited with {self._proc.returncode}:\n{log}")
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as plain:
-                sock = plain
-                if self.tls is not None:
-                    context = ssl.create_default_context(cafile=self.tls.ca)
-                    context.check_hostname = False
-                    sock = context.wrap_socket(plain)
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up, password or not
+                if self.tls is None:
+                    return self._pong(plain)
+                context = ssl.create_default_context(cafile=self.tls.ca)
+                context.check_hostname = False
+                with context.wrap_socket(plain) as sock:
+                    return self._pong(sock)
         except OSError:
             return False
+
+    @staticmethod
+    def _pong(sock: socket.socket) -> bool:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up, password or not
 
     def kill(self) -> None:
         """SIGKILL, as a crash: clients see their connections reset."""

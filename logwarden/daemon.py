@@ -157,6 +157,11 @@ class Daemon:
                 source.bind()
         except SourceError as exc:
             raise StartupError(str(exc)) from exc
+        if self.bus is not None:
+            try:
+                await self.bus.start()
+            except BusError as exc:
+                raise StartupError(str(exc)) from None
         if cfg.metrics_listen != "off":
             try:
                 assert cfg.metrics_address is not None
@@ -167,11 +172,6 @@ class Daemon:
                     f"metrics_listen: {cfg.metrics_listen!r} cannot be served ({reason}): "
                     "is another logwarden running? Give a free --metrics-listen HOST:PORT, or "
                     "'off'") from exc
-        if self.bus is not None:
-            try:
-                await self.bus.start()
-            except BusError as exc:
-                raise StartupError(str(exc)) from None
         self._install_signals()
         for dispatcher in (self.dispatcher, self.local):
             if dispatcher is not None:

@@ -186,5 +186,8 @@ def settings_problem(exc: BaseException) -> str | None:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return (f"presented a certificate that is not trusted ({cause.verify_message}): "
                     "give the CA that signed it with --bus-ca")
+        if isinstance(cause, ssl.SSLError):  # not TLS there, or our certificate refused
+            return (f"failed the TLS handshake ({cause.reason}): is it a TLS port, and does "
+                    "it take --bus-cert?")
         cause = cause.__cause__ or cause.__context__
     return None
