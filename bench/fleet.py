@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lab import EXAMPLE_CONFIG, Cluster, LogLine, NginxNode, find_nginx, wait_until
 from lab.agent import Agent, log_format_from_conf
-from lab.redisserver import RedisServer, find_redis
+from lab.redisserver import RedisServer, find_redis, secret_file
 
 MODES: dict[str, tuple[bool, bool]] = {  # name: (bus, offload)
     "direct fan-out": (False, False),
@@ -46,7 +46,8 @@ class Result:
 def _agent(node: NginxNode, cluster: Cluster, mode: str, redis_url: str, logs: Path) -> Agent:
     bus, offload = MODES[mode]
     peers = [] if bus else [n.url for n in cluster]
-    extra = ["--bus", redis_url, "--local", node.url] if bus else []
+    extra = ["--bus", redis_url, "--bus-secret-file", str(secret_file(logs)), "--local",
+             node.url] if bus else []
     extra += ["--refresh-from-self"] if offload else []
     return Agent(node.access_log, LOG_FORMAT, node.url, peers, extra=extra,
                  stderr=logs / f"{mode.replace(' ', '')}-{node.name}.log").start()

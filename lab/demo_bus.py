@@ -19,7 +19,7 @@ from pathlib import Path
 from lab import EXAMPLE_CONFIG, Cluster, NginxNode, find_nginx, wait_until
 from lab.agent import Agent, log_format_from_conf
 from lab.demo import HOST, PATH, TARGET, ask, refreshed, stop_agents
-from lab.redisserver import RedisServer, find_redis
+from lab.redisserver import RedisServer, find_redis, secret_file
 
 
 def change(cluster: Cluster, agents: list[Agent], what: str) -> None:
@@ -58,7 +58,7 @@ def walk_through(cluster: Cluster, agents: list[Agent], redis: RedisServer) -> N
           f"{agents[0].value('logwarden_bus_published_total', outcome='bus_unavailable'):.0f}")
     redis.start()
     wait_until(lambda: all(ag.value("logwarden_bus_connected") == 1 for ag in agents), 5)
-    print("   Redis is back; every agent resubscribed. The next change spreads again:")
+    print("   Redis is back; every agent reads the stream again. The next change spreads again:")
     cluster.origin.bump(PATH)
     time.sleep(3)
     change(cluster, agents, "origin offload")
@@ -78,11 +78,12 @@ def main() -> int:
     log_format = log_format_from_conf(Path(EXAMPLE_CONFIG).read_text())
     workdir = Path(tempfile.mkdtemp(prefix="logwarden-demo-bus-"))
     agents: list[Agent] = []
+    secret = secret_file(workdir)
     with RedisServer(workdir / "redis") as redis, Cluster(workdir / "cluster", nodes=3) as cluster:
         try:
             print(f"origin           {cluster.origin.url}\nredis            {redis.url}")
             for name, node in zip("ABC", cluster.nodes, strict=True):
-                agents.append(start(node, name, log_format, redis.url, workdir))
+                agents.append(start(node, name, log_format, redis.url, secret, workdir))
             wait_until(lambda: all(ag.value("logwarden_bus_connected") == 1 for ag in agents), 5)
             walk_through(cluster, agents, redis)
             if not args.once:
@@ -96,9 +97,11 @@ def main() -> int:
     return 0
 
 
-def start(node: NginxNode, name: str, log_format: str, bus: str, workdir: Path) -> Agent:
+def start(node: NginxNode, name: str, log_format: str, bus: str, secret: Path,
+          workdir: Path) -> Agent:
     agent = Agent(node.access_log, log_format, node.url, [],
-                  extra=["--bus", bus, "--local", node.url, "--refresh-from-self"],
+                  extra=["--bus", bus, "--bus-secret-file", str(secret), "--local", node.url,
+                         "--refresh-from-self"],
                   stderr=workdir / f"logwarden-{name}.log").start()
     print(f"node {name}  NGINX   {node.url}   logwarden metrics {agent.base}/metrics")
     return agent

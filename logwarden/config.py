@@ -17,7 +17,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,7 +37,8 @@ from logwarden.parse.logformat import ESCAPES, LogFormat, LogFormatError
 from logwarden.parse.nginxconf import AccessLog, NginxConfError
 from logwarden.parse.nginxconf import choose as choose_access_logs
 from logwarden.parse.nginxconf import read as read_nginx_conf
-from logwarden.route.bus import parse_bus_url
+from logwarden.route.busredis import BusAddress, mask
+from logwarden.route.busredis import parse as parse_bus_url
 from logwarden.route.discovery import check_peer_url, is_self, peer_identity, read_peers_file
 from logwarden.sources.positions import default_path as default_positions_path
 from logwarden.sources.syslog import Address
@@ -205,15 +206,70 @@ def _check_self_is_a_peer(url: str | None, peers: tuple[str, ...], dns: tuple[st
                       "--self as it is spelled there")
 
 
-def _check_bus(key: str, url: str | None) -> None:
+def _check_bus(key: str, url: str | None) -> BusAddress | None:
     if url is None:
-        return
+        return None
     try:
-        parse_bus_url(url)
+        return parse_bus_url(url)
     except ValueError as exc:
-        parts = urlsplit(url)
-        shown = parts._replace(netloc=f"***@{parts.hostname}") if parts.password else parts
-        raise ConfigError(key, shown.geturl(), str(exc)) from None
+        raise ConfigError(key, mask(url), str(exc)) from None
+
+
+def _read_bus_password(key: str, path: str | None) -> str | None:
+    """The file's first line; errors name the file, never its content."""
+    if path is None:
+        return None
+    password = _read_secret_file(key, path).partition("\n")[0].strip()
+    if not password:
+        raise ConfigError(key, path, "is empty: it must hold the Redis password")
+    return password
+
+
+def _read_bus_secrets(key: str, path: str | None) -> tuple[bytes, ...]:
+    """One or two lines: the secret this node signs with, then the one it still accepts
+    while a fleet rolls it (README, "The bus")."""
+    if path is None:
+        return ()
+    lines = [line.strip() for line in _read_secret_file(key, path).splitlines() if line.strip()]
+    if not 1 <= len(lines) <= 2:
+        raise ConfigError(key, path, f"holds {len(lines)} secrets: give one line (the secret) "
+                          "or two (the secret to sign with, then the previous one)")
+    if any(len(line) < 16 for line in lines):
+        raise ConfigError(key, path, "holds a secret shorter than 16 characters")
+    return tuple(line.encode() for line in lines)
+
+
+def _read_secret_file(key: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise ConfigError(key, path, f"cannot be read ({reason})") from None
+
+
+def _bus_settings(v: dict[str, Any], parsed: dict[str, Any]) -> BusAddress | None:
+    """The bus's settings together: a secret to sign with, one password, TLS files only
+    for a TLS URL. The URL is kept with its password masked (``check`` prints it; the
+    password stays in the returned address)."""
+    address: BusAddress | None = parsed["bus"]
+    if address is None:
+        return None
+    v["bus"] = address.shown
+    if not parsed["bus_secret_file"]:
+        raise ConfigError("bus_secret_file", None, "is required with bus: a file only the "
+                          "agents read, holding the secret every message is signed with")
+    password = parsed["bus_password_file"]
+    if password is not None:
+        if address.password is not None:
+            raise ConfigError("bus_password_file", v["bus_password_file"], "and the bus URL "
+                              "both give a password: keep one (the file: a URL is shown)")
+        address = replace(address, password=password)
+    for name in ("bus_ca", "bus_cert", "bus_key"):
+        if v[name] and not address.tls:
+            raise ConfigError(name, v[name], f"needs a TLS bus (rediss://), not {v['bus']}")
+    if v["bus_key"] and not v["bus_cert"]:
+        raise ConfigError("bus_key", v["bus_key"], "needs bus_cert, the certificate it goes with")
+    return address
 
 
 def _check_channel(key: str, channel: str) -> None:
@@ -429,11 +485,30 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("refresh_from_self", bool, False, "Origin offload: refreshes name the node that "
             "holds the new copy (--self) in X-Logwarden-Source, for the peers to fetch it "
             "from there instead of the origin."),
-    Setting("bus", str, None, "redis://HOST:PORT/DB: publish each trigger there and refresh "
-            "the --local NGINX on the other nodes' messages, instead of a fan-out to peers.",
-            check=_check_bus),
-    Setting("bus_channel", str, "logwarden", "Redis pub/sub channel of the bus.",
+    Setting("bus", str, None, "redis[s]://[USER[:PASSWORD]@]HOST[:PORT][/DB], or "
+            "redis[s]+sentinel://[USER[:PASSWORD]@]HOST:PORT[,HOST:PORT...]/MASTER[/DB]: "
+            "publish each trigger on a stream there and refresh the --local NGINX on the "
+            "other nodes' entries, instead of a fan-out to peers.", check=_check_bus),
+    Setting("bus_channel", str, "logwarden", "Redis stream (key) of the bus.",
             check=_check_channel),
+    Setting("bus_password_file", str, None, "File holding the bus's Redis password (of the "
+            "URL's user, or requirepass); never printed.", check=_read_bus_password),
+    Setting("bus_secret_file", str, None, "File holding the secret bus messages are signed "
+            "with (HMAC-SHA256; 16 characters or more); a second line: the previous secret, "
+            "still accepted while a fleet rolls it. Required with --bus.",
+            check=_read_bus_secrets),
+    Setting("bus_ca", str, None, "CA certificate file a rediss:// bus's certificate is checked "
+            "against (default: the system's).", check=_check_readable),
+    Setting("bus_cert", str, None, "Client certificate file for a rediss:// bus that asks for "
+            "one.", check=_check_readable),
+    Setting("bus_key", str, None, "Private key file of --bus-cert (default: in that file).",
+            check=_check_readable),
+    Setting("bus_maxlen", int, 100_000, "Entries the bus's stream keeps (XADD MAXLEN ~): a "
+            "node away longer than the fleet takes to publish them misses the oldest.",
+            check=_positive),
+    Setting("bus_max_skew", float, 30.0, "Seconds a bus message's signed time may differ "
+            "from the time Redis added it (clock skew); further, it is a replay and ignored.",
+            check=_positive),
     Setting("local", str, "http://127.0.0.1:80", "This node's NGINX, which bus messages "
             "refresh.", check=_check_peer_url),
     Setting("statuses", str, ("MISS", "EXPIRED", "UPDATING", "STALE"),
@@ -582,7 +657,15 @@ class Config:
     dns_refresh: float
     refresh_from_self: bool
     bus: str | None
+    """The URL as given, its password masked: what connects is ``bus_address``."""
     bus_channel: str
+    bus_password_file: str | None
+    bus_secret_file: str | None
+    bus_ca: str | None
+    bus_cert: str | None
+    bus_key: str | None
+    bus_maxlen: int
+    bus_max_skew: float
     local: str
     statuses: tuple[str, ...]
     dedup_window: float
@@ -649,6 +732,10 @@ class Config:
     """``variant`` parsed, one class each."""
     downstreams: tuple[Template | str, ...] = field(default=(), repr=False, compare=False)
     """``downstream`` parsed: an edge's URL, or the template its file holds."""
+    bus_address: BusAddress | None = field(default=None, repr=False, compare=False)
+    """``bus`` parsed, with the password (the URL's or ``bus_password_file``'s)."""
+    bus_secrets: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
+    """``bus_secret_file``'s secrets: the first signs, each is accepted."""
 
     @property
     def refresh_mode(self) -> Mode:
@@ -927,11 +1014,13 @@ def _validate(v: dict[str, Any], needs: Needs) -> Config:
         v["refresh_header"] = parsed["refresh_header_file"]
     if v["refresh_from_self"] and not v["self"]:
         raise ConfigError("refresh_from_self", True, "needs self: the address peers fetch from")
+    bus = _bus_settings(v, parsed)
     config = Config(**{_BY_NAME[name].field if name in _BY_NAME else name: value
                        for name, value in v.items()},
                     parser=parser, metrics_address=parsed["metrics_listen"],
                     syslog_addresses=parsed["syslog"], variants=parsed["variant"],
-                    downstreams=parsed["downstream"])
+                    downstreams=parsed["downstream"], bus_address=bus,
+                    bus_secrets=parsed["bus_secret_file"])
     if needs.nodes and not (config.peer or config.self_url or config.peers_file
                             or config.peers_dns):
         raise ConfigError("peer", "", "is required: the nodes to warm")

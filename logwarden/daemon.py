@@ -29,13 +29,14 @@ from logwarden import __version__
 from logwarden.config import Config, ConfigError, read_header_file
 from logwarden.decide.origin import OriginWatch
 from logwarden.decide.process import Processor, ProcessStage, triggers_for
+from logwarden.decide.window import Window
 from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
 from logwarden.deliver.downstream import AfterPublish, Downstreams
 from logwarden.model import Refresh
 from logwarden.ops.logs import hide
 from logwarden.ops.metrics import Metrics, MetricsServer
 from logwarden.ops.sdnotify import notify
-from logwarden.route.bus import Bus
+from logwarden.route.bus import Bus, BusError, BusSettings
 from logwarden.route.discovery import PeerList
 from logwarden.route.router import AlsoHere, Recorder, Router, Target
 from logwarden.sources import LineQueue, Source, SourceError
@@ -89,7 +90,7 @@ class Daemon:
         self.bus: Bus | None = None
         if cfg.bus and not cfg.dry_run:
             self.local = Dispatcher([cfg.local], settings, m, propagation=True)
-            self.bus = self._bus(cfg.bus, self.local)
+            self.bus = self._bus(self.local)
         target: Target = self.dispatcher
         if self.bus is not None and self.local is not None:
             target = AlsoHere(self.bus, self.local) if classes else self.bus
@@ -128,20 +129,22 @@ class Daemon:
             for url, address in zip(cfg.syslog, cfg.syslog_addresses, strict=True)]
         return files + listeners
 
-    def _bus(self, url: str, local: Dispatcher) -> Bus:
+    def _bus(self, local: Dispatcher) -> Bus:
         """The bus: publishes what the router admits, refreshes ``local`` on the other nodes'
-        messages (admitted again here: only what this node's NGINX can take), and while Redis
-        is away hands triggers to the peers, if there are any."""
+        entries (admitted again here: only what this node's NGINX can take, a URL once per
+        dedup window; the bus counts the outcomes), and while Redis is away hands triggers
+        to the peers, if there are any."""
         cfg, m = self.config, self.metrics
-        receive, fallback = Router(local, m), Router(self.dispatcher, m)
+        receive = Router(local, m, dedup=Window(cfg.dedup_window, cfg.dedup_max_urls,
+                                                time.monotonic), counts={})
+        fallback = Router(self.dispatcher, m)
 
         def to_peers(refresh: Refresh) -> None:
             if self.dispatcher.peers:
                 fallback.route(refresh)
 
-        return Bus(url, cfg.bus_channel, m, method=cfg.refresh_method,
-                   receive=lambda refresh: receive.route(refresh) is None, fallback=to_peers,
-                   accept_holder=cfg.refresh_from_self)
+        return Bus(BusSettings.from_config(cfg), m, self.positions, receive=receive.route,
+                   fallback=to_peers)
 
     def _refresh_depth(self) -> int:
         return sum(d.depth() for d in (self.dispatcher, self.local) if d is not None)
@@ -199,6 +202,11 @@ class Daemon:
                 source.bind()
         except SourceError as exc:
             raise StartupError(str(exc)) from exc
+        if self.bus is not None:
+            try:
+                await self.bus.start()
+            except BusError as exc:
+                raise StartupError(str(exc)) from None
         if cfg.metrics_listen != "off":
             try:
                 assert cfg.metrics_address is not None
@@ -216,7 +224,7 @@ class Daemon:
         if self.downstreams is not None:
             self.downstreams.start()
         if self.bus is not None:
-            log.info("bus mode: triggers go to %s channel %r; the other nodes' refresh %s%s",
+            log.info("bus mode: triggers go to %s stream %r; the other nodes' refresh %s%s",
                      cfg.bus, cfg.bus_channel, cfg.local,
                      " (peers are the fallback)" if self.dispatcher.peers else "")
 

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -22,6 +21,7 @@ from logwarden.deliver.dispatcher import Dispatcher, DispatchSettings
 from logwarden.model import Refresh
 from logwarden.ops.metrics import Metrics
 from tests.agents import StartAgent, body_version, refreshes_seen, urls
+from tests.certs import Certs, make_certs
 from tests.lines import example_line
 from tests.peers import dead_url, silent_url
 
@@ -162,30 +162,10 @@ def test_exact_spellings_arrive_unchanged_in_the_peer_log(
 # --- https peers --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Certs:
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     """A throw-away CA and a certificate for the lab's two host names, signed by it."""
-    d = tmp_path_factory.mktemp("certs")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", d / "ca.key", "-out", d / "ca.pem", "-days", "1",
-             "-subj", "/CN=logwarden test CA")
-    _openssl("req", *ec, "-keyout", d / "node.key", "-out", d / "node.csr",
-             "-subj", f"/CN={HOST}")
-    (d / "san.ext").write_text(f"subjectAltName=DNS:{HOST},DNS:static.example.com\n")
-    _openssl("x509", "-req", "-in", d / "node.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
-             "-CAcreateserial", "-days", "1", "-extfile", d / "san.ext", "-out", d / "node.pem")
-    return Certs(d / "ca.pem", d / "node.pem", d / "node.key")
+    return make_certs(tmp_path_factory.mktemp("certs"), f"DNS:{HOST},DNS:static.example.com")
 
 
 class TlsNode(NginxNode):

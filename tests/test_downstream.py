@@ -322,7 +322,10 @@ def test_bus_mode_purges_after_publishing_a_change_and_not_for_an_unchanged_expi
     a, b, c = cluster.nodes
     template = template_file(tmp_path, api)
     with RedisServer(tmp_path / "redis") as redis_server:
-        bus = ("--bus", redis_server.url, "--bus-channel", "lw-downstream")
+        secret = tmp_path / "bus-secret"
+        secret.write_text("downstream-test-bus-secret\n")
+        bus = ("--bus", redis_server.url, "--bus-channel", "lw-downstream",
+               "--bus-secret-file", str(secret))
         agent_a = start_agent(a, [b.url, c.url], *bus, "--local", a.url, "--downstream",
                               f"template:{template}", "--downstream-delay", "0.3")
         others = [start_agent(n, [], *bus, "--local", n.url, "--downstream",

@@ -51,7 +51,8 @@ DOWNSTREAM_OUTCOMES = ("ok", "not_cached", "http_error", "timeout", "connect_err
 """Of each URL a downstream cache was to purge: ``not_cached`` (404/412: an edge held no copy,
 a success), ``skipped`` (its breaker open), ``coalesced`` (the URL already waiting for it)."""
 BUS_PUBLISH_OUTCOMES = ("ok", "bus_unavailable", "dropped", "refused")
-BUS_RECEIVE_OUTCOMES = ("ok", "own", "refused", "unknown_version", "malformed")
+BUS_RECEIVE_OUTCOMES = ("ok", "own", "deduplicated", "refused", "unsigned", "bad_signature",
+                        "out_of_window", "too_old", "unknown_version", "malformed")
 SUMMARY = ("lines", "malformed", "triggers", "fan-outs")
 """What the summary lines show first, then the refreshes by outcome."""
 
@@ -158,15 +159,23 @@ class Metrics:
             "dropped (publish queue full), refused (a target or host that cannot be sent "
             "byte for byte: not published).", ["outcome"], registry=r)
         self.bus_received = Counter(
-            "logwarden_bus_received", "Bus messages received, by outcome: ok (local refresh "
-            "queued), own (this node's), refused (not replayable here), unknown_version, "
-            "malformed.", ["outcome"], registry=r)
+            "logwarden_bus_received", "Bus entries read, by outcome: ok (local refresh "
+            "queued), own (this node's), deduplicated, refused (not replayable here), "
+            "unsigned, bad_signature (no valid HMAC of the bus secret), out_of_window (signed "
+            "further from the time Redis added it than --bus-max-skew: replayed), too_old "
+            "(published more than --max-line-age ago), unknown_version, malformed.",
+            ["outcome"], registry=r)
         self.bus_connected = Gauge(
-            "logwarden_bus_connected", "1 while subscribed to the bus, else 0.", registry=r)
-        self.bus_receivers = Gauge(
-            "logwarden_bus_receivers", "Subscribers (this node included) that Redis delivered "
-            "this node's last message to: fewer than the fleet means some node missed it.",
-            registry=r)
+            "logwarden_bus_connected", "1 while the bus's stream is read, else 0.", registry=r)
+        self.bus_behind = Gauge(
+            "logwarden_bus_entries_behind", "Entries of the bus's stream after the last one "
+            "this node handled.", registry=r)
+        self.bus_catchup = Counter(
+            "logwarden_bus_catchup_entries", "Entries read as a backlog, after a start or a "
+            "reconnect, before reaching the stream's end.", registry=r)
+        self.bus_trimmed = Counter(
+            "logwarden_bus_trimmed_entries", "Entries the stream had trimmed (--bus-maxlen) "
+            "before this node read them: lost to it.", registry=r)
         self.file_rotations = Counter(
             "logwarden_file_rotations", "Tailed files that left their path (renamed or deleted).",
             registry=r)

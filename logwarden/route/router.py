@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from logwarden.decide.window import Window
@@ -33,6 +33,8 @@ from logwarden.ops.metrics import STORM_REASONS, Metrics
 from logwarden.route.storm import StormControl
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter as PromCounter
+
     from logwarden.config import Config
 
 log = logging.getLogger(__name__)
@@ -90,18 +92,23 @@ class Router:
 
     def __init__(self, target: Target, metrics: Metrics, *, dedup: Window | None = None,
                  storm: StormControl | None = None, holder: tuple[str, str] | None = None,
-                 refusal_log: RefusalLog | None = None) -> None:
-        """``dedup``/``storm``: off when None (refreshes admitted before, as on the bus's
-        receiving side, or a URL list meant as asked). ``holder``: (scheme, ``ADDRESS:PORT``)
-        of this node, named as the holder of the new copy for origin offload. ``refusal_log``:
-        where refusals are said (default: :class:`RefusalLog`'s interval, real time)."""
+                 refusal_log: RefusalLog | None = None,
+                 counts: Mapping[str, PromCounter] | None = None) -> None:
+        """``dedup``/``storm``: off when None (a URL list meant as asked). ``holder``:
+        (scheme, ``ADDRESS:PORT``) of this node, named as the holder of the new copy for
+        origin offload. ``refusal_log``: where refusals are said (default:
+        :class:`RefusalLog`'s interval, real time). ``counts``: the counter of each reason
+        but ``refused`` (which the target counts); default: ``triggers_deduplicated`` and
+        ``storm_dropped``; ``{}`` when the caller counts what :meth:`route` returns (the
+        bus's receiving side: its dedup is not the triggers')."""
         self.target = target
         self.dedup = dedup
         self.storm = storm
         self.holder = holder
         self.refusal_log = refusal_log if refusal_log is not None else RefusalLog()
-        self._deduplicated = metrics.triggers_deduplicated
-        self._dropped = {r: metrics.storm_dropped.labels(r) for r in STORM_REASONS}
+        self._counts = counts if counts is not None else {
+            "deduplicated": metrics.triggers_deduplicated,
+            **{r: metrics.storm_dropped.labels(r) for r in STORM_REASONS}}
 
     @classmethod
     def from_config(cls, cfg: Config, target: Target, metrics: Metrics,
@@ -133,13 +140,11 @@ class Router:
             if holder is not None and holder[0] == refresh.scheme:
                 refresh = refresh._replace(holder=holder[1])
             self.target.submit(refresh)
-        elif reason == "deduplicated":
-            self._deduplicated.inc()
         elif reason == "refused":
             self.refusal_log(refresh)
             self.target.refuse(refresh)
-        else:
-            self._dropped[reason].inc()
+        elif reason in self._counts:
+            self._counts[reason].inc()
         return reason
 
     def route_all(self, refreshes: Sequence[Refresh]) -> None:

@@ -39,6 +39,10 @@ class TokenBucket:
         self._tokens -= 1
         return True
 
+    def wait(self) -> float:
+        """Seconds until a token is back, as of the last :meth:`take` (0: one is there)."""
+        return max(0.0, (1 - self._tokens) / self.rate) if self.rate else 0.0
+
 
 def _any_of(patterns: Sequence[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None

@@ -7,6 +7,10 @@ fingerprint of the file's first bytes; a file whose head differs is a new file, 
 The offsets recorded here only move when the processor has handled a batch
 (not when the tailer read it), so a crash repeats at most the lines read since the last save
 and never skips one. Writes are atomic: temp file, fsync, rename.
+
+Bus mode keeps one more, separate mark in the same file (``"bus"``): per stream, the ID of
+the last entry this node handled and how many entries the stream had added up to it
+(:class:`BusMark`), so a restarted agent reads on from there.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,14 @@ class Entry:
         return same_head(fd, self.head)
 
 
+@dataclass(frozen=True, slots=True)
+class BusMark:
+    """The last bus entry handled: its stream ID, and the stream's ``entries-added`` then."""
+
+    id: str
+    offset: int
+
+
 def fingerprint(fd: int, upto: int) -> str:
     """``"n:hash"`` of the first ``min(upto, HEAD_BYTES)`` bytes; "" for an empty head."""
     data = os.pread(fd, min(upto, HEAD_BYTES), 0)
@@ -71,9 +84,12 @@ class Positions:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._entries: dict[tuple[int, int], Entry] = {}
+        self._bus: dict[str, BusMark] = {}
         self._dirty = False
         if path is not None:
-            self._entries = {(e.dev, e.ino): e for e in _load(path)}
+            doc = _read(path)
+            self._entries = {(e.dev, e.ino): e for e in _load(path, doc)}
+            self._bus = _load_bus(path, doc)
 
     def entries(self) -> list[Entry]:
         return list(self._entries.values())
@@ -92,11 +108,21 @@ class Positions:
             self._entries[key] = Entry(cp.path, cp.dev, cp.ino, cp.offset, cp.head)
             self._dirty = True
 
+    def bus(self, stream: str) -> BusMark | None:
+        return self._bus.get(stream)
+
+    def commit_bus(self, stream: str, mark: BusMark) -> None:
+        self._bus[stream] = mark
+        self._dirty = True
+
     def save(self) -> None:
         """Write the file if anything changed; errors are logged, tailing goes on."""
         if self.path is None or not self._dirty:
             return
-        doc = {"version": VERSION, "files": [asdict(e) for e in self._entries.values()]}
+        doc: dict[str, object] = {"version": VERSION,
+                                  "files": [asdict(e) for e in self._entries.values()]}
+        if self._bus:
+            doc["bus"] = {stream: asdict(mark) for stream, mark in self._bus.items()}
         try:
             _atomic_write(self.path, json.dumps(doc, indent=1).encode() + b"\n")
             self._dirty = False
@@ -110,18 +136,23 @@ class Positions:
             self.save()
 
 
-def _load(path: Path) -> list[Entry]:
+def _read(path: Path) -> dict[str, Any]:
+    """The positions document, or {} when there is none (or none to use)."""
     try:
         doc = json.loads(path.read_bytes())
     except FileNotFoundError:
-        return []
+        return {}
     except (OSError, ValueError) as exc:
         # Starting from the end is safe; refusing to start over a damaged file is not helpful.
         log.error("ignoring unreadable positions file %s: %s", path, exc)
-        return []
+        return {}
     if not isinstance(doc, dict) or doc.get("version") != VERSION:
         log.error("ignoring positions file %s: unknown version", path)
-        return []
+        return {}
+    return doc
+
+
+def _load(path: Path, doc: dict[str, Any]) -> list[Entry]:
     entries = []
     for item in doc.get("files", []):
         try:
@@ -130,6 +161,19 @@ def _load(path: Path) -> list[Entry]:
         except (KeyError, TypeError, ValueError):
             log.error("ignoring a malformed entry in %s: %r", path, item)
     return entries
+
+
+def _load_bus(path: Path, doc: dict[str, Any]) -> dict[str, BusMark]:
+    found, marks = doc.get("bus", {}), {}
+    if not isinstance(found, dict):
+        log.error("ignoring the bus marks in %s: not an object", path)
+        return {}
+    for stream, item in found.items():
+        try:
+            marks[str(stream)] = BusMark(str(item["id"]), int(item["offset"]))
+        except (KeyError, TypeError, ValueError):
+            log.error("ignoring a malformed bus mark in %s: %r", path, item)
+    return marks
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
