@@ -24,7 +24,6 @@ then cancels them and counts what was cut off as ``dropped``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -38,7 +37,13 @@ from prometheus_client import Histogram
 from logwarden.deliver.breaker import Breaker
 from logwarden.deliver.modes import Bypass, Hint, Mode, Request
 from logwarden.deliver.peerhttp import Answer, PeerClient, PeerError, host_port
-from logwarden.deliver.retry import RETRY_STATUSES, TRANSPORT_FAILURES, backoff, failure
+from logwarden.deliver.retry import (
+    RETRY_STATUSES,
+    TRANSPORT_FAILURES,
+    backoff,
+    cut_off,
+    failure,
+)
 from logwarden.model import Refresh, escaped, version_of
 from logwarden.ops.metrics import REFRESH_OUTCOMES, Metrics
 
@@ -401,13 +406,7 @@ class Peer:
 
     async def close(self, deadline: float) -> int:
         """Finish queued work until the loop-time ``deadline``; returns requests cut off."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline):
-                await self.queue.join()
-        cut = self._busy + self.queue.qsize()
-        for task in self.workers:
-            task.cancel()
-        await asyncio.gather(*self.workers, return_exceptions=True)
+        cut = await cut_off(self.queue, self.workers, lambda: self._busy, deadline)
         if cut:
             self.count("dropped", cut)
         await self.client.aclose()

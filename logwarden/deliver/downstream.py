@@ -22,7 +22,6 @@ waiting until the deadline, then counts what it had to cut off as ``dropped``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -36,7 +35,13 @@ from urllib.parse import quote
 
 from logwarden.deliver.breaker import Breaker
 from logwarden.deliver.peerhttp import PeerClient, PeerError
-from logwarden.deliver.retry import RETRY_STATUSES, TRANSPORT_FAILURES, backoff, failure
+from logwarden.deliver.retry import (
+    RETRY_STATUSES,
+    TRANSPORT_FAILURES,
+    backoff,
+    cut_off,
+    failure,
+)
 from logwarden.model import USER_AGENT, Refresh, request_target_ok
 from logwarden.ops.metrics import DOWNSTREAM_OUTCOMES, Metrics
 from logwarden.route.storm import TokenBucket
@@ -437,13 +442,7 @@ class Downstream:
 
     async def close(self, deadline: float) -> int:
         """Send what is waiting until the loop-time ``deadline``; returns URLs cut off."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline):
-                await self.queue.join()
-        cut = self._busy + self.queue.qsize()
-        for task in self.workers:
-            task.cancel()
-        await asyncio.gather(*self.workers, return_exceptions=True)
+        cut = await cut_off(self.queue, self.workers, lambda: self._busy, deadline)
         if cut:
             self.count("dropped", cut)
         await asyncio.gather(*self._closing, *(c.aclose() for c in self._clients.values()))

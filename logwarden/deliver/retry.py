@@ -1,10 +1,15 @@
-"""When a request is tried again, how long to wait first, and what a failed attempt is called:
-shared by the refreshes to the peers (:mod:`logwarden.deliver.dispatcher`) and the purges of the
-caches in front (:mod:`logwarden.deliver.downstream`)."""
+"""When a request is tried again, how long to wait first, what a failed attempt is called, and
+how a queue's workers stop: shared by the refreshes to the peers
+(:mod:`logwarden.deliver.dispatcher`) and the purges of the caches in front
+(:mod:`logwarden.deliver.downstream`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from logwarden.deliver.peerhttp import ConnectError, PeerError, TLSError
 
@@ -28,3 +33,17 @@ def failure(exc: TimeoutError | PeerError) -> str:
     if isinstance(exc, TLSError):
         return "tls_error"
     return "connect_error" if isinstance(exc, ConnectError) else "http_error"
+
+
+async def cut_off(queue: asyncio.Queue[Any], workers: Sequence[asyncio.Task[None]],
+                  busy: Callable[[], int], deadline: float) -> int:
+    """Let ``workers`` finish ``queue`` until the loop-time ``deadline``, then cancel them;
+    returns how many items were cut off (``busy()``: those the workers held at the deadline)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout_at(deadline):
+            await queue.join()
+    cut = busy() + queue.qsize()
+    for task in workers:
+        task.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    return cut
