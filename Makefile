@@ -37,7 +37,7 @@ demo-bus: system-deps install ## The same over a Redis bus with origin offload, 
 	$(PY) -m lab.demo_bus
 
 .PHONY: bench-fleet
-bench-fleet: system-deps install ## Requests and origin fetches per change, N = 3 and 10 nodes: direct, offload, bus
+bench-fleet: system-deps install ## Requests and origin fetches per change (N = 3, 10); 50 nodes: propagation, RSS, Redis CPU
 	$(PY) -m bench.fleet
 
 $(VENV)/.bench-installed: $(VENV)/.installed

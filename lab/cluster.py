@@ -581,9 +581,10 @@ class Cluster(Running):
             sources = [f"{a}:{p}" for a, p in zip(self.addresses, ports, strict=True)]
             for i, address in enumerate(self.addresses):
                 node = NginxNode(
-                    chr(ord("a") + i), address, self.template_path, self.origin.url,
-                    self.peers, self.workdir, port=ports[i], sources=sources,
-                    variants=self.variants, edit=self.edits.get(i), config=self.config,
+                    chr(ord("a") + i) if i < 26 else f"n{i + 1}", address,
+                    self.template_path, self.origin.url, self.peers, self.workdir,
+                    port=ports[i], sources=sources, variants=self.variants,
+                    edit=self.edits.get(i), config=self.config,
                     secrets=self.secrets)
                 self.nodes.append(node)
                 node.start()

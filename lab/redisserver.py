@@ -123,6 +123,11 @@ class RedisServer:
         sock.sendall(b"PING\r\n")
         return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up, password or not
 
+    @property
+    def pid(self) -> int | None:
+        """The server's pid while running."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
     def kill(self) -> None:
         """SIGKILL, as a crash: clients see their connections reset."""
         self._signal(signal.SIGKILL)

@@ -5,6 +5,8 @@ loopback, through a Redis crash and restart, and entries that must not be acted 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,9 @@ import redis
 from lab import Cluster, Origin, wait_until
 from lab.redisserver import RedisServer
 from logwarden.config import ConfigError, load_config
+from logwarden.decide.window import Window
 from logwarden.model import Refresh
+from logwarden.ops.metrics import Metrics
 from logwarden.route.busmessage import (
     VERSION,
     Rejected,
@@ -26,6 +30,8 @@ from logwarden.route.busmessage import (
     verified,
 )
 from logwarden.route.busredis import BusAddress, mask, parse
+from logwarden.route.router import Recorder, Router
+from logwarden.route.storm import TokenBucket
 from logwarden.sources.positions import BusMark, Positions
 from tests.agents import StartAgent, refreshes_seen
 from tests.buslab import (
@@ -200,6 +206,39 @@ def test_the_bus_mark_is_kept_beside_the_file_positions(tmp_path: Path) -> None:
     assert [e.offset for e in again.entries()] == [3]
     path.write_text(json.dumps({"version": 1, "files": [], "bus": {"lw": {"id": 1}}}))
     assert Positions(path).bus("lw") is None  # malformed: start at the stream's end
+
+
+def test_check_prints_the_bus_url_without_its_password(tmp_path: Path) -> None:
+    secret = secret_file(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "logwarden", "check", "--access-log", str(tmp_path / "a.log"),
+         "--log-format", BASE["log_format"], "--self", "http://10.0.0.1:80",
+         "--bus", "redis://lw:pw-in-url@10.0.0.9:6379/0", "--bus-secret-file", str(secret)],
+        capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert 'bus = "redis://lw:***@10.0.0.9:6379/0"' in done.stdout
+    assert "pw-in-url" not in done.stdout + done.stderr and SECRET not in done.stdout
+
+
+def test_the_receiving_side_counts_its_own_refusals() -> None:
+    """Its dedup is not the triggers': the bus counts what the router returns, so the
+    triggers' accounting still holds on a receiving node."""
+    metrics, sent = Metrics(), list[Refresh]()
+    receive = Router(Recorder(on_submit=sent.append), metrics,
+                     dedup=Window(60, 10, time.monotonic), counts={})
+    refresh = Refresh("http", "h", b"/", "bus", None)
+    assert (receive.route(refresh), receive.route(refresh)) == (None, "deduplicated")
+    assert metrics.registry.get_sample_value("logwarden_triggers_deduplicated_total") == 0
+    assert sent == [refresh]
+
+
+def test_a_backlog_waits_for_tokens() -> None:
+    now = [0.0]
+    bucket = TokenBucket(10, 2, lambda: now[0])
+    assert (bucket.take(), bucket.take(), bucket.take()) == (True, True, False)
+    assert bucket.wait() == pytest.approx(0.1)
+    now[0] += 0.1
+    assert bucket.take() and TokenBucket(0, 1).wait() == 0
 
 
 # --- real Redis, real NGINX -------------------------------------------------------------------

@@ -113,3 +113,33 @@ def test_a_stopped_agent_catches_up_within_max_line_age_and_not_after(
     assert agent_c.value("logwarden_bus_received_total", outcome="ok") == 0
     assert agent_c.value("logwarden_bus_catchup_entries_total") == URLS
     assert refreshed(c, late) == set()
+
+
+@pytest.mark.nginx
+def test_entries_trimmed_before_a_node_read_them_are_counted(
+        cluster: Cluster, start_agent: StartAgent, redis_server: RedisServer,
+        tmp_path: Path) -> None:
+    """A stream kept short (``--bus-maxlen 10``: Redis trims in whole nodes of 100 entries)
+    while C is away: what C finds it refreshes, the rest it counts as trimmed, exactly."""
+    a, _, c = cluster.nodes
+    secret, stream, published = secret_file(tmp_path), "lw-trim", 250
+    agent_a = start_agent(a, [], *bus_flags(redis_server.url, stream, secret, a,
+                                            "--max-refresh-rate", "0", "--bus-maxlen", "10"))
+    agent_c = start_agent(c, [], *bus_flags(redis_server.url, stream, secret, c,
+                                            "--max-refresh-rate", "0"))
+    connected(agent_a, agent_c)
+    assert agent_c.stop() == 0
+    targets = [f"/trim/{i}?ma=60" for i in range(published)]
+    fetch_all(a, targets)
+    wait_until(lambda: agent_a.value("logwarden_bus_published_total", outcome="ok")
+               == published, timeout=10, what="A's entries on the stream")
+    with redis.Redis.from_url(redis_server.url) as client:
+        kept = client.xlen(stream)
+    assert kept < published
+    agent_c.start()
+    wait_until(lambda: agent_c.value("logwarden_bus_received_total", outcome="ok") == kept,
+               timeout=10, what="C to read what the stream kept")
+    assert agent_c.value("logwarden_bus_trimmed_entries_total") == published - kept
+    wait_until(lambda: refreshed(c, targets) == set(targets[published - kept:]), timeout=10,
+               what="the kept entries refreshed on C, and only they")
+    assert agent_c.value("logwarden_bus_entries_behind") == 0
