@@ -32,7 +32,7 @@ from logwarden.deliver.modes import (
     mode_of,
     parse_variant,
 )
-from logwarden.deliver.peerhttp import host_port
+from logwarden.deliver.peerhttp import holder_name
 from logwarden.parse.logformat import ESCAPES, LogFormat, LogFormatError
 from logwarden.parse.nginxconf import AccessLog, NginxConfError
 from logwarden.parse.nginxconf import choose as choose_access_logs
@@ -787,9 +787,7 @@ class Config:
         (``--refresh-from-self``; the port spelled out, as the peers' nginx.conf map lists it)."""
         if not (self.refresh_from_self and self.self_url):
             return None
-        host, port = host_port(self.self_url)
-        host = f"[{host}]" if ":" in host else host
-        return urlsplit(self.self_url).scheme, f"{host}:{port}"
+        return urlsplit(self.self_url).scheme, holder_name(self.self_url)
 
     @property
     def positions_path(self) -> Path | None:

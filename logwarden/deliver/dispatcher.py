@@ -24,6 +24,7 @@ then cancels them and counts what was cut off as ``dropped``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import ssl
 import time
@@ -36,7 +37,7 @@ from prometheus_client import Histogram
 
 from logwarden.deliver.breaker import Breaker
 from logwarden.deliver.modes import Bypass, Hint, Mode, Request
-from logwarden.deliver.peerhttp import Answer, PeerClient, PeerError, host_port
+from logwarden.deliver.peerhttp import Answer, PeerClient, PeerError, holder_name, host_port
 from logwarden.deliver.retry import (
     RETRY_STATUSES,
     TRANSPORT_FAILURES,
@@ -54,6 +55,10 @@ log = logging.getLogger(__name__)
 
 VARY_HOST_LABELS = 20
 """Hosts with a label of their own in ``logwarden_vary_uncovered_total``."""
+HEAL_DELAY = 0.1
+"""Seconds between a split round's last answer and its heal. The heal's nodes copy the newest
+node's, and a refresh's answer (a HEAD's headers) can come before that node has stored the
+body; asked earlier, it would miss and fetch from the origin."""
 SOURCE_HEADER = "X-Logwarden-Source"
 """Names the node holding the new copy (origin offload); examples/nginx.conf maps it to a
 known node, never to the address as sent."""
@@ -443,6 +448,9 @@ class Dispatcher:
         self._by_scheme: dict[str, list[Peer]] = {}
         self._started = False
         self._retired: set[asyncio.Task[int]] = set()
+        self._heals: dict[int, tuple[asyncio.TimerHandle, list[Peer], Refresh]] = {}
+        self._heal_keys = itertools.count()
+        self._closing = False
         self._vary = VaryWatch(settings.variant_header, metrics)
         self.own = self._new_peer(own) if own else None
         self.set_peers(peers)
@@ -522,8 +530,11 @@ class Dispatcher:
         """Every peer has answered a fan-out of a versioned line. A peer whose refresh fetched
         another copy than the line's (the origin changed between this node's fetch and the
         peers': a split round) leaves the cluster on two versions for a whole TTL: refresh
-        every node not on the newest copy once more, this one included (``home``). At most
-        one extra round per change: a heal's own fan-out is not healed again."""
+        every node not on the newest copy once more, this one included (``home``), naming a
+        node that holds it in ``X-Logwarden-Source``. Where the nodes' nginx.conf has origin
+        offload's map they copy that node's (an origin changing faster than a refresh round
+        would split the heal again); elsewhere the header is ignored and they fetch from the
+        origin. At most one extra round per change: a heal's own fan-out is not healed again."""
         refresh, seen = fanout.refresh, fanout.versions
         copies = [v for v in seen.values() if v is not None]
         if refresh.heal or not copies:
@@ -541,12 +552,23 @@ class Dispatcher:
                 self._changed(refresh)
             return
         self.metrics.heals.inc()
+        source = next(peer for peer, v in seen.items() if v == newest)
         log.info("split round for %s: this node's line shows %s, its peers hold %s; "
-                 "refreshing %d node(s) again", refresh.url, refresh.version,
-                 ", ".join(sorted(set(copies))), len(behind) + (home is not None))
+                 "refreshing %d node(s) again from %s", refresh.url, refresh.version,
+                 ", ".join(sorted(set(copies))), len(behind) + (home is not None), source.url)
         nodes = [*behind, *([home] if home is not None else [])]
         # the peers fetched a copy other than the line's: a change, whatever the memory said
-        heal = refresh._replace(heal=True, version=newest, changed=True)
+        heal = refresh._replace(heal=True, version=newest, changed=True,
+                                holder=holder_name(source.url))
+        key = next(self._heal_keys)
+        later = asyncio.get_running_loop().call_later(
+            0.0 if self._closing else HEAL_DELAY, self._heal, key)
+        self._heals[key] = later, nodes, heal
+
+    def _heal(self, key: int) -> None:
+        """Offer a heal :meth:`converged` put off (at once when closing)."""
+        later, nodes, heal = self._heals.pop(key)
+        later.cancel()
         healed = FanOut(len(nodes), heal, None, self.converged)
         for peer in nodes:
             peer.offer(heal, healed)
@@ -579,6 +601,9 @@ class Dispatcher:
     async def close(self, timeout: float) -> int:
         """Drain every peer within ``timeout`` seconds; returns how many refreshes were cut off."""
         deadline = _now() + timeout
+        self._closing = True  # heals from here on are offered at once, to drain with the rest
+        for key in list(self._heals):
+            self._heal(key)
         await asyncio.gather(*self._retired)
         cut = sum(await asyncio.gather(*(peer.close(deadline) for peer in self._all())))
         if cut:

@@ -346,6 +346,13 @@ def host_port(url: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
+def holder_name(url: str) -> str:
+    """``ADDRESS:PORT`` of a node's URL as ``X-Logwarden-Source`` names it: the port spelled
+    out, an IPv6 address in brackets, as the peers' nginx.conf map lists the nodes."""
+    host, port = host_port(url)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def source_address(host: str, port: int) -> str | None:
     """The local address a connection to ``host:port`` leaves from: the one a peer's allow-list
     must hold (unless NAT or a proxy sits between). None when there is no route. A connected
